@@ -1,0 +1,39 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+GOLDEN = DATA / "golden"
+
+
+def run_script(script, *args, cwd=None, timeout=300):
+    """Run one of the project's scripts as a user would; return the completed process."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def write_file(tmp_path):
+    def write(name, text, mode="w"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, mode) as handle:
+            handle.write(text)
+        return path
+    return write
+
+
+def load_script(script):
+    """Import one of the project's scripts as a module (for its functions)."""
+    import importlib.util
+    path = ROOT / script
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module          # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
