@@ -13,6 +13,11 @@ Sections:
   3. FASTA input with validation
   4. Chunking
   5. Translation and frame selection
+  6. Language models: sources, devices, loading with weight verification
+  7. Embedding extraction (DNABERT-S, FastESM2_650, ESM2-3B baseline)
+  8. Merging DNA and protein features
+  9. Classifier, checkpoints and prediction
+ 10. Plots
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 logger = logging.getLogger("virnucpro")
 
@@ -36,6 +42,21 @@ logger = logging.getLogger("virnucpro")
 
 class InputError(Exception):
     """A problem with the user's input or files, reported as one clear line."""
+
+
+DNA_DIM = 768            # DNABERT-S embedding
+PROTEIN_DIM = 1280       # FastESM2_650 embedding
+MERGED_DIM = DNA_DIM + PROTEIN_DIM
+ESM2_3B_DIM = 2560       # the published baseline's protein embedding
+
+
+class DimensionError(InputError):
+    """A feature vector whose length is not the one the pipeline expects."""
+
+    def __init__(self, expected, actual, sequence_id, location):
+        self.expected, self.actual, self.sequence_id, self.location = expected, actual, sequence_id, location
+        super().__init__(f"{location}: expected a {expected}-value feature vector for '{sequence_id}', "
+                         f"got {actual}; the features come from another model than this pipeline's")
 
 
 # =============================================================================
@@ -540,3 +561,708 @@ def iter_fasta_chunks(fasta_file, chunk_size: int) -> Iterator[tuple[str, str]]:
         sequence = record.sequence.upper()
         for k, chunk in enumerate(iter_chunks(sequence, chunk_size), start=1):
             yield f"{record.id}_chunk_{k}", chunk
+
+
+# =============================================================================
+# 6. Language models: sources, devices, loading with weight verification
+# =============================================================================
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hub_id: str
+    revision: str      # pinned commit of hub_id; other ids use their default branch
+    dim: int
+    option: str        # the command-line option that points elsewhere
+
+
+DNABERT_S = ModelSpec("DNABERT-S", "zhihan1996/DNABERT-S",
+                      "1cdf84d992ace6f3e75c7356774b4da088c8dc7c", DNA_DIM, "--dna-model")
+# Not pinned yet: its commit could not be looked up offline (see README).
+FASTESM2_650 = ModelSpec("FastESM2_650", "Synthyra/FastESM2_650", "main", PROTEIN_DIM, "--protein-model")
+ESM2_3B = ModelSpec("ESM2-3B", "facebook/esm2_t36_3B_UR50D",
+                    "476b639933c8baad5ad09a60ac1a87f987b656fc", ESM2_3B_DIM, "--protein-model")
+
+# The ESM-2 alphabet (fair-esm order), shared by ESM2-3B and FastESM2_650.
+ESM2_ALPHABET = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+
+# Parameters outside the encoder, not used for embeddings, may be absent from a checkpoint.
+_HEAD_PREFIXES = ("pooler.", "contact_head.")
+_SNAPSHOT_FILES = ["*.json", "*.py", "*.txt", "*.safetensors"]
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None``/``"auto"``: the GPU when there is one, else the CPU (with a warning)."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        logger.warning("no CUDA GPU found; running on the CPU (slow for real workloads)")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a device; use cuda, cuda:N, cpu or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    return resolved
+
+
+def model_folder(spec: ModelSpec, model: str | None = None) -> str:
+    """The local folder of a model: ``model`` itself when it is a folder,
+    otherwise the Hugging Face snapshot of the id (from the local cache, or
+    downloaded). The default id is fetched at its pinned revision."""
+    model = model or spec.hub_id
+    if os.path.isdir(model):
+        return model
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise InputError(f"{spec.name}: {model} is neither a folder nor a Hugging Face id (owner/name); "
+                         f"pass a model folder or id with {spec.option}")
+    revision = spec.revision if model == spec.hub_id else None
+    from huggingface_hub import constants, snapshot_download
+    try:
+        folder = snapshot_download(model, revision=revision, allow_patterns=_SNAPSHOT_FILES)
+        if not _weight_files(folder):   # no safetensors: take the PyTorch checkpoint
+            folder = snapshot_download(model, revision=revision, allow_patterns=_SNAPSHOT_FILES + ["*.bin"])
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise InputError(
+            f"{spec.name}: cannot get {model} (revision {revision or 'main'}): it is not in the Hugging Face "
+            f"cache ({constants.HF_HUB_CACHE}) and the hub could not be reached ({reason}); fetch it ahead of "
+            f"time where there is network with `huggingface-cli download {model}"
+            f"{' --revision ' + revision if revision else ''}` and share the cache (HF_HOME), "
+            f"or pass a downloaded folder with {spec.option}") from None
+    return folder
+
+
+def _weight_files(folder: str) -> list[str]:
+    """The checkpoint files transformers loads from ``folder``, safetensors first."""
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index_path = os.path.join(folder, index)
+        if os.path.exists(index_path):
+            import json
+            with open(index_path) as handle:
+                shards = sorted(set(json.load(handle)["weight_map"].values()))
+            return [os.path.join(folder, shard) for shard in shards]
+        if os.path.exists(os.path.join(folder, single)):
+            return [os.path.join(folder, single)]
+    return []
+
+
+def _checkpoint_tensors(folder: str) -> dict[str, Callable[[], torch.Tensor]]:
+    """Checkpoint key -> loader of that tensor, reading lazily."""
+    loaders = {}
+    for path in _weight_files(folder):
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            handle = safe_open(path, framework="pt")
+            loaders.update({key: (lambda h=handle, k=key: h.get_tensor(k)) for key in handle.keys()})
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            loaders.update({key: (lambda t=tensor: t) for key, tensor in state.items()})
+    return loaders
+
+
+def verify_weights(spec: ModelSpec, model: torch.nn.Module, folder: str) -> None:
+    """Stop unless every encoder parameter of ``model`` equals its tensor in the
+    checkpoint files of ``folder``.
+
+    Checked against the files themselves, not against the loader's report: a
+    transformers release that initialises some weights randomly (reported for
+    remote-code models on 5.x) must never produce embeddings silently.
+    """
+    checkpoint = _checkpoint_tensors(folder)
+    prefix = getattr(model, "base_model_prefix", "")
+    problems = []
+    for name, parameter in model.named_parameters():
+        if name.startswith(_HEAD_PREFIXES):
+            continue
+        key = next((k for k in (name, f"{prefix}.{name}") if k in checkpoint), None)
+        if key is None:
+            problems.append(f"{name} is not in the checkpoint")
+        elif not torch.equal(parameter.detach().cpu(), checkpoint[key]().to(parameter.dtype)):
+            problems.append(f"{name} differs from the checkpoint")
+    if problems:
+        raise InputError(
+            f"{spec.name}: {len(problems)} encoder weights loaded from {folder} do not come from its checkpoint "
+            f"(first: {problems[0]}); refusing to embed with random weights. Use the transformers version "
+            f"pinned in pyproject.toml, or a model folder in the layout of {spec.hub_id}")
+
+
+def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype) -> torch.nn.Module:
+    verify_weights(spec, model, folder)
+    if model.config.hidden_size != spec.dim:
+        raise InputError(f"{spec.name}: {folder} gives {model.config.hidden_size}-value embeddings, "
+                         f"not {spec.dim}; point {spec.option} at a {spec.name} model")
+    model = model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def disable_triton_attention(model: torch.nn.Module) -> None:
+    """Make DNABERT-S's remote code use its PyTorch attention.
+
+    Its ``bert_layers.py`` calls a Triton flash-attention kernel whenever the
+    module-level ``flash_attn_qkvpacked_func`` is set; that kernel fails to
+    compile with current Triton on most GPUs (the published README says to
+    uninstall triton). With the function unset the module takes its PyTorch
+    path, the one the published features were computed with.
+    """
+    module = sys.modules.get(type(model).__module__)
+    if getattr(module, "flash_attn_qkvpacked_func", None) is not None:
+        module.flash_attn_qkvpacked_func = None
+
+
+def load_dnabert_s(model: str | None = None, device: str | torch.device | None = None):
+    """DNABERT-S (768-d) and its tokenizer, from a Hugging Face id (default:
+    the pinned ``zhihan1996/DNABERT-S``), a local folder or the offline cache.
+
+    Loaded from the local snapshot folder, so transformers only checks the
+    imports of the main remote module (its Triton import is optional there).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    folder = model_folder(DNABERT_S, model)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    network = AutoModel.from_pretrained(folder, trust_remote_code=True, local_files_only=True,
+                                        torch_dtype=torch.float32)
+    disable_triton_attention(network)
+    return _finish_loading(DNABERT_S, network, folder, device, torch.float32), tokenizer
+
+
+def esm_tokenizer():
+    """The ESM-2 tokenizer, built from the fixed ESM-2 alphabet (no download)."""
+    from transformers import EsmTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        vocab = os.path.join(folder, "vocab.txt")
+        with open(vocab, "w") as handle:
+            handle.write("\n".join(ESM2_ALPHABET) + "\n")
+        return EsmTokenizer(vocab)
+
+
+def _load_esm(spec: ModelSpec, model, device, dtype):
+    from transformers import EsmModel
+
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    folder = model_folder(spec, model)
+    network = EsmModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False,
+                                       attn_implementation="sdpa", torch_dtype=torch.float32)
+    if network.config.vocab_size != len(ESM2_ALPHABET):
+        raise InputError(f"{spec.name}: {folder} has a {network.config.vocab_size}-token vocabulary, "
+                         f"not the {len(ESM2_ALPHABET)}-token ESM-2 alphabet")
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" and spec is FASTESM2_650 else torch.float32
+    return _finish_loading(spec, network, folder, device, dtype), esm_tokenizer()
+
+
+def load_fast_esm(model: str | None = None, device=None, dtype: torch.dtype | None = None):
+    """FastESM2_650 (1280-d) and its tokenizer: an ESM-2 checkpoint run by
+    transformers' own ESM with SDPA attention, in half precision on CUDA."""
+    return _load_esm(FASTESM2_650, model, device, dtype)
+
+
+def load_esm2_3b(model: str | None = None, device=None, dtype: torch.dtype | None = None):
+    """The published baseline ESM2-3B (2560-d), in full precision as published."""
+    return _load_esm(ESM2_3B, model, device, dtype)
+
+
+# =============================================================================
+# 7. Embedding extraction (DNABERT-S, FastESM2_650, ESM2-3B baseline)
+# =============================================================================
+
+FAILURE_LOG = "extraction_failures.log"
+DNA_TOKS_PER_BATCH = 16384
+
+
+def token_budget_batches(lengths: Sequence[int], toks_per_batch: int) -> list[list[int]]:
+    """Group indices, longest first, so that each padded batch (rows x longest
+    row) holds at most ``toks_per_batch`` tokens; ``lengths`` count the special
+    tokens. A sequence longer than the budget gets a batch of its own."""
+    batches, current = [], []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if current and lengths[current[0]] * (len(current) + 1) > toks_per_batch:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _log_failures(failures: list[tuple[str, str, str]], fasta_file, out_file) -> None:
+    """Append ``time, file, id, kind, message`` lines (tab-separated) to the
+    failure log beside ``out_file``."""
+    if not failures:
+        return
+    import datetime
+
+    log_path = os.path.join(os.path.dirname(os.fspath(out_file)) if out_file else ".", FAILURE_LOG)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with open(log_path, "a") as log:
+        for sequence_id, kind, message in failures:
+            log.write(f"{now}\t{os.fspath(fasta_file)}\t{sequence_id}\t{kind}\t{message}\n")
+    logger.warning(f"{fasta_file}: {len(failures)} sequences failed ({failures[0][1]}: {failures[0][0]}, ...); "
+                   f"see {log_path}")
+
+
+def _embed_all(ids: list[str], batches: list[list[int]], embed_batch, desc: str):
+    """Run ``embed_batch(indices) -> [n, dim] float32`` over all batches.
+
+    A batch that runs out of GPU memory is split in two and retried; a single
+    sequence that still does not fit is recorded as a failure.
+    Returns ``({index: vector}, [(id, kind, message)])``.
+    """
+    from tqdm import tqdm
+
+    vectors, failures = {}, []
+    pending = list(reversed(batches))
+    with tqdm(total=len(ids), desc=desc, unit="seq", leave=False) as progress:
+        while pending:
+            batch = pending.pop()
+            try:
+                result = embed_batch(batch)
+            except torch.OutOfMemoryError as error:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if len(batch) > 1:
+                    half = len(batch) // 2
+                    pending += [batch[half:], batch[:half]]
+                    continue
+                failures.append((ids[batch[0]], "out_of_memory", str(error).strip().splitlines()[0]))
+                progress.update(1)
+                continue
+            vectors.update(zip(batch, result))
+            progress.update(len(batch))
+    return vectors, failures
+
+
+def _checked_embeddings(ids, vectors, failures, dim, fasta_file):
+    """Refuse any embedding that is not ``dim`` finite values, and check that
+    every input sequence has exactly one embedding or one failure."""
+    kept_ids, kept = [], []
+    for index, sequence_id in enumerate(ids):
+        if index not in vectors:
+            continue
+        vector = vectors[index]
+        if tuple(vector.shape) != (dim,):
+            raise DimensionError(dim, tuple(vector.shape), sequence_id, f"{fasta_file} embeddings")
+        if not torch.isfinite(vector).all():
+            failures.append((sequence_id, "non_finite", "the embedding holds NaN or infinite values"))
+            continue
+        kept_ids.append(sequence_id)
+        kept.append(vector.clone())
+    failed = {failure[0] for failure in failures}
+    if len(kept_ids) + len(failed) != len(ids) or failed & set(kept_ids):
+        raise RuntimeError(f"{fasta_file}: {len(ids)} sequences but {len(kept_ids)} embeddings "
+                           f"and {len(failed)} failures")
+    return kept_ids, kept
+
+
+def _padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and their attention mask."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    lengths = torch.tensor([len(row) for row in rows])
+    return input_ids, (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def _save(obj, out_file) -> None:
+    if out_file is not None:
+        with atomic_write(out_file, "wb") as handle:
+            torch.save(obj, handle)
+
+
+def _read_sequences(fasta_file, alphabet):
+    ids, sequences = [], []
+    for record in read_fasta(fasta_file, alphabet=alphabet):
+        ids.append(record.id)
+        sequences.append(record.sequence.upper())
+    return ids, sequences
+
+
+def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=None, model=None,
+                      toks_per_batch=DNA_TOKS_PER_BATCH):
+    """DNABERT-S embeddings of every sequence of ``input_file``: the mean over
+    all tokens, [CLS] and [SEP] included, padding excluded, exactly what the
+    published one-at-a-time code computes, but in padded batches.
+
+    Saves (atomically) and returns ``{'nucleotide': [ids], 'data':
+    [{'label': id, 'mean_representation': tensor(768)}]}``, the published
+    layout; an existing ``out_file`` is loaded instead of being redone.
+    Without ``model``, the default DNABERT-S is loaded.
+    """
+    if out_file is not None and os.path.exists(out_file):
+        return torch.load(out_file, weights_only=True)
+    if model is None:
+        model, tokenizer = load_dnabert_s()
+    ids, sequences = _read_sequences(input_file, "dna")
+    encoded = tokenizer(sequences)["input_ids"]
+    device = _model_device(model)
+
+    def embed(batch):
+        input_ids, mask = _padded([encoded[i] for i in batch], tokenizer.pad_token_id)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        with torch.inference_mode():
+            hidden = model(input_ids, attention_mask=mask)[0].float()
+        mask = mask.unsqueeze(-1).float()
+        return ((hidden * mask).sum(dim=1) / mask.sum(dim=1)).cpu()
+
+    batches = token_budget_batches([len(e) for e in encoded], toks_per_batch)
+    vectors, failures = _embed_all(ids, batches, embed, f"DNABERT-S {os.path.basename(input_file)}")
+    kept_ids, kept = _checked_embeddings(ids, vectors, failures, DNA_DIM, input_file)
+    _log_failures(failures, input_file, out_file)
+    result = {"nucleotide": kept_ids,
+              "data": [{"label": i, "mean_representation": v} for i, v in zip(kept_ids, kept)]}
+    _save(result, out_file)
+    return result
+
+
+def _extract_protein(fasta_file, out_file, model, tokenizer, truncation_seq_length, toks_per_batch, dim, name):
+    """Mean over residue positions only (no BOS/EOS, no padding) of the last
+    layer, each sequence cut to ``truncation_seq_length`` residues, as the
+    published fair-esm extraction; returned in fp32."""
+    if out_file is not None and os.path.exists(out_file):
+        return torch.load(out_file, weights_only=True)
+    ids, sequences = _read_sequences(fasta_file, "protein")
+    residues = [s[:truncation_seq_length] for s in sequences]
+    encoded = [tokenizer.build_inputs_with_special_tokens(tokenizer.convert_tokens_to_ids(list(r)))
+               for r in residues]
+    device = _model_device(model)
+
+    def embed(batch):
+        input_ids, attention = _padded([encoded[i] for i in batch], tokenizer.pad_token_id)
+        lengths = torch.tensor([len(residues[i]) for i in batch])
+        positions = torch.arange(input_ids.shape[1])
+        residue_mask = ((positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])).float()
+        with torch.inference_mode():
+            hidden = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+        pooled = (hidden.float() * residue_mask.to(device).unsqueeze(-1)).sum(dim=1)
+        return pooled.cpu() / lengths[:, None]
+
+    batches = token_budget_batches([len(e) for e in encoded], toks_per_batch)
+    vectors, failures = _embed_all(ids, batches, embed, f"{name} {os.path.basename(fasta_file)}")
+    kept_ids, kept = _checked_embeddings(ids, vectors, failures, dim, fasta_file)
+    _log_failures(failures, fasta_file, out_file)
+    result = {"proteins": kept_ids, "data": kept}
+    _save(result, out_file)
+    return result
+
+
+def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,
+                     truncation_seq_length=1024, toks_per_batch=2048):
+    """FastESM2_650 embeddings (1280-d) of every protein of ``fasta_file``.
+
+    Batches by token budget (longest first, BOS/EOS counted), splits a batch
+    that runs out of GPU memory, logs sequences that still fail to
+    ``extraction_failures.log`` beside ``out_file`` and goes on, and refuses
+    any embedding that is not 1280 finite values. Saves (atomically) and
+    returns ``{'proteins': [ids], 'data': [tensor(1280)]}`` in input order; an
+    existing ``out_file`` is loaded instead of being redone. Without
+    ``model``, the default FastESM2_650 is loaded.
+    """
+    if model is None:
+        model, tokenizer = load_fast_esm()
+    return _extract_protein(fasta_file, out_file, model, tokenizer, truncation_seq_length, toks_per_batch,
+                            PROTEIN_DIM, "FastESM2_650")
+
+
+def extract_esm(fasta_file, model_location=ESM2_3B.hub_id, truncation_seq_length=1024, toks_per_batch=2048,
+                out_file=None, model_loaded=False, model=None, alphabet=None):
+    """The published ESM2-3B baseline (2560-d), through transformers instead
+    of fair-esm, with the published pooling; ``alphabet`` is the tokenizer.
+    Same batching, failure handling and output layout as ``extract_fast_esm``."""
+    if model is None:
+        model, alphabet = load_esm2_3b(model_location)
+    return _extract_protein(fasta_file, out_file, model, alphabet, truncation_seq_length, toks_per_batch,
+                            ESM2_3B_DIM, "ESM2-3B")
+
+
+# =============================================================================
+# 8. Merging DNA and protein features
+# =============================================================================
+
+LABELS = {"viral": 1, "host": 0}
+
+
+def _load_feature_file(path, ids_key):
+    try:
+        content = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such feature file") from None
+    except Exception as error:
+        raise InputError(f"{path}: not a readable feature file ({error.__class__.__name__})") from None
+    if not isinstance(content, dict) or ids_key not in content or "data" not in content \
+            or len(content[ids_key]) != len(content["data"]):
+        raise InputError(f"{path}: not a feature file (expected matching '{ids_key}' and 'data' lists)")
+    return content
+
+
+def _feature_vectors(path, ids, vectors, dim) -> dict[str, torch.Tensor]:
+    checked = {}
+    for sequence_id, vector in zip(ids, vectors):
+        vector = torch.as_tensor(vector, dtype=torch.float32)
+        if tuple(vector.shape) != (dim,):
+            actual = vector.shape[-1] if vector.dim() == 1 else tuple(vector.shape)
+            raise DimensionError(dim, actual, sequence_id, str(path))
+        if not torch.isfinite(vector).all():
+            raise InputError(f"{path}: the features of '{sequence_id}' hold NaN or infinite values")
+        checked[sequence_id] = vector
+    return checked
+
+
+def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_dim=PROTEIN_DIM):
+    """Join DNABERT-S and protein features by sequence id into
+    ``{'ids', 'data': tensor(n, 768 + protein_dim)}`` (plus ``'labels': [1]``
+    for ``data_type='viral'``, ``[0]`` for ``'host'``, as published).
+
+    Both inputs and the result are checked before anything is written
+    (``DimensionError`` names the expected and actual size, the sequence and
+    the file). Unlike the published code, an id present in only one file is
+    left out instead of misaligning ids and rows; those ids are returned.
+    """
+    if data_type is not None and data_type not in LABELS:
+        raise InputError(f"data_type must be 'viral', 'host' or None, got {data_type!r}")
+    dna = _load_feature_file(DNABERT_S_data, "nucleotide")
+    protein = _load_feature_file(ESM_data, "proteins")
+    dna_vectors = _feature_vectors(DNABERT_S_data, dna["nucleotide"],
+                                   [item["mean_representation"] for item in dna["data"]], DNA_DIM)
+    protein_vectors = _feature_vectors(ESM_data, protein["proteins"], protein["data"], protein_dim)
+
+    ids = [i for i in dna["nucleotide"] if i in protein_vectors]
+    left_out = [i for i in dna["nucleotide"] if i not in protein_vectors] + \
+               [i for i in protein["proteins"] if i not in dna_vectors]
+    if not ids:
+        raise InputError(f"{DNABERT_S_data} and {ESM_data} have no sequence id in common")
+    data = torch.stack([torch.cat((dna_vectors[i], protein_vectors[i])) for i in ids])
+    if data.shape[1] != DNA_DIM + protein_dim:
+        raise DimensionError(DNA_DIM + protein_dim, data.shape[1], ids[0], f"{merged_file} (merged)")
+
+    merged = {"ids": ids, "data": data}
+    if data_type is not None:
+        merged["labels"] = [LABELS[data_type]]
+    _save(merged, merged_file)
+    if left_out:
+        logger.warning(f"{merged_file}: {len(left_out)} ids are not in both feature files and were left out "
+                       f"(first: {', '.join(left_out[:3])})")
+    return left_out
+
+
+# =============================================================================
+# 9. Classifier, checkpoints and prediction
+# =============================================================================
+
+CHECKPOINT_VERSION = "2.0.0"
+HIDDEN_DIM = 512
+NUM_CLASSES = 2
+CLASS_NAMES = {0: "others", 1: "virus"}
+
+
+class MLPClassifier(torch.nn.Module):
+    """The published classifier: Linear -> BatchNorm -> ReLU -> Dropout(0.5)
+    -> Linear, Xavier-initialised (same attribute names, so published weights
+    load into it)."""
+
+    def __init__(self, input_dim, hidden_dim, num_class):
+        super().__init__()
+        self.hidden_layer = torch.nn.Linear(input_dim, hidden_dim)
+        self.bn1 = torch.nn.BatchNorm1d(hidden_dim)
+        self.output_layer = torch.nn.Linear(hidden_dim, num_class)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.init_weights()
+
+    def init_weights(self):
+        torch.nn.init.xavier_uniform_(self.hidden_layer.weight)
+        torch.nn.init.xavier_uniform_(self.output_layer.weight)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.bn1(self.hidden_layer(x)))
+        return self.output_layer(self.dropout(x))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An embedding pipeline: DNABERT-S plus one protein model."""
+    name: str
+    protein: ModelSpec
+    load_protein: Callable
+
+    @property
+    def input_dim(self) -> int:
+        return DNA_DIM + self.protein.dim
+
+
+PIPELINES = {"fastesm650": Pipeline("fastesm650", FASTESM2_650, load_fast_esm),
+             "esm2_3b": Pipeline("esm2_3b", ESM2_3B, load_esm2_3b)}
+
+
+def extract_protein(pipeline: Pipeline, fasta_file, out_file, model, tokenizer, toks_per_batch=2048):
+    """Protein features of ``fasta_file`` with the pipeline's protein model."""
+    return _extract_protein(fasta_file, out_file, model, tokenizer, 1024, toks_per_batch,
+                            pipeline.protein.dim, pipeline.protein.name)
+
+
+def _library_versions() -> dict:
+    import platform
+
+    import transformers
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "transformers": transformers.__version__, "numpy": np.__version__}
+
+
+def save_checkpoint(model: MLPClassifier, path, pipeline: str = "fastesm650", **training) -> dict:
+    """Save the classifier's weights with the metadata that identifies what it
+    was trained on (atomically). ``training`` adds details such as epochs."""
+    import datetime
+
+    spec = PIPELINES[pipeline]
+    metadata = {
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "embedding_model": pipeline,
+        "protein_model": spec.protein.hub_id,
+        "dna_dim": DNA_DIM, "protein_dim": spec.protein.dim, "merged_dim": spec.input_dim,
+        "hidden_dim": model.hidden_layer.out_features, "num_classes": model.output_layer.out_features,
+        "training_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "library_versions": _library_versions(),
+        **training,
+    }
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    _save({"state_dict": state, "metadata": metadata}, path)
+    return metadata
+
+
+class _PublishedMLP(torch.nn.Module):
+    """Receives the state of a published whole-model pickle; never runs."""
+
+
+_PUBLISHED_PICKLE_GLOBALS = [(_PublishedMLP, "__main__.MLPClassifier"), torch.nn.Linear,
+                             torch.nn.BatchNorm1d, torch.nn.Dropout, set]
+
+
+def _read_checkpoint(path) -> tuple[dict, dict | None]:
+    """``(state_dict, metadata or None)``. A published whole-model pickle is
+    read with torch's weights-only unpickler, admitting only the MLP and
+    tensors: no code in the file runs."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(_PUBLISHED_PICKLE_GLOBALS):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(f"{path}: not a VirNucPro checkpoint ({error.__class__.__name__}: "
+                         f"{str(error).strip().splitlines()[0][:200]})") from None
+    if isinstance(content, torch.nn.Module):
+        return content.state_dict(), None
+    if isinstance(content, dict) and "state_dict" in content and "metadata" in content:
+        return content["state_dict"], content["metadata"]
+    if isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
+        return content, None
+    raise InputError(f"{path}: not a VirNucPro checkpoint (unexpected content)")
+
+
+def checkpoint_pipeline(state: dict, metadata: dict | None) -> str:
+    """Which embedding pipeline a checkpoint was trained for."""
+    if metadata is not None:
+        return metadata.get("embedding_model", "unknown")
+    weight = state.get("hidden_layer.weight")
+    if weight is not None and weight.shape[1] == PIPELINES["esm2_3b"].input_dim:
+        return "esm2_3b"
+    return "unknown"
+
+
+def load_checkpoint(path, pipeline: str | None = None, device="cpu") -> tuple[MLPClassifier, dict]:
+    """Load a classifier for ``pipeline`` (default: the one its metadata names).
+
+    The FastESM2_650 pipeline accepts only checkpoints whose metadata says
+    ``fastesm650``: it refuses the published ``300_model.pth`` /
+    ``500_model.pth`` (whole pickled models for ESM2-3B features, 3328-d),
+    files without metadata and anything 3328-d. The ``esm2_3b`` pipeline runs
+    those published checkpoints. Returns ``(model in eval mode, metadata)``.
+    """
+    state, metadata = _read_checkpoint(path)
+    trained_for = checkpoint_pipeline(state, metadata)
+    pipeline = pipeline or (trained_for if metadata is not None else "fastesm650")
+    if pipeline not in PIPELINES:
+        raise InputError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
+    if trained_for != pipeline:
+        if trained_for == "esm2_3b":
+            hint = ("it is an ESM2-3B checkpoint (3328-d features, like the published 300_model.pth / "
+                    "500_model.pth); run it with --pipeline esm2_3b, or use a FastESM2_650 checkpoint "
+                    "trained with train_fastesm.py")
+        elif metadata is None:
+            hint = ("it has no metadata, so what it was trained on is unknown; use a checkpoint saved by "
+                    "train_fastesm.py")
+        else:
+            hint = f"it was trained for the {trained_for} pipeline; run it with --pipeline {trained_for}"
+        raise InputError(f"{os.fspath(path)}: cannot be used by the {pipeline} pipeline: {hint}")
+    spec = PIPELINES[pipeline]
+    weight = state.get("hidden_layer.weight")
+    if weight is None or weight.shape[1] != spec.input_dim:
+        actual = "no input layer" if weight is None else f"{weight.shape[1]}-d input"
+        raise InputError(f"{os.fspath(path)}: the classifier has {actual}; the {pipeline} pipeline "
+                         f"needs {spec.input_dim}-d input")
+    model = MLPClassifier(spec.input_dim, weight.shape[0], state["output_layer.weight"].shape[0])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise InputError(f"{os.fspath(path)}: the weights do not fit the classifier "
+                         f"({str(error).strip().splitlines()[0]})") from None
+    metadata = metadata or {"embedding_model": pipeline, "checkpoint_version": "published"}
+    return model.to(device).eval(), metadata
+
+
+def predict_probabilities(model: MLPClassifier, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Softmax class probabilities (float32, ``[others, virus]``) of each row."""
+    device = next(model.parameters()).device
+    model.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            logits = model(features[start:start + batch_size].to(device))
+            parts.append(torch.softmax(logits, dim=1).float().cpu())
+    return torch.cat(parts) if parts else torch.empty(0, NUM_CLASSES)
+
+
+# =============================================================================
+# 10. Plots
+# =============================================================================
+
+def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float | None, bool]]]], out_png,
+                      chunk_size: int) -> None:
+    """One panel per sequence, spanning its length: each chunk drawn at its
+    position with its best viral score, red when the chunk is called viral,
+    light grey along the bottom when it has no scored frame (the published
+    drew_fig.py, with real coordinates). ``sequences`` holds ``(sequence id,
+    length, [(start, end, best viral score or None, viral)])``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(nrows=len(sequences), ncols=1, figsize=(14, 1.9 * len(sequences)),
+                                squeeze=False)
+    for axis, (sequence_id, length, chunks) in zip(axes[:, 0], sequences):
+        for start, end, score, viral in chunks:
+            if score is None:
+                axis.plot([start, end], [0, 0], color="lightgray", linewidth=5, solid_capstyle="butt")
+            else:
+                axis.plot([start, end], [score, score], color="red" if viral else "darkblue", linewidth=2.5)
+        axis.axhline(0.5, color="lightgray", linewidth=0.8, zorder=0)
+        axis.set_title(sequence_id, fontsize=11, loc="left")
+        axis.set_xlim(0, length)
+        axis.set_ylim(-0.05, 1.05)
+        axis.set_ylabel("viral score")
+        axis.spines[["top", "right"]].set_visible(False)
+    axes[-1, 0].set_xlabel(f"position (bp); {chunk_size}-bp chunks: red viral, blue not viral, "
+                           "grey no stop-free frame")
+    figure.tight_layout()
+    with atomic_write(out_png, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+    plt.close(figure)

@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# The tests never touch the network: models are tiny ones the tests build.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 GOLDEN = DATA / "golden"
