@@ -1,0 +1,335 @@
+"""Model loading, embedding extraction and merging, on tiny models the tests build
+and load through the same functions users call."""
+import random
+import shutil
+import sys
+import types
+
+import pytest
+import torch
+
+import units
+from conftest import GOLDEN, load_script
+
+bench = load_script("scripts/benchmark_extraction.py")
+
+TINY_BERT = (units.DNA_DIM, 2, 4, 64)          # real output width, tiny depth
+TINY_FASTESM = (units.PROTEIN_DIM, 2, 4, 64)
+TINY_ESM2_3B = (units.ESM2_3B_DIM, 1, 4, 32)
+
+
+@pytest.fixture(scope="module")
+def dnabert_folder(tmp_path_factory):
+    return str(bench.save_random_dnabert(tmp_path_factory.mktemp("dnabert"), TINY_BERT, vocab_size=64))
+
+
+@pytest.fixture(scope="module")
+def esm_folder(tmp_path_factory):
+    return str(bench.save_random_esm(tmp_path_factory.mktemp("fastesm"), TINY_FASTESM))
+
+
+@pytest.fixture(scope="module")
+def dnabert(dnabert_folder):
+    return units.load_dnabert_s(dnabert_folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fastesm(esm_folder):
+    return units.load_fast_esm(esm_folder, device="cpu")
+
+
+def random_proteins(count, seed=0, lengths=(5, 120)):
+    rng = random.Random(seed)
+    return [(f"p{i}", "".join(rng.choices("ACDEFGHIKLMNPQRSTVWY", k=rng.randint(*lengths)))) for i in range(count)]
+
+
+def random_dna(count, seed=0, lengths=(20, 501)):
+    rng = random.Random(seed)
+    return [(f"d{i}_chunk_1F1", "".join(rng.choices("ACGT", k=rng.randint(*lengths)))) for i in range(count)]
+
+
+def write(path, records):
+    return bench.write_fasta(str(path), records)
+
+
+class Recording(torch.nn.Module):
+    """Wraps a model: records batch shapes, can simulate OOM or NaN output."""
+
+    def __init__(self, model, oom_rows_above=None, oom_length=None, nan_length=None):
+        super().__init__()
+        self.model, self.shapes = model, []
+        self.oom_rows_above, self.oom_length, self.nan_length = oom_rows_above, oom_length, nan_length
+
+    def forward(self, input_ids, attention_mask):
+        self.shapes.append(tuple(input_ids.shape))
+        lengths = attention_mask.sum(dim=1).tolist()
+        if (self.oom_rows_above and input_ids.shape[0] > self.oom_rows_above) or self.oom_length in lengths:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.nan_length in lengths:
+            output.last_hidden_state[lengths.index(self.nan_length)] = float("nan")
+        return output
+
+
+# ------------------------------------------------------------ loading
+def test_loaders_return_checkpoint_weights(esm_folder, fastesm, dnabert):
+    model, tokenizer = fastesm
+    assert model.config._attn_implementation == "sdpa"
+    assert tokenizer.convert_tokens_to_ids(["<cls>", "<pad>", "<eos>", "L", "<mask>"]) == [0, 1, 2, 4, 32]
+    saved = bench.random_esm(TINY_FASTESM, masked_lm=True).esm.state_dict()
+    assert torch.equal(model.encoder.layer[1].output.dense.weight, saved["encoder.layer.1.output.dense.weight"])
+    dna_model, dna_tokenizer = dnabert
+    assert dna_model.config.hidden_size == units.DNA_DIM
+    assert dna_tokenizer("ACGT")["input_ids"][0] == dna_tokenizer.cls_token_id
+
+
+def test_loader_refuses_checkpoint_missing_encoder_weights(esm_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(esm_folder, broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["esm.encoder.layer.0.attention.self.query.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(units.InputError, match="do not come from its checkpoint .*attention.self.query.weight"):
+        units.load_fast_esm(str(broken), device="cpu")
+
+
+def test_loader_refuses_a_model_of_the_wrong_size(tmp_path):
+    folder = bench.save_random_esm(tmp_path / "small", (64, 1, 4, 32))
+    with pytest.raises(units.InputError, match="gives 64-value embeddings, not 1280"):
+        units.load_fast_esm(str(folder), device="cpu")
+
+
+def test_loader_without_network_or_cache_names_model_and_fix(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(units.InputError) as error:
+        units.load_fast_esm(device="cpu")
+    message = str(error.value)
+    assert message.startswith("FastESM2_650: cannot get Synthyra/FastESM2_650")
+    assert str(tmp_path / "empty-cache") in message and "huggingface-cli download Synthyra/FastESM2_650" in message
+    assert "--protein-model" in message and "\n" not in message
+    with pytest.raises(units.InputError, match="neither a folder nor a Hugging Face id"):
+        units.load_dnabert_s("./no/such/folder", device="cpu")
+
+
+def test_device_choice():
+    assert units.resolve_device("cpu").type == "cpu"
+    with pytest.raises(units.InputError, match="not a device"):
+        units.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(units.InputError, match="no CUDA GPU"):
+            units.resolve_device("cuda")
+
+
+def test_triton_kernel_is_disabled_in_remote_code():
+    remote = types.ModuleType("fake_bert_layers")
+    remote.flash_attn_qkvpacked_func = object()
+    model_class = type("BertModel", (torch.nn.Module,), {"__module__": "fake_bert_layers"})
+    sys.modules["fake_bert_layers"] = remote
+    try:
+        units.disable_triton_attention(model_class())
+        assert remote.flash_attn_qkvpacked_func is None
+    finally:
+        del sys.modules["fake_bert_layers"]
+
+
+# ------------------------------------------------------------ DNABERT-S
+def test_dnabert_batched_equals_published_one_at_a_time(dnabert, tmp_path):
+    model, tokenizer = dnabert
+    records = random_dna(40)
+    out = tmp_path / "dna.pt"
+    result = units.extract_DNABERT_S(write(tmp_path / "dna.fa", records), str(out),
+                                     model=model, tokenizer=tokenizer, toks_per_batch=2000)
+    assert result["nucleotide"] == [r[0] for r in records]
+    assert torch.load(out, weights_only=True)["nucleotide"] == result["nucleotide"]
+    for (record_id, sequence), item in zip(records, result["data"]):
+        with torch.no_grad():   # the published code: one sequence, no mask, mean over every token
+            expected = model(tokenizer(sequence, return_tensors="pt")["input_ids"])[0].mean(dim=1)[0]
+        assert item["label"] == record_id
+        assert item["mean_representation"].shape == (units.DNA_DIM,)
+        torch.testing.assert_close(item["mean_representation"], expected, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------ FastESM2_650
+def residue_mean(model, tokenizer, sequence, include_specials=False):
+    ids = torch.tensor([tokenizer.build_inputs_with_special_tokens(tokenizer.convert_tokens_to_ids(list(sequence)))])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+    return hidden.mean(dim=0) if include_specials else hidden[1:len(sequence) + 1].mean(dim=0)
+
+
+def test_fastesm_batched_equals_one_at_a_time_and_pools_residues_only(fastesm, tmp_path):
+    model, tokenizer = fastesm
+    records = random_proteins(30)
+    fasta = write(tmp_path / "p.faa", records)
+    batched = units.extract_fast_esm(fasta, model=model, tokenizer=tokenizer, toks_per_batch=2048)
+    alone = units.extract_fast_esm(fasta, model=model, tokenizer=tokenizer, toks_per_batch=1)
+    assert batched["proteins"] == alone["proteins"] == [r[0] for r in records]
+    for (_, sequence), vector, single in zip(records, batched["data"], alone["data"]):
+        assert vector.dtype == torch.float32 and vector.shape == (units.PROTEIN_DIM,)
+        torch.testing.assert_close(vector, single, atol=1e-5, rtol=0)
+        torch.testing.assert_close(vector, residue_mean(model, tokenizer, sequence), atol=1e-5, rtol=0)
+        assert not torch.allclose(vector, residue_mean(model, tokenizer, sequence, include_specials=True), atol=1e-3)
+
+
+def test_fastesm_truncates_to_the_first_residues(fastesm, tmp_path):
+    model, tokenizer = fastesm
+    long_protein = random_proteins(1, seed=5, lengths=(60, 60))[0][1]
+    fasta = write(tmp_path / "long.faa", [("long", long_protein), ("head", long_protein[:16])])
+    result = units.extract_fast_esm(fasta, model=model, tokenizer=tokenizer, truncation_seq_length=16)
+    torch.testing.assert_close(result["data"][0], result["data"][1], atol=1e-5, rtol=0)
+
+
+def test_token_budget_is_respected(fastesm, tmp_path):
+    model, tokenizer = fastesm
+    records = random_proteins(50, seed=2, lengths=(5, 300))
+    recording = Recording(model)
+    units.extract_fast_esm(write(tmp_path / "p.faa", records), model=recording, tokenizer=tokenizer,
+                           toks_per_batch=600)
+    assert sum(rows for rows, _ in recording.shapes) == len(records)
+    for rows, width in recording.shapes:
+        assert rows * width <= 600 or rows == 1
+    lengths = [random.randint(1, 1200) for _ in range(500)]
+    batches = units.token_budget_batches(lengths, 2048)
+    assert sorted(i for batch in batches for i in batch) == list(range(500))
+    assert all(max(lengths[i] for i in b) * len(b) <= 2048 or len(b) == 1 for b in batches)
+
+
+def test_out_of_memory_splits_batches_and_logs_what_still_fails(fastesm, tmp_path):
+    model, tokenizer = fastesm
+    records = random_proteins(20, seed=3, lengths=(10, 40))
+    records.append(("huge", "M" * 77))                         # 79 tokens: always out of memory
+    fasta = write(tmp_path / "p.faa", records)
+    out = tmp_path / "features" / "p_ESM.pt"
+    out.parent.mkdir()
+    recording = Recording(model, oom_rows_above=2, oom_length=79)
+    result = units.extract_fast_esm(fasta, str(out), model=recording, tokenizer=tokenizer, toks_per_batch=4096)
+    reference = units.extract_fast_esm(fasta, model=model, tokenizer=tokenizer, toks_per_batch=1)
+    assert result["proteins"] == [r[0] for r in records[:-1]]
+    for vector, expected in zip(result["data"], reference["data"]):
+        torch.testing.assert_close(vector, expected, atol=1e-5, rtol=0)
+    assert max(rows for rows, _ in recording.shapes) > 2            # it tried big batches first
+    log = (out.parent / units.FAILURE_LOG).read_text().strip().split("\t")
+    assert log[1:4] == [str(fasta), "huge", "out_of_memory"] and "CUDA out of memory" in log[4]
+
+
+def test_nan_embedding_is_refused_and_logged(fastesm, tmp_path):
+    model, tokenizer = fastesm
+    records = [("ok", "MKVLA"), ("bad", "MKVLAGG"), ("ok2", "MKV")]
+    out = tmp_path / "p_ESM.pt"
+    result = units.extract_fast_esm(write(tmp_path / "p.faa", records), str(out),
+                                    model=Recording(model, nan_length=9), tokenizer=tokenizer)
+    assert result["proteins"] == ["ok", "ok2"]
+    assert all(torch.isfinite(v).all() for v in torch.load(out, weights_only=True)["data"])
+    assert "\tbad\tnon_finite\t" in (tmp_path / units.FAILURE_LOG).read_text()
+
+
+def test_existing_output_is_not_redone(fastesm, tmp_path):
+    model, tokenizer = fastesm
+    fasta = write(tmp_path / "p.faa", random_proteins(5))
+    out = str(tmp_path / "p_ESM.pt")
+    first = units.extract_fast_esm(fasta, out, model=model, tokenizer=tokenizer)
+    recording = Recording(model)
+    again = units.extract_fast_esm(fasta, out, model=recording, tokenizer=tokenizer)
+    assert recording.shapes == []
+    assert again["proteins"] == first["proteins"]
+    assert all(torch.equal(a, b) for a, b in zip(again["data"], first["data"]))
+
+
+def test_embedding_of_the_wrong_width_is_refused_before_writing(tmp_path):
+    small = bench.random_esm((32, 1, 4, 16))
+    out = tmp_path / "p_ESM.pt"
+    with pytest.raises(units.DimensionError) as error:
+        units.extract_fast_esm(write(tmp_path / "p.faa", random_proteins(3)), str(out),
+                               model=small, tokenizer=units.esm_tokenizer())
+    assert (error.value.expected, error.value.actual, error.value.sequence_id) == (1280, (32,), "p0")
+    assert not out.exists()
+
+
+def test_esm2_3b_baseline_runs_side_by_side(tmp_path):
+    folder = bench.save_random_esm(tmp_path / "esm2_3b", TINY_ESM2_3B)
+    model, alphabet = units.load_esm2_3b(str(folder), device="cpu")
+    assert next(model.parameters()).dtype == torch.float32
+    records = random_proteins(4)
+    result = units.extract_esm(write(tmp_path / "p.faa", records), model=model, alphabet=alphabet,
+                               out_file=str(tmp_path / "p_ESM.pt"))
+    assert [v.shape for v in result["data"]] == [(units.ESM2_3B_DIM,)] * 4
+    torch.testing.assert_close(result["data"][2], residue_mean(model, alphabet, records[2][1]), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------ merge
+def test_merge_reproduces_the_published_file():
+    out_dir = GOLDEN / "reference_vanilla"
+    merged_file = out_dir.parent.parent / "merged.tmp.pt"
+    try:
+        left_out = units.merge_data(out_dir / "output_1_DNABERT_S.pt", out_dir / "output_1_ESM.pt",
+                                    merged_file, protein_dim=units.ESM2_3B_DIM)
+        merged = torch.load(merged_file, weights_only=True)
+    finally:
+        merged_file.unlink(missing_ok=True)
+    published = torch.load(out_dir / "output_1_merged.pt", weights_only=True)
+    assert left_out == []
+    assert merged.keys() == published.keys()
+    assert merged["ids"] == published["ids"]
+    assert merged["data"].dtype == published["data"].dtype and torch.equal(merged["data"], published["data"])
+
+
+def feature_files(tmp_path, dna_ids, protein_ids, dna_dim=units.DNA_DIM, protein_dim=units.PROTEIN_DIM):
+    dna = {"nucleotide": dna_ids,
+           "data": [{"label": i, "mean_representation": torch.full((dna_dim,), float(n))} for n, i in enumerate(dna_ids)]}
+    protein = {"proteins": protein_ids, "data": [torch.full((protein_dim,), -float(n)) for n, i in enumerate(protein_ids)]}
+    torch.save(dna, tmp_path / "dna.pt")
+    torch.save(protein, tmp_path / "protein.pt")
+    return tmp_path / "dna.pt", tmp_path / "protein.pt", tmp_path / "merged.pt"
+
+
+def test_merge_joins_by_id_and_reports_ids_left_out(tmp_path):
+    dna, protein, merged_file = feature_files(tmp_path, ["a", "b", "c"], ["c", "a", "z"])
+    assert units.merge_data(dna, protein, merged_file, data_type="viral") == ["b", "z"]
+    merged = torch.load(merged_file, weights_only=True)
+    assert merged["ids"] == ["a", "c"] and merged["labels"] == [1]
+    assert merged["data"].shape == (2, units.MERGED_DIM)
+    assert merged["data"][1, 0] == 2 and merged["data"][1, -1] == 0      # c: dna row 2, protein row 0
+    assert merged["data"][0, -1] == -1                                      # a: protein row 1
+    units.merge_data(dna, protein, merged_file, data_type="host")
+    assert torch.load(merged_file, weights_only=True)["labels"] == [0]
+
+
+@pytest.mark.parametrize("dna_dim, protein_dim, expected, actual, where", [
+    (767, units.PROTEIN_DIM, units.DNA_DIM, 767, "dna.pt"),
+    (units.DNA_DIM, units.ESM2_3B_DIM, units.PROTEIN_DIM, units.ESM2_3B_DIM, "protein.pt"),
+])
+def test_merge_dimension_guards(tmp_path, dna_dim, protein_dim, expected, actual, where):
+    dna, protein, merged_file = feature_files(tmp_path, ["a", "b"], ["a", "b"], dna_dim, protein_dim)
+    with pytest.raises(units.DimensionError) as error:
+        units.merge_data(dna, protein, merged_file)
+    assert (error.value.expected, error.value.actual, error.value.sequence_id) == (expected, actual, "a")
+    assert error.value.location.endswith(where)
+    assert not merged_file.exists()
+
+
+def test_merge_refuses_non_finite_and_disjoint_inputs(tmp_path):
+    dna, protein, merged_file = feature_files(tmp_path, ["a"], ["b"])
+    with pytest.raises(units.InputError, match="no sequence id in common"):
+        units.merge_data(dna, protein, merged_file)
+    bad = {"proteins": ["a"], "data": [torch.full((units.PROTEIN_DIM,), float("nan"))]}
+    torch.save(bad, protein)
+    with pytest.raises(units.InputError, match="NaN"):
+        units.merge_data(dna, protein, merged_file)
+    assert not merged_file.exists()
+
+
+def test_extracted_features_merge_to_2048(dnabert, fastesm, tmp_path):
+    frames = [(f"r{i}_chunk_1F1", dna, protein) for i, (dna, protein) in
+              enumerate([("ATGAAACCCGGGTTTAAAC", "MKPGFK"), ("ATGGCTGCTGCT", "MAAA")])]
+    dna_file = write(tmp_path / "f.fa", [(i, d) for i, d, _ in frames])
+    protein_file = write(tmp_path / "f.faa", [(i, p) for i, _, p in frames])
+    units.extract_DNABERT_S(dna_file, str(tmp_path / "f_DNABERT_S.pt"), model=dnabert[0], tokenizer=dnabert[1])
+    units.extract_fast_esm(protein_file, str(tmp_path / "f_ESM.pt"), model=fastesm[0], tokenizer=fastesm[1])
+    units.merge_data(tmp_path / "f_DNABERT_S.pt", tmp_path / "f_ESM.pt", tmp_path / "f_merged.pt")
+    merged = torch.load(tmp_path / "f_merged.pt", weights_only=True)
+    assert merged["data"].shape == (2, units.MERGED_DIM) and "labels" not in merged
