@@ -3,22 +3,321 @@
 
     python prediction.py input.fasta 500 model_fastesm650.pth
 
-Not available yet: the embedding extraction and prediction steps are still
-being built (see README, "Pipeline"). This command says so instead of
-pretending to work.
+Each sequence is cut into chunks of the model's length (300 or 500 bp), every
+stop-free frame of a chunk is embedded with DNABERT-S and the protein model
+and scored by the classifier. A chunk is viral when its best viral score is
+at least its best non-viral score.
+
+Outputs, in the output folder (default: <input without extension>_merged/):
+  prediction_results.txt               per frame: Sequence_ID, Prediction, score1, score2
+  prediction_results_highestscore.csv  per chunk: Modified_ID, Is_Virus (tab-separated, as published)
+  prediction_summary.tsv               per sequence: length, chunks, chunks without a
+                                       stop-free frame, viral chunks, best viral score, call
+  prediction.png                       with --plot: chunk scores along the sequences
+
+The input is processed in shards of whole sequences, so memory stays flat as
+the input grows; an interrupted run, re-run with the same arguments, resumes
+at the first unfinished shard and ends with the same outputs.
 """
+from __future__ import annotations
+
 import argparse
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 import units
 
+FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt")
+RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv")
+CHUNK_COLUMNS = ["chunk_id", "record_id", "record_length", "start", "end", "frames", "best_others", "best_virus"]
+SUMMARY_HEADER = "Sequence_ID\tLength\tChunks\tChunks_without_frames\tViral_chunks\tBest_viral_score\tCall\n"
+PLOTTED_SEQUENCES = 20
 
-def main(argv=None):
+
+def default_output_dir(input_fasta: str) -> str:
+    """``reads.fasta(.gz)`` -> ``reads_merged`` beside it, as published."""
+    stem = input_fasta[:-3] if input_fasta.endswith(".gz") else input_fasta
+    for suffix in FASTA_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[:-len(suffix)]
+            break
+    return stem + "_merged"
+
+
+def format_score(value) -> str:
+    """As published: ``str`` of a float32 probability."""
+    return str(np.float32(value))
+
+
+# ---------------------------------------------------------------- input in shards
+def shards(input_fasta: str, chunk_size: int, chunks_per_shard: int):
+    """``(records, chunk count)``: whole records holding about ``chunks_per_shard`` chunks."""
+    shard, chunks = [], 0
+    for record in units.read_fasta(input_fasta, alphabet="dna"):
+        shard.append(record)
+        chunks += len(units.chunk_starts(len(record.sequence), chunk_size))
+        if chunks >= chunks_per_shard:
+            yield shard, chunks
+            shard, chunks = [], 0
+    if shard:
+        yield shard, chunks
+
+
+def count_chunks(input_fasta: str, chunk_size: int) -> tuple[int, int]:
+    """Read (and validate) the whole input once: ``(records, chunks)``."""
+    records = chunks = 0
+    for record in units.read_fasta(input_fasta, alphabet="dna"):
+        records += 1
+        chunks += len(units.chunk_starts(len(record.sequence), chunk_size))
+    return records, chunks
+
+
+# ---------------------------------------------------------------- one shard
+@dataclass
+class Models:
+    pipeline: units.Pipeline
+    classifier: units.MLPClassifier
+    dna: tuple
+    protein: tuple
+    dna_batch_tokens: int
+    protein_batch_tokens: int
+
+
+def shard_chunks(records, chunk_size):
+    """``[(chunk_id, upper-case chunk)]`` and the chunk table rows of a shard."""
+    chunks, rows = [], []
+    for record in records:
+        sequence = record.sequence.upper()
+        for k, start in enumerate(units.chunk_starts(len(sequence), chunk_size), start=1):
+            chunk = sequence[start:start + chunk_size]
+            chunk_id = f"{record.id}_chunk_{k}"
+            chunks.append((chunk_id, chunk))
+            rows.append({"chunk_id": chunk_id, "record_id": record.id, "record_length": len(sequence),
+                         "start": start, "end": start + len(chunk), "frames": 0})
+    return chunks, rows
+
+
+def score_frames(folder: str, frames, models: Models) -> dict[str, tuple]:
+    """Embed a shard's frames and score them: ``{frame_id: (score1, score2)}``.
+    Each step's file is reused when a resumed run finds it."""
+    nucleotide, protein = f"{folder}/identified_nucleotide.fa", f"{folder}/identified_protein.faa"
+    if not os.path.exists(nucleotide):
+        with units.IdentifiedWriter(nucleotide, protein) as writer:
+            writer.write(frames)
+    dna_model, dna_tokenizer = models.dna
+    dna = units.extract_DNABERT_S(nucleotide, f"{folder}/DNABERT_S.pt", model=dna_model, tokenizer=dna_tokenizer,
+                                  toks_per_batch=models.dna_batch_tokens)
+    protein_model, protein_tokenizer = models.protein
+    proteins = units.extract_protein(models.pipeline, protein, f"{folder}/ESM.pt", protein_model, protein_tokenizer,
+                                     toks_per_batch=models.protein_batch_tokens)
+    if not dna["nucleotide"] or not proteins["proteins"]:
+        return {}                                       # every frame failed (see extraction_failures.log)
+    merged_file = f"{folder}/merged.pt"
+    if not os.path.exists(merged_file):
+        units.merge_data(f"{folder}/DNABERT_S.pt", f"{folder}/ESM.pt", merged_file,
+                         protein_dim=models.pipeline.protein.dim)
+    merged = torch.load(merged_file, weights_only=True)
+    probabilities = units.predict_probabilities(models.classifier, merged["data"]).numpy()
+    return dict(zip(merged["ids"], map(tuple, probabilities)))
+
+
+def process_shard(folder: str, records, chunk_size: int, models: Models, keep_intermediate: bool) -> None:
+    """Score one shard; its ``chunks.tsv`` (written last) marks it done."""
+    if os.path.exists(f"{folder}/chunks.tsv"):
+        return
+    os.makedirs(folder, exist_ok=True)
+    chunks, rows = shard_chunks(records, chunk_size)
+    frames = [frame for frame in units.select_frames(chunks) if frame[2]]   # empty proteins are not scored
+    scores = score_frames(folder, frames, models) if frames else {}
+    frames_per_chunk: dict[str, int] = {}
+    best: dict[str, list] = {}
+    with units.atomic_write(f"{folder}/frames.tsv") as out:
+        for frame_id, _, _ in frames:
+            chunk_id = frame_id[:-2]
+            frames_per_chunk[chunk_id] = frames_per_chunk.get(chunk_id, 0) + 1
+            if frame_id not in scores:
+                continue
+            others, virus = scores[frame_id]
+            # published: the arg-max class, 'others' on an exact tie
+            out.write(f"{frame_id}\t{units.CLASS_NAMES[int(virus > others)]}\t"
+                      f"{format_score(others)}\t{format_score(virus)}\n")
+            pair = best.setdefault(chunk_id, [others, virus])
+            pair[0], pair[1] = max(pair[0], others), max(pair[1], virus)
+    with units.atomic_write(f"{folder}/chunks.tsv") as out:
+        writer = csv.DictWriter(out, CHUNK_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            others, virus = (format_score(v) for v in best[row["chunk_id"]]) if row["chunk_id"] in best \
+                else ("NA", "NA")
+            writer.writerow({**row, "frames": frames_per_chunk.get(row["chunk_id"], 0),
+                             "best_others": others, "best_virus": virus})
+    if not keep_intermediate:
+        for name in ("identified_nucleotide.fa", "identified_protein.faa", "DNABERT_S.pt", "ESM.pt", "merged.pt"):
+            if os.path.exists(f"{folder}/{name}"):
+                os.remove(f"{folder}/{name}")
+
+
+# ---------------------------------------------------------------- final outputs
+def read_chunk_table(folder: str):
+    with open(f"{folder}/chunks.tsv") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            scored = row["best_virus"] != "NA"
+            row["viral"] = scored and np.float32(row["best_virus"]) >= np.float32(row["best_others"])
+            row["scored"] = scored
+            yield row
+
+
+def summarize(records_rows):
+    """One summary line per sequence from its chunk rows (in order)."""
+    chunks = len(records_rows)
+    without_frames = sum(row["frames"] == "0" for row in records_rows)
+    scored = [row for row in records_rows if row["scored"]]
+    viral = sum(row["viral"] for row in scored)
+    best = max((np.float32(row["best_virus"]) for row in scored), default=None)
+    if not scored:
+        call = "no_frames" if without_frames == chunks else "not_scored"
+    else:
+        call = "virus" if 2 * viral >= len(scored) else "others"
+    first = records_rows[0]
+    return (f"{first['record_id']}\t{first['record_length']}\t{chunks}\t{without_frames}\t{viral}\t"
+            f"{'NA' if best is None else format_score(best)}\t{call}\n")
+
+
+def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, plot: bool) -> dict:
+    """Assemble the final files from the shards (each written atomically)."""
+    counts = {"sequences": 0, "viral_sequences": 0, "chunks": 0}
+    plotted = []
+    with units.atomic_write(f"{output_dir}/prediction_results.txt") as frames_out, \
+            units.atomic_write(f"{output_dir}/prediction_results_highestscore.csv") as chunks_out, \
+            units.atomic_write(f"{output_dir}/prediction_summary.tsv") as summary_out:
+        frames_out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+        chunks_out.write("Modified_ID\tIs_Virus\n")
+        summary_out.write(SUMMARY_HEADER)
+        for folder in shard_folders:
+            with open(f"{folder}/frames.tsv") as handle:
+                shutil.copyfileobj(handle, frames_out)
+            record_rows = []
+            for row in list(read_chunk_table(folder)) + [None]:
+                if record_rows and (row is None or row["record_id"] != record_rows[0]["record_id"]):
+                    line = summarize(record_rows)
+                    summary_out.write(line)
+                    counts["sequences"] += 1
+                    counts["viral_sequences"] += line.rstrip("\n").endswith("\tvirus")
+                    if plot and len(plotted) < PLOTTED_SEQUENCES:
+                        plotted.append((record_rows[0]["record_id"], int(record_rows[0]["record_length"]),
+                                        [(int(r["start"]), int(r["end"]),
+                                          float(r["best_virus"]) if r["scored"] else None, r["viral"])
+                                         for r in record_rows]))
+                    record_rows = []
+                if row is not None:
+                    counts["chunks"] += 1
+                    record_rows.append(row)
+                    if row["scored"]:
+                        chunks_out.write(f"{row['chunk_id']}\t{row['viral']}\n")
+    if plot and plotted:
+        units.plot_chunk_scores(plotted, f"{output_dir}/prediction.png", chunk_size)
+    return counts
+
+
+# ---------------------------------------------------------------- run
+def run_settings(args, model_path: str) -> dict:
+    """What the results depend on; a resumed run must match it."""
+    stat = os.stat(args.input_fasta)
+    return {"input": os.path.abspath(args.input_fasta), "input_size": stat.st_size,
+            "input_mtime_ns": stat.st_mtime_ns, "chunk_length": args.expect_length,
+            "classifier": os.path.abspath(model_path), "classifier_size": os.path.getsize(model_path),
+            "pipeline": args.pipeline, "dna_model": args.dna_model or units.DNABERT_S.hub_id,
+            "protein_model": args.protein_model or units.PIPELINES[args.pipeline].protein.hub_id,
+            "chunks_per_shard": args.chunks_per_shard}
+
+
+def claim_output_dir(output_dir: str, settings: dict) -> None:
+    """Create the output folder, or check that it holds a run of the same settings."""
+    run_file = f"{output_dir}/run.json"
+    if os.path.exists(run_file):
+        with open(run_file) as handle:
+            previous = json.load(handle)
+        if previous != settings:
+            changed = sorted(key for key in settings if previous.get(key) != settings[key])
+            raise units.InputError(f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
+                                   "use another --output-dir or delete that folder")
+        units.logger.info(f"resuming the run in {output_dir}")
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    with units.atomic_write(run_file) as handle:
+        json.dump(settings, handle, indent=1)
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input_fasta", help="FASTA file of reads or contigs (plain or gzipped)")
     parser.add_argument("expect_length", type=int, choices=(300, 500), help="chunk length of the model: 300 or 500")
-    parser.add_argument("model_path", help="classifier checkpoint (.pth)")
-    parser.parse_args(argv)
-    raise units.InputError("prediction is not implemented yet: it needs the extraction step (README, Pipeline)")
+    parser.add_argument("model_path", help="classifier checkpoint (.pth), e.g. model_fastesm650.pth")
+    parser.add_argument("-o", "--output-dir", help="output folder (default: <input without extension>_merged)")
+    parser.add_argument("--pipeline", choices=sorted(units.PIPELINES),
+                        help="embedding pipeline (default: the one the checkpoint was trained for; "
+                             "esm2_3b runs the published baseline and its 300_model.pth / 500_model.pth)")
+    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: GPU if any)")
+    parser.add_argument("--dna-model", help=f"DNABERT-S: Hugging Face id or local folder "
+                                            f"(default {units.DNABERT_S.hub_id})")
+    parser.add_argument("--protein-model", help="protein model: Hugging Face id or local folder (default "
+                                                f"{units.FASTESM2_650.hub_id}, or {units.ESM2_3B.hub_id} for esm2_3b)")
+    parser.add_argument("--dna-batch-tokens", type=int, default=units.DNA_TOKS_PER_BATCH,
+                        help="DNABERT-S tokens per batch (default %(default)s; batches that run out of "
+                             "GPU memory are split)")
+    parser.add_argument("--protein-batch-tokens", type=int, default=16384,
+                        help="protein-model tokens per batch (default %(default)s)")
+    parser.add_argument("--chunks-per-shard", type=int, default=10000,
+                        help="chunks processed together; bounds memory and the work redone on resume "
+                             "(default %(default)s)")
+    parser.add_argument("--keep-intermediate", action="store_true",
+                        help="keep each shard's frames and feature files under <output>/shards/")
+    parser.add_argument("--plot", action="store_true",
+                        help=f"also draw prediction.png: chunk scores along the first {PLOTTED_SEQUENCES} sequences")
+    args = parser.parse_args(argv)
+    for option in ("dna_batch_tokens", "protein_batch_tokens", "chunks_per_shard"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv=None):
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    classifier, metadata = units.load_checkpoint(args.model_path, args.pipeline)
+    args.pipeline = metadata["embedding_model"]
+    pipeline = units.PIPELINES[args.pipeline]
+    n_records, n_chunks = count_chunks(args.input_fasta, args.expect_length)
+    output_dir = args.output_dir or default_output_dir(args.input_fasta)
+    device = units.resolve_device(args.device)
+    units.logger.info(f"{args.input_fasta}: {n_records} sequences, {n_chunks} {args.expect_length}-bp chunks; "
+                      f"{pipeline.name} pipeline on {device}")
+    models = Models(pipeline, classifier.to(device), units.load_dnabert_s(args.dna_model, device),
+                    pipeline.load_protein(args.protein_model, device),
+                    args.dna_batch_tokens, args.protein_batch_tokens)
+    claim_output_dir(output_dir, run_settings(args, args.model_path))   # only once the inputs all check out
+
+    folders = []
+    with tqdm(total=n_chunks, desc="chunks", unit="chunk") as progress:
+        shard_iter = shards(args.input_fasta, args.expect_length, args.chunks_per_shard)
+        for index, (records, chunk_count) in enumerate(shard_iter, start=1):
+            folder = f"{output_dir}/shards/{index:06d}"
+            process_shard(folder, records, args.expect_length, models, args.keep_intermediate)
+            folders.append(folder)
+            progress.update(chunk_count)
+    counts = write_outputs(output_dir, folders, args.expect_length, args.plot)
+    if not args.keep_intermediate:
+        shutil.rmtree(f"{output_dir}/shards")
+    units.logger.info(f"{counts['sequences']} sequences, {counts['viral_sequences']} called viral; "
+                      f"results in {output_dir}/")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,252 @@
+"""prediction.py end to end with tiny models and checkpoints made by the tests."""
+import csv
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import units
+from conftest import GOLDEN, ROOT, load_script, run_script
+
+bench = load_script("scripts/benchmark_extraction.py")
+prediction = load_script("prediction.py")
+plot_script = load_script("scripts/plot_predictions.py")
+
+INPUT = GOLDEN / "prediction/input.fasta"          # 40 contigs -> 377 chunks of 300 bp
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    dnabert = bench.save_random_dnabert(folder / "dnabert", (units.DNA_DIM, 2, 4, 64), vocab_size=64)
+    esm = bench.save_random_esm(folder / "fastesm", (units.PROTEIN_DIM, 2, 4, 64))
+    torch.manual_seed(1)
+    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    with torch.no_grad():                                   # spread the scores over both classes
+        classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
+    units.save_checkpoint(classifier, folder / "model_fastesm650.pth", epochs=1)
+    return {"dna": str(dnabert), "protein": str(esm), "checkpoint": str(folder / "model_fastesm650.pth"),
+            "folder": folder}
+
+
+def predict_args(models, output_dir, *extra, input_fasta=INPUT, checkpoint=None):
+    return [str(input_fasta), "300", checkpoint or models["checkpoint"], "-o", str(output_dir), "--device", "cpu",
+            "--dna-model", models["dna"], "--protein-model", models["protein"], "--chunks-per-shard", "100", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference_run(models, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    assert prediction.main(predict_args(models, output_dir, "--plot")) == 0
+    return output_dir
+
+
+def read_tsv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+# ------------------------------------------------------------ outputs
+def test_frame_results_cover_every_frame_in_the_published_format(reference_run):
+    text = (reference_run / "prediction_results.txt").read_text()
+    assert text.startswith("Sequence_ID\tPrediction\tscore1\tscore2\n")
+    rows = read_tsv(reference_run / "prediction_results.txt")
+    expected_ids = [r.id for r in units.read_fasta(GOLDEN / "prediction/chunked300_identified_nucleotide.fa")]
+    assert [row["Sequence_ID"] for row in rows] == expected_ids          # every frame, in input order
+    for row in rows:
+        others, virus = np.float32(row["score1"]), np.float32(row["score2"])
+        assert str(others) == row["score1"] and abs(float(others) + float(virus) - 1) < 1e-6
+        assert row["Prediction"] == ("virus" if virus > others else "others")
+    assert {row["Prediction"] for row in rows} == {"virus", "others"}
+
+
+def test_scores_belong_to_their_frames(reference_run, models, tmp_path):
+    """Recompute one shard's scores straight through units and compare by id."""
+    dna_model = units.load_dnabert_s(models["dna"], "cpu")
+    protein_model = units.load_fast_esm(models["protein"], "cpu")
+    classifier, _ = units.load_checkpoint(models["checkpoint"])
+    nucleotide = GOLDEN / "prediction/chunked300_identified_nucleotide.fa"
+    protein = GOLDEN / "prediction/chunked300_identified_protein.faa"
+    units.extract_DNABERT_S(nucleotide, str(tmp_path / "d.pt"), model=dna_model[0], tokenizer=dna_model[1])
+    units.extract_fast_esm(protein, str(tmp_path / "p.pt"), model=protein_model[0], tokenizer=protein_model[1])
+    units.merge_data(tmp_path / "d.pt", tmp_path / "p.pt", tmp_path / "m.pt")
+    merged = torch.load(tmp_path / "m.pt", weights_only=True)
+    expected = units.predict_probabilities(classifier, merged["data"]).numpy()
+    got = {row["Sequence_ID"]: (float(row["score1"]), float(row["score2"]))
+           for row in read_tsv(reference_run / "prediction_results.txt")}
+    for frame_id, (others, virus) in zip(merged["ids"], expected):
+        assert got[frame_id] == pytest.approx((others, virus), abs=2e-5)
+
+
+def test_chunk_calls_and_sequence_summary_are_consistent(reference_run):
+    frames = read_tsv(reference_run / "prediction_results.txt")
+    best = {}
+    for row in frames:
+        pair = best.setdefault(row["Sequence_ID"][:-2], [-1.0, -1.0])
+        pair[0], pair[1] = max(pair[0], float(row["score1"])), max(pair[1], float(row["score2"]))
+    assert (reference_run / "prediction_results_highestscore.csv").read_text().startswith("Modified_ID\tIs_Virus\n")
+    chunk_calls = read_tsv(reference_run / "prediction_results_highestscore.csv")
+    assert [row["Modified_ID"] for row in chunk_calls] == list(best)
+    for row in chunk_calls:
+        assert row["Is_Virus"] == str(best[row["Modified_ID"]][1] >= best[row["Modified_ID"]][0])
+
+    summary = read_tsv(reference_run / "prediction_summary.tsv")
+    records = list(units.read_fasta(INPUT))
+    assert [row["Sequence_ID"] for row in summary] == [r.id for r in records]
+    assert sum(int(row["Chunks"]) for row in summary) == 377             # every input chunk accounted for
+    calls = {row["Modified_ID"]: row["Is_Virus"] == "True" for row in chunk_calls}
+    for record, row in zip(records, summary):
+        chunk_ids = [f"{record.id}_chunk_{k}" for k in range(1, len(units.chunk_starts(len(record.sequence), 300)) + 1)]
+        scored = [c for c in chunk_ids if c in calls]
+        assert int(row["Length"]) == len(record.sequence) and int(row["Chunks"]) == len(chunk_ids)
+        assert int(row["Chunks_without_frames"]) == len(chunk_ids) - len(scored)
+        assert int(row["Viral_chunks"]) == sum(calls[c] for c in scored)
+        if scored:
+            assert float(row["Best_viral_score"]) == max(best[c][1] for c in scored)
+            assert row["Call"] == ("virus" if 2 * int(row["Viral_chunks"]) >= len(scored) else "others")
+        else:
+            assert (row["Best_viral_score"], row["Call"]) == ("NA", "no_frames")
+    assert any(row["Call"] == "no_frames" for row in summary)            # reported, not dropped
+
+
+def test_plot_run_folder_and_intermediates(reference_run):
+    assert (reference_run / "prediction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in reference_run.iterdir()) == [
+        "prediction.png", "prediction_results.txt", "prediction_results_highestscore.csv",
+        "prediction_summary.tsv", "run.json"]
+
+
+def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_path):
+    assert plot_script.main([str(reference_run), "-o", str(tmp_path / "ours.png")]) == 0
+    published = GOLDEN / "reference_vanilla/prediction_results.txt"
+    assert plot_script.main([str(published), "-o", str(tmp_path / "published.png")]) == 0
+    for name in ("ours.png", "published.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert plot_script.chunk_scores(str(published))["synthetic_seq_2"][1] == (np.float32(0.5501341),
+                                                                              np.float32(0.93954605))
+
+
+# ------------------------------------------------------------ resume
+def test_interrupted_run_resumes_to_identical_outputs(models, reference_run, tmp_path, monkeypatch):
+    output_dir = tmp_path / "out"
+    calls = []
+    original = units.extract_protein
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(units, "extract_protein", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.main(predict_args(models, output_dir, "--plot"))
+    assert not any((output_dir / name).exists() for name in prediction.RESULT_FILES)   # no partial results
+    assert len(list((output_dir / "shards").glob("*/chunks.tsv"))) == 2                # two shards finished
+
+    calls.clear()
+    assert prediction.main(predict_args(models, output_dir, "--plot")) == 0
+    assert len(calls) == 2                                   # shards 3 and 4 only (4 shards in all)
+    for name in prediction.RESULT_FILES:
+        assert (output_dir / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def test_keep_intermediate_and_changed_settings(models, tmp_path):
+    output_dir = tmp_path / "out"
+    sample = ROOT / "data/sample.fasta"
+    assert prediction.main(predict_args(models, output_dir, "--keep-intermediate", input_fasta=sample)) == 0
+    shard = output_dir / "shards/000001"
+    assert {"identified_nucleotide.fa", "identified_protein.faa", "DNABERT_S.pt", "ESM.pt", "merged.pt",
+            "frames.tsv", "chunks.tsv"} <= {p.name for p in shard.iterdir()}
+    assert len(read_tsv(output_dir / "prediction_summary.tsv")) == 10
+    with pytest.raises(units.InputError, match="holds a run with other settings \\(chunks_per_shard\\)"):
+        prediction.main(predict_args(models, output_dir, input_fasta=sample)[:-1] + ["50"])
+
+
+def test_default_output_dir():
+    assert prediction.default_output_dir("reads.fasta") == "reads_merged"
+    assert prediction.default_output_dir("runs/reads.fa.gz") == "runs/reads_merged"
+    assert prediction.default_output_dir("my.reads.fna") == "my.reads_merged"
+
+
+# ------------------------------------------------------------ checkpoints
+def test_checkpoint_round_trip_with_metadata(tmp_path):
+    model = units.MLPClassifier(units.MERGED_DIM, 512, 2)
+    units.save_checkpoint(model, tmp_path / "m.pth", epochs=3)
+    loaded, metadata = units.load_checkpoint(tmp_path / "m.pth")
+    assert metadata["checkpoint_version"] == "2.0.0" and metadata["embedding_model"] == "fastesm650"
+    assert (metadata["dna_dim"], metadata["protein_dim"], metadata["merged_dim"]) == (768, 1280, 2048)
+    assert (metadata["hidden_dim"], metadata["num_classes"], metadata["epochs"]) == (512, 2, 3)
+    assert metadata["training_date"] and {"torch", "transformers"} <= set(metadata["library_versions"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert not loaded.training
+
+
+@pytest.fixture(scope="module")
+def published_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("published") / "500_model.pth"
+    subprocess.run([sys.executable, str(ROOT / "tests/helpers/make_published_checkpoint.py"), str(path)], check=True)
+    return path
+
+
+def test_fastesm_pipeline_refuses_esm2_3b_and_unlabelled_checkpoints(published_checkpoint, tmp_path):
+    for pipeline in (None, "fastesm650"):
+        with pytest.raises(units.InputError, match="ESM2-3B checkpoint .* run it with --pipeline esm2_3b"):
+            units.load_checkpoint(published_checkpoint, pipeline)
+    torch.save(units.MLPClassifier(units.MERGED_DIM, 512, 2).state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(units.InputError, match="has no metadata"):
+        units.load_checkpoint(tmp_path / "bare.pth")
+    units.save_checkpoint(units.MLPClassifier(1000, 512, 2), tmp_path / "odd.pth")
+    with pytest.raises(units.InputError, match="1000-d input; the fastesm650 pipeline needs 2048-d input"):
+        units.load_checkpoint(tmp_path / "odd.pth")
+
+
+def test_published_checkpoint_loads_without_running_pickled_code(published_checkpoint, tmp_path):
+    model, metadata = units.load_checkpoint(published_checkpoint, "esm2_3b")
+    assert model.hidden_layer.in_features == 3328 and metadata["embedding_model"] == "esm2_3b"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with open(tmp_path / "evil.pth", "wb") as handle:
+        pickle.dump(Exploit(), handle)
+    with pytest.raises(units.InputError, match="not a VirNucPro checkpoint"):
+        units.load_checkpoint(tmp_path / "evil.pth", "esm2_3b")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_esm2_3b_pipeline_runs_the_published_checkpoint(models, published_checkpoint, tmp_path):
+    esm2_3b = bench.save_random_esm(tmp_path / "esm2_3b", (units.ESM2_3B_DIM, 1, 4, 32))
+    args = predict_args(models, tmp_path / "out", "--pipeline", "esm2_3b", input_fasta=ROOT / "data/sample.fasta",
+                        checkpoint=str(published_checkpoint))
+    args[args.index("--protein-model") + 1] = str(esm2_3b)
+    assert prediction.main(args) == 0
+    rows = read_tsv(tmp_path / "out/prediction_results.txt")
+    assert rows and all(row["Sequence_ID"].startswith("NC_0295") for row in rows)
+
+
+# ------------------------------------------------------------ bad input
+@pytest.mark.parametrize("content, message", [
+    ("", "the file is empty"),
+    ("just some text\n", "not a FASTA file"),
+    (">a\nACGT\n>a\nACGT\n", "duplicate record id 'a'"),
+])
+def test_bad_input_stops_before_writing_anything(models, tmp_path, content, message):
+    path = tmp_path / "in.fa"
+    path.write_text(content)
+    with pytest.raises(units.InputError, match=message):
+        prediction.main(predict_args(models, tmp_path / "out", input_fasta=path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_errors_are_one_line(models, tmp_path):
+    result = run_script("prediction.py", INPUT, "300", tmp_path / "missing.pth", "-o", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pth'}: no such checkpoint file"]
+    assert not (tmp_path / "out").exists()
