@@ -1055,6 +1055,31 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
     return left_out
 
 
+def check_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
+    """Check one merged training file: ``expected_dim``-wide finite rows, one
+    unique id per row, a label of 0 (host) or 1 (viral). Returns ``{'ids',
+    'label', 'rows'}``; raises ``InputError`` naming the file and the problem."""
+    path = os.fspath(path)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise InputError(f"{path}: not a readable merged feature file ({error.__class__.__name__})") from None
+    if not isinstance(content, dict) or not {"ids", "data", "labels"} <= content.keys():
+        raise InputError(f"{path}: a merged training file needs 'ids', 'data' and 'labels'")
+    data, ids, labels = content["data"], content["ids"], content["labels"]
+    if data.dim() != 2 or data.shape[1] != expected_dim:
+        raise DimensionError(expected_dim, tuple(data.shape), ids[0] if ids else "-", path)
+    if len(ids) != data.shape[0]:
+        raise InputError(f"{path}: {len(ids)} ids for {data.shape[0]} rows")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{path}: repeated sequence ids")
+    if not torch.isfinite(data).all():
+        raise InputError(f"{path}: the features hold NaN or infinite values")
+    if list(labels) not in ([0], [1]):
+        raise InputError(f"{path}: labels must be [0] (host) or [1] (viral), got {list(labels)[:3]}")
+    return {"ids": ids, "label": int(labels[0]), "rows": data.shape[0]}
+
+
 # =============================================================================
 # 9. Classifier, checkpoints and prediction
 # =============================================================================
