@@ -41,3 +41,19 @@ def load_script(script):
     sys.modules[path.stem] = module          # dataclasses and pickling look modules up by name
     spec.loader.exec_module(module)
     return module
+
+
+TINY_DNABERT = (768, 2, 4, 64)       # DNABERT-S's output width, tiny depth: (hidden, layers, heads, ffn)
+TINY_FASTESM = (1280, 2, 4, 64)      # FastESM2_650's width
+TINY_ESM2_3B = (2560, 1, 4, 32)      # ESM2-3B's width
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Folders of tiny random models of the real widths, in the layouts the
+    loaders read (a DNABERT-S-like tokenizer + BERT, ESM-2 masked-LM checkpoints)."""
+    bench = load_script("scripts/benchmark_extraction.py")
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {"dna": str(bench.save_random_dnabert(root / "dnabert", TINY_DNABERT, vocab_size=64)),
+            "protein": str(bench.save_random_esm(root / "fastesm", TINY_FASTESM)),
+            "esm2_3b": str(bench.save_random_esm(root / "esm2_3b", TINY_ESM2_3B))}

@@ -9,33 +9,24 @@ import pytest
 import torch
 
 import units
-from conftest import GOLDEN, load_script
+from conftest import GOLDEN, TINY_FASTESM, load_script
 
 bench = load_script("scripts/benchmark_extraction.py")
 
-TINY_BERT = (units.DNA_DIM, 2, 4, 64)          # real output width, tiny depth
-TINY_FASTESM = (units.PROTEIN_DIM, 2, 4, 64)
-TINY_ESM2_3B = (units.ESM2_3B_DIM, 1, 4, 32)
+
+@pytest.fixture(scope="module")
+def esm_folder(tiny_models):
+    return tiny_models["protein"]
 
 
 @pytest.fixture(scope="module")
-def dnabert_folder(tmp_path_factory):
-    return str(bench.save_random_dnabert(tmp_path_factory.mktemp("dnabert"), TINY_BERT, vocab_size=64))
+def dnabert(tiny_models):
+    return units.load_dnabert_s(tiny_models["dna"], device="cpu")
 
 
 @pytest.fixture(scope="module")
-def esm_folder(tmp_path_factory):
-    return str(bench.save_random_esm(tmp_path_factory.mktemp("fastesm"), TINY_FASTESM))
-
-
-@pytest.fixture(scope="module")
-def dnabert(dnabert_folder):
-    return units.load_dnabert_s(dnabert_folder, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def fastesm(esm_folder):
-    return units.load_fast_esm(esm_folder, device="cpu")
+def fastesm(tiny_models):
+    return units.load_fast_esm(tiny_models["protein"], device="cpu")
 
 
 def random_proteins(count, seed=0, lengths=(5, 120)):
@@ -72,7 +63,7 @@ class Recording(torch.nn.Module):
 
 
 # ------------------------------------------------------------ loading
-def test_loaders_return_checkpoint_weights(esm_folder, fastesm, dnabert):
+def test_loaders_return_checkpoint_weights(fastesm, dnabert):
     model, tokenizer = fastesm
     assert model.config._attn_implementation == "sdpa"
     assert tokenizer.convert_tokens_to_ids(["<cls>", "<pad>", "<eos>", "L", "<mask>"]) == [0, 1, 2, 4, 32]
@@ -250,9 +241,8 @@ def test_embedding_of_the_wrong_width_is_refused_before_writing(tmp_path):
     assert not out.exists()
 
 
-def test_esm2_3b_baseline_runs_side_by_side(tmp_path):
-    folder = bench.save_random_esm(tmp_path / "esm2_3b", TINY_ESM2_3B)
-    model, alphabet = units.load_esm2_3b(str(folder), device="cpu")
+def test_esm2_3b_baseline_runs_side_by_side(tiny_models, tmp_path):
+    model, alphabet = units.load_esm2_3b(tiny_models["esm2_3b"], device="cpu")
     assert next(model.parameters()).dtype == torch.float32
     records = random_proteins(4)
     result = units.extract_esm(write(tmp_path / "p.faa", records), model=model, alphabet=alphabet,

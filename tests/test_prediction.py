@@ -13,7 +13,6 @@ import torch
 import units
 from conftest import GOLDEN, ROOT, load_script, run_script
 
-bench = load_script("scripts/benchmark_extraction.py")
 prediction = load_script("prediction.py")
 plot_script = load_script("scripts/plot_predictions.py")
 
@@ -21,17 +20,14 @@ INPUT = GOLDEN / "prediction/input.fasta"          # 40 contigs -> 377 chunks of
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
-    dnabert = bench.save_random_dnabert(folder / "dnabert", (units.DNA_DIM, 2, 4, 64), vocab_size=64)
-    esm = bench.save_random_esm(folder / "fastesm", (units.PROTEIN_DIM, 2, 4, 64))
     torch.manual_seed(1)
     classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
     with torch.no_grad():                                   # spread the scores over both classes
         classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
     units.save_checkpoint(classifier, folder / "model_fastesm650.pth", epochs=1)
-    return {"dna": str(dnabert), "protein": str(esm), "checkpoint": str(folder / "model_fastesm650.pth"),
-            "folder": folder}
+    return {**tiny_models, "checkpoint": str(folder / "model_fastesm650.pth")}
 
 
 def predict_args(models, output_dir, *extra, input_fasta=INPUT, checkpoint=None):
@@ -222,10 +218,9 @@ def test_published_checkpoint_loads_without_running_pickled_code(published_check
 
 
 def test_esm2_3b_pipeline_runs_the_published_checkpoint(models, published_checkpoint, tmp_path):
-    esm2_3b = bench.save_random_esm(tmp_path / "esm2_3b", (units.ESM2_3B_DIM, 1, 4, 32))
     args = predict_args(models, tmp_path / "out", "--pipeline", "esm2_3b", input_fasta=ROOT / "data/sample.fasta",
                         checkpoint=str(published_checkpoint))
-    args[args.index("--protein-model") + 1] = str(esm2_3b)
+    args[args.index("--protein-model") + 1] = models["esm2_3b"]
     assert prediction.main(args) == 0
     rows = read_tsv(tmp_path / "out/prediction_results.txt")
     assert rows and all(row["Sequence_ID"].startswith("NC_0295") for row in rows)

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Check the merged training features: the success criterion of the extraction.
+
+    python scripts/validate_features.py [data/data_merge]
+
+Every *_merged.pt file under the folder must hold 2048-d finite rows (3328-d
+with --pipeline esm2_3b), one id per row, ids unique across all files, and a
+label of 0 (host) or 1 (viral). Prints the viral/host counts; exits with 1 and
+names each bad file when a check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import units
+
+
+def merged_files(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise units.InputError(f"{folder}: no such folder; run features_extract.py first")
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                  for name in names if name.endswith("_merged.pt"))
+
+
+def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
+    """``(counts, problems)`` over all files."""
+    counts = {"viral_files": 0, "host_files": 0, "viral_rows": 0, "host_rows": 0}
+    problems, first_seen = [], {}
+    for path in files:
+        try:
+            checked = units.check_merged_file(path, expected_dim)
+        except units.InputError as error:
+            problems.append(str(error))
+            continue
+        kind = "viral" if checked["label"] == 1 else "host"
+        counts[f"{kind}_files"] += 1
+        counts[f"{kind}_rows"] += checked["rows"]
+        for sequence_id in checked["ids"]:
+            if sequence_id in first_seen:
+                problems.append(f"{path}: id '{sequence_id}' also in {first_seen[sequence_id]}")
+                break
+            first_seen[sequence_id] = path
+    return counts, problems
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("merge_dir", nargs="?", default="data/data_merge",
+                        help="folder of merged files (default: data/data_merge)")
+    parser.add_argument("--pipeline", choices=sorted(units.PIPELINES), default="fastesm650",
+                        help="which features: fastesm650 (2048-d, default) or esm2_3b (3328-d)")
+    args = parser.parse_args(argv)
+    files = merged_files(args.merge_dir)
+    if not files:
+        raise units.InputError(f"{args.merge_dir}: no *_merged.pt files")
+    counts, problems = validate(files, units.PIPELINES[args.pipeline].input_dim)
+    print(f"{len(files)} merged files: {counts['viral_files']} viral ({counts['viral_rows']} rows), "
+          f"{counts['host_files']} host ({counts['host_rows']} rows)")
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    print("validation " + ("FAILED" if problems else "PASSED"))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    units.run_cli(main)

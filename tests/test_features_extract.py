@@ -1,0 +1,151 @@
+"""features_extract.py and scripts/validate_features.py on a synthetic data tree."""
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import units
+from conftest import ROOT, load_script
+
+features = load_script("features_extract.py")
+validate = load_script("scripts/validate_features.py")
+
+PER_FILE = 5
+# stem -> frames: viral gives 3 full files and a partial one (never used)
+TREE = {"viral.1.1": 17, "bacteria.1.1": 12, "archaea.1.1": 10, "fungi.1.1": 5, "protozoa.1.1": 10,
+        "plant.1.1": 5, "plant.2.1": 10, "invertebrate.1.1": 5, "vertebrate_mammalian.1.1": 5,
+        "vertebrate_other.1.1": 4}
+
+
+def make_data_tree(root):
+    rng = random.Random(0)
+    for stem, count in TREE.items():
+        with open(root / f"{stem}.identified_nucleotide.fa", "w") as dna, \
+                open(root / f"{stem}.identified_protein.fa", "w") as protein:
+            for k in range(1, count + 1):
+                frame_id = f"{stem}_NC_{k:04d}.1_chunk_1F{k % 3 + 1}"
+                dna.write(f">{frame_id}\n{''.join(rng.choices('ACGT', k=rng.randint(30, 90)))}\n")
+                protein.write(f">{frame_id}\n{''.join(rng.choices('ACDEFGHIKLMNPQRSTVWY', k=rng.randint(8, 30)))}\n")
+    return root
+
+
+def extract_args(models, data_dir, *extra):
+    return ["--data-dir", str(data_dir), "--device", "cpu", "--dna-model", models["dna"],
+            "--protein-model", models["protein"], "--sequences-per-file", str(PER_FILE), *extra]
+
+
+def merged_contents(merge_dir):
+    found = {}
+    for root, _, names in os.walk(merge_dir):
+        for name in names:
+            content = torch.load(os.path.join(root, name), weights_only=True)
+            found[os.path.relpath(os.path.join(root, name), merge_dir)] = content
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models, tmp_path_factory):
+    data = make_data_tree(tmp_path_factory.mktemp("reference"))
+    assert features.main(extract_args(tiny_models, data)) == 0
+    return data
+
+
+def test_selection_is_balanced_and_deterministic(tmp_path, caplog):
+    data = make_data_tree(tmp_path)
+    (tmp_path / "mystery.1.1.identified_nucleotide.fa").write_text(">x\nACGT\n")
+    (tmp_path / "mystery.1.1.identified_protein.fa").write_text(">x\nMK\n")
+    (tmp_path / "lonely.1.1.identified_nucleotide.fa").write_text(">y\nACGT\n")
+    pairs = features.discover(str(data))
+    assert [stem for stem, _, _ in pairs] == sorted(TREE)
+    assert "unknown category 'mystery'" in caplog.text and "lonely.1.1.identified_protein.fa beside it" in caplog.text
+
+    files = features.full_split_files(pairs, PER_FILE)
+    assert all(f.sequences == PER_FILE for f in files)
+    assert len([f for f in files if f.category == "viral"]) == 3                  # the partial file is left out
+    assert not [f for f in files if f.stem == "vertebrate_other.1.1"]             # 4 frames: no full file
+    selected = features.select_files(files, seed=42)
+    assert selected == features.select_files(files, seed=42)
+    viral, host = selected[:3], selected[3:]
+    assert [f.label for f in viral] == ["viral"] * 3 and len(host) == 3
+    assert all(f.label == "host" for f in host) and len({f.category for f in host}) == 3   # 1 per category drawn
+    draws = {tuple(f.nucleotide for f in features.select_files(files, seed)[3:]) for seed in range(20)}
+    assert len(draws) > 1                                                          # the seed matters
+
+
+def test_merged_files_are_labelled_2048_features(reference, tiny_models, monkeypatch, capsys):
+    merged = merged_contents(reference / "data_merge")
+    assert len(merged) == 6
+    for name, content in merged.items():
+        assert content["data"].shape == (PER_FILE, units.MERGED_DIM)
+        assert content["labels"] == ([1] if name.startswith("viral") else [0])
+    assert "viral.1.1_merged/output_1_merged.pt" in merged
+    assert validate.main([str(reference / "data_merge")]) == 0
+    assert "3 viral (15 rows), 3 host (15 rows)" in capsys.readouterr().out
+
+    monkeypatch.setattr(units, "load_dnabert_s", lambda *a: pytest.fail("a finished run must not load models"))
+    assert features.main(extract_args(tiny_models, reference)) == 0
+
+
+def test_interrupted_run_resumes_to_the_same_files(reference, tiny_models, tmp_path, monkeypatch):
+    data = make_data_tree(tmp_path)
+    calls, interrupt = [], [True]
+    original = units.merge_data
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 3 and interrupt:
+            interrupt.clear()
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(units, "merge_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        features.main(extract_args(tiny_models, data))
+    assert len(merged_contents(data / "data_merge")) == 2
+    calls.clear()
+    assert features.main(extract_args(tiny_models, data)) == 0
+    assert len(calls) == 4
+    expected, resumed = merged_contents(reference / "data_merge"), merged_contents(data / "data_merge")
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        assert resumed[name]["ids"] == expected[name]["ids"]
+        assert torch.equal(resumed[name]["data"], expected[name]["data"]), name
+
+
+def test_two_processes_together_produce_what_one_produces(reference, tiny_models, tmp_path):
+    data = make_data_tree(tmp_path)
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", PYTHONWARNINGS="ignore")
+        processes.append(subprocess.Popen([sys.executable, str(ROOT / "features_extract.py"),
+                                           *extract_args(tiny_models, data)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert "process 1 of 2 takes 3" in outputs[0][1] and "process 2 of 2 takes 3" in outputs[1][1]
+    expected, together = merged_contents(reference / "data_merge"), merged_contents(data / "data_merge")
+    assert together.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(together[name]["data"], expected[name]["data"]), name
+
+
+def test_validation_catches_corrupted_files(reference, tmp_path, capsys):
+    merge_dir = tmp_path / "data_merge"
+    shutil.copytree(reference / "data_merge", merge_dir)
+    viral = merge_dir / "viral.1.1_merged"
+    bad = torch.load(viral / "output_1_merged.pt", weights_only=True)
+    torch.save({**bad, "data": bad["data"][:, :2047]}, viral / "output_1_merged.pt")
+    nan = torch.load(viral / "output_2_merged.pt", weights_only=True)
+    nan["data"][0, 5] = float("nan")
+    torch.save(nan, viral / "output_2_merged.pt")
+    twin = torch.load(viral / "output_3_merged.pt", weights_only=True)
+    torch.save(twin, merge_dir / "copy_merged.pt")                               # same ids twice
+    assert validate.main([str(merge_dir)]) == 1
+    errors = capsys.readouterr().err
+    assert "output_1_merged.pt: expected a 2048-value feature vector" in errors
+    assert "output_2_merged.pt: the features hold NaN" in errors
+    assert "also in" in errors and "copy_merged.pt" in errors
