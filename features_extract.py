@@ -223,8 +223,8 @@ def main(argv=None):
 
     rows = {"viral": 0, "host": 0}
     for split in mine:
-        checked = units.check_merged_file(split.merged(args.merge_dir))
-        rows["viral" if checked["label"] == 1 else "host"] += checked["rows"]
+        checked = units.load_merged_file(split.merged(args.merge_dir))
+        rows["viral" if checked["label"] == 1 else "host"] += len(checked["ids"])
     units.logger.info(f"done: {len(todo)} files merged now, {len(mine) - len(todo)} before; {rows['viral']} viral "
                       f"and {rows['host']} host rows checked in {args.merge_dir}; {failed} sequences failed"
                       + (" (see extraction_failures.log)" if failed else ""))

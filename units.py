@@ -16,8 +16,9 @@ Sections:
   6. Language models: sources, devices, loading with weight verification
   7. Embedding extraction (DNABERT-S, FastESM2_650, ESM2-3B baseline)
   8. Merging DNA and protein features
-  9. Classifier, checkpoints and prediction
- 10. Plots
+  9. Merged feature sets, genome-level splits and metrics
+ 10. Classifier, checkpoints and prediction
+ 11. Plots
 """
 from __future__ import annotations
 
@@ -1055,10 +1056,14 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
     return left_out
 
 
-def check_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
-    """Check one merged training file: ``expected_dim``-wide finite rows, one
-    unique id per row, a label of 0 (host) or 1 (viral). Returns ``{'ids',
-    'label', 'rows'}``; raises ``InputError`` naming the file and the problem."""
+# =============================================================================
+# 9. Merged feature sets, genome-level splits and metrics
+# =============================================================================
+
+def load_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
+    """Load and check one merged training file (memory-mapped): ``expected_dim``-wide
+    finite rows, one unique id per row, a label of 0 (host) or 1 (viral).
+    Returns ``{'ids', 'data', 'label'}``; raises ``InputError`` naming the file."""
     path = os.fspath(path)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -1077,11 +1082,132 @@ def check_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
         raise InputError(f"{path}: the features hold NaN or infinite values")
     if list(labels) not in ([0], [1]):
         raise InputError(f"{path}: labels must be [0] (host) or [1] (viral), got {list(labels)[:3]}")
-    return {"ids": ids, "label": int(labels[0]), "rows": data.shape[0]}
+    return {"ids": list(ids), "data": data, "label": int(labels[0])}
+
+
+def find_merged_files(merge_dir) -> list[str]:
+    merge_dir = os.fspath(merge_dir)
+    if not os.path.isdir(merge_dir):
+        raise InputError(f"{merge_dir}: no such folder; run features_extract.py first")
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(merge_dir)
+                   for name in names if name.endswith("_merged.pt"))
+    if not files:
+        raise InputError(f"{merge_dir}: no *_merged.pt files; run features_extract.py first")
+    return files
+
+
+def accession_of(frame_id: str) -> str:
+    """The genome record a frame comes from: its id before ``_chunk_``."""
+    return frame_id.rsplit("_chunk_", 1)[0]
+
+
+class FeatureSet:
+    """The rows of many merged files as one indexable set, memory-mapped so
+    that millions of 2048-d rows need no more RAM than their ids.
+
+    ``rows(indices)`` gathers any rows in one vectorised pass per file
+    (the published Dataset walked every file for every single item).
+    """
+
+    def __init__(self, files: Sequence[str], expected_dim: int = MERGED_DIM):
+        self.files = list(files)
+        self._data, self.ids, labels = [], [], []
+        for path in self.files:
+            content = load_merged_file(path, expected_dim)
+            self._data.append(content["data"])
+            self.ids += content["ids"]
+            labels.append(np.full(len(content["ids"]), content["label"], dtype=np.int64))
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+        self._starts = np.cumsum([0] + [len(d) for d in self._data])
+        self.dim = expected_dim
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, indices) -> torch.Tensor:
+        indices = np.asarray(indices, dtype=np.int64)
+        files = np.searchsorted(self._starts, indices, side="right") - 1
+        out = torch.empty((len(indices), self.dim), dtype=torch.float32)
+        for file in np.unique(files):
+            where = np.flatnonzero(files == file)
+            local = torch.from_numpy(indices[where] - self._starts[file])
+            out[torch.from_numpy(where)] = self._data[file].index_select(0, local).float()
+        return out
+
+    def accessions(self) -> list[str]:
+        return [accession_of(i) for i in self.ids]
+
+    def spans(self) -> list[tuple[str, int, int]]:
+        """``(file, first row, end row)`` of each file."""
+        return [(path, int(start), int(end)) for path, start, end
+                in zip(self.files, self._starts[:-1], self._starts[1:])]
+
+
+def genome_split(accessions: Sequence[str], labels: np.ndarray, fraction: float, seed: int) -> set[str]:
+    """Accessions held out so that about ``fraction`` of each class's rows are
+    held out, whole genomes only: frames of one chunk and overlapping chunks
+    of one genome are near-duplicates and must not sit on both sides."""
+    import random
+
+    rng = random.Random(seed)
+    held_out = set()
+    for label in sorted(set(labels.tolist())):
+        rows: dict[str, int] = {}
+        for accession, row_label in zip(accessions, labels):
+            if row_label == label:
+                rows[accession] = rows.get(accession, 0) + 1
+        order = sorted(rows)
+        rng.shuffle(order)
+        target, taken = fraction * sum(rows.values()), 0
+        for accession in order:
+            if abs(taken + rows[accession] - target) < abs(taken - target):
+                held_out.add(accession)
+                taken += rows[accession]
+    return held_out
+
+
+def frame_lengths(merged_files: Sequence[str], data_dir) -> dict[str, int]:
+    """Nucleotide length of the frames of merged files, read from the split
+    FASTA files features_extract.py worked on (``<name>.identified_nucleotide/
+    output_N.fa`` under ``data_dir``); frames whose file is gone are left out."""
+    split_dirs = {}
+    for root, folders, _ in os.walk(data_dir):
+        for folder in folders:
+            if folder.endswith(".identified_nucleotide"):
+                split_dirs[folder[:-len(".identified_nucleotide")]] = os.path.join(root, folder)
+    lengths = {}
+    for path in merged_files:
+        stem = os.path.basename(os.path.dirname(path))[:-len("_merged")]
+        fasta = os.path.join(split_dirs.get(stem, ""), os.path.basename(path)[:-len("_merged.pt")] + ".fa")
+        if stem in split_dirs and os.path.exists(fasta):
+            lengths.update((record.id, len(record.sequence)) for record in read_fasta(fasta, alphabet=None))
+    return lengths
+
+
+def classification_metrics(labels, probabilities) -> dict:
+    """Accuracy, precision, recall, F1 (viral = positive), ROC-AUC and the
+    confusion matrix ``[[TN, FP], [FN, TP]]`` from ``[others, virus]``
+    probabilities; the predicted class is the arg-max ('others' on a tie, as
+    published)."""
+    from sklearn import metrics
+
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities)
+    predicted = (probabilities[:, 1] > probabilities[:, 0]).astype(int)
+    both_classes = len(set(labels.tolist())) == 2
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(metrics.roc_auc_score(labels, probabilities[:, 1])) if both_classes else float("nan"),
+        "confusion_matrix": metrics.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+    }
 
 
 # =============================================================================
-# 9. Classifier, checkpoints and prediction
+# 10. Classifier, checkpoints and prediction
 # =============================================================================
 
 CHECKPOINT_VERSION = "2.0.0"
@@ -1257,7 +1383,7 @@ def predict_probabilities(model: MLPClassifier, features: torch.Tensor, batch_si
 
 
 # =============================================================================
-# 10. Plots
+# 11. Plots
 # =============================================================================
 
 def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float | None, bool]]]], out_png,

@@ -11,17 +11,9 @@ names each bad file when a check fails.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import units
-
-
-def merged_files(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        raise units.InputError(f"{folder}: no such folder; run features_extract.py first")
-    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                  for name in names if name.endswith("_merged.pt"))
 
 
 def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
@@ -30,13 +22,13 @@ def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
     problems, first_seen = [], {}
     for path in files:
         try:
-            checked = units.check_merged_file(path, expected_dim)
+            checked = units.load_merged_file(path, expected_dim)
         except units.InputError as error:
             problems.append(str(error))
             continue
         kind = "viral" if checked["label"] == 1 else "host"
         counts[f"{kind}_files"] += 1
-        counts[f"{kind}_rows"] += checked["rows"]
+        counts[f"{kind}_rows"] += len(checked["ids"])
         for sequence_id in checked["ids"]:
             if sequence_id in first_seen:
                 problems.append(f"{path}: id '{sequence_id}' also in {first_seen[sequence_id]}")
@@ -52,9 +44,7 @@ def main(argv=None):
     parser.add_argument("--pipeline", choices=sorted(units.PIPELINES), default="fastesm650",
                         help="which features: fastesm650 (2048-d, default) or esm2_3b (3328-d)")
     args = parser.parse_args(argv)
-    files = merged_files(args.merge_dir)
-    if not files:
-        raise units.InputError(f"{args.merge_dir}: no *_merged.pt files")
+    files = units.find_merged_files(args.merge_dir)
     counts, problems = validate(files, units.PIPELINES[args.pipeline].input_dim)
     print(f"{len(files)} merged files: {counts['viral_files']} viral ({counts['viral_rows']} rows), "
           f"{counts['host_files']} host ({counts['host_rows']} rows)")
