@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Benchmark protein-embedding extraction: FastESM2_650 against ESM2-3B.
+
+    python scripts/benchmark_speed.py [--device cuda]
+
+The sample is the stop-free frames of data/sample.fasta (real RefSeq viral
+fragments, shipped with the project), repeated to --sequences proteins. Each
+model is loaded, warmed up, then timed over --runs runs (default 3; CUDA
+synchronised): mean, min and median seconds, sequences/s, tokens/s and peak
+GPU memory.
+
+The speed-up is reported twice: with both models at the same precision (fp16
+on a GPU, fp32 on a CPU), which isolates the model change (the FLOP ratio of
+the two models is about 4.4x), and as deployed (FastESM2_650 in fp16, ESM2-3B
+in fp32 as published; GPU only). PASSED when FastESM2_650 takes at most 50% of
+ESM2-3B's time at the same precision (exit status 0, else 1).
+
+--end-to-end times the whole prediction (chunking to calls) on sample reads
+with each pipeline's classifier instead. Writes reports/speed_benchmark.md.
+Models: the default Hugging Face models, local folders (--fastesm-model,
+--esm2-3b-model), or random weights of the real shapes (--random-weights, no
+download). A CPU run with small sizes is a smoke test, not a measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+import units
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "data", "sample.fasta")
+FLOP_RATIO = 4.4
+
+
+def sample_proteins(reads: str, count: int) -> list[tuple[str, str]]:
+    """Stop-free frame proteins of the reads, repeated (with fresh ids) to ``count``."""
+    proteins = [protein for _, _, protein in units.select_frames(list(units.iter_fasta_chunks(reads, 300)))
+                if protein]
+    if not proteins:
+        raise units.InputError(f"{reads}: no stop-free frame to benchmark")
+    return [(f"p{i}", proteins[i % len(proteins)]) for i in range(count)]
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load(pipeline: units.Pipeline, model: str | None, device, dtype, random_weights: bool):
+    if random_weights:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from benchmark_extraction import ESM2_3B_SHAPE, FASTESM2_650_SHAPE, random_esm
+        shape = FASTESM2_650_SHAPE if pipeline.name == "fastesm650" else ESM2_3B_SHAPE
+        return random_esm(shape).to(device=device, dtype=dtype), units.esm_tokenizer()
+    return pipeline.load_protein(model, device, dtype)
+
+
+def time_extraction(pipeline, model_source, fasta, device, dtype, runs, toks_per_batch, random_weights) -> dict:
+    model, tokenizer = load(pipeline, model_source, device, dtype, random_weights)
+    sequences = [record.sequence for record in units.read_fasta(fasta, alphabet="protein")]
+
+    def extract():
+        units.extract_protein(pipeline, fasta, None, model, tokenizer, toks_per_batch=toks_per_batch)
+
+    extract()                                                   # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(runs):
+        synchronize(device)
+        started = time.perf_counter()
+        extract()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    mean = statistics.mean(seconds)
+    return {"model": pipeline.protein.name, "precision": str(dtype).replace("torch.", ""), "mean_s": mean,
+            "min_s": min(seconds), "median_s": statistics.median(seconds), "sequences": len(sequences),
+            "sequences_per_s": len(sequences) / mean,
+            "tokens_per_s": sum(len(s) + 2 for s in sequences) / mean, "peak_gpu_mb": peak}
+
+
+def time_end_to_end(args, device) -> list[dict]:
+    prediction = _load_prediction()
+    rows = []
+    for name, checkpoint in (("fastesm650", args.checkpoint), ("esm2_3b", args.baseline_checkpoint)):
+        if not checkpoint:
+            continue
+        with tempfile.TemporaryDirectory() as output:
+            argv = [args.reads, "300", checkpoint, "-o", output, "--device", str(device), "--pipeline", name]
+            model = args.fastesm_model if name == "fastesm650" else args.esm2_3b_model
+            argv += ["--protein-model", model] if model else []
+            argv += ["--dna-model", args.dna_model] if args.dna_model else []
+            synchronize(device)
+            started = time.perf_counter()
+            prediction.main(argv)
+            synchronize(device)
+            seconds = time.perf_counter() - started
+        reads = sum(1 for _ in units.read_fasta(args.reads))
+        rows.append({"pipeline": name, "seconds": seconds, "reads": reads, "reads_per_s": reads / seconds})
+    if not rows:
+        raise units.InputError("--end-to-end needs --checkpoint and/or --baseline-checkpoint")
+    return rows
+
+
+def _load_prediction():
+    sys.path.insert(0, ROOT)
+    import prediction
+    return prediction
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def write_report(path, device, rows, comparisons, verdict, sample_note) -> None:
+    lines = ["# Speed benchmark: FastESM2_650 against ESM2-3B", "", f"**Result: {verdict}**", "",
+             f"- Device: {device_name(device)}; torch {torch.__version__}", f"- Sample: {sample_note}", "",
+             "## Protein-embedding extraction", "",
+             "| model | precision | mean (s) | min (s) | median (s) | sequences/s | tokens/s | peak GPU memory (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        peak = "n/a" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:,.0f}"
+        lines.append(f"| {r['model']} | {r['precision']} | {r['mean_s']:.3f} | {r['min_s']:.3f} | {r['median_s']:.3f}"
+                     f" | {r['sequences_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {peak} |")
+    lines += ["", "## Speed-up", "", "| comparison | FastESM2_650 time / ESM2-3B time | speed-up |", "|---|---:|---:|"]
+    for name, ratio in comparisons:
+        lines.append(f"| {name} | {ratio:.1%} | {1 / ratio:.2f}x |")
+    lines += ["", f"PASSED needs at most 50% of ESM2-3B's time at the same precision. At equal precision the "
+                  f"FLOP ratio of the two models is about {FLOP_RATIO}x; a fp16-vs-fp32 comparison mixes the model "
+                  "change with the precision change.", ""]
+    with units.atomic_write(path) as handle:
+        handle.write("\n".join(lines))
+
+
+def write_end_to_end_report(path, device, rows) -> None:
+    lines = ["# Speed benchmark: end to end (chunking to calls)", "", f"- Device: {device_name(device)}", "",
+             "| pipeline | reads | seconds | reads/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['pipeline']} | {r['reads']} | {r['seconds']:.2f} | {r['reads_per_s']:.2f} |" for r in rows]
+    with units.atomic_write(path) as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
+    parser.add_argument("--sequences", type=int, help="proteins per run (default 2000 on a GPU, 16 on a CPU)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
+    parser.add_argument("--toks-per-batch", type=int, default=16384, help="tokens per batch (default %(default)s)")
+    parser.add_argument("--reads", default=SAMPLE, help="sample reads (default: data/sample.fasta)")
+    parser.add_argument("--fastesm-model", help=f"FastESM2_650 id or folder (default {units.FASTESM2_650.hub_id})")
+    parser.add_argument("--esm2-3b-model", help=f"ESM2-3B id or folder (default {units.ESM2_3B.hub_id})")
+    parser.add_argument("--dna-model", help="DNABERT-S id or folder, for --end-to-end")
+    parser.add_argument("--random-weights", action="store_true", help="random models of the real shapes")
+    parser.add_argument("--end-to-end", action="store_true", help="time the whole prediction per pipeline")
+    parser.add_argument("--checkpoint", help="FastESM2_650 classifier, for --end-to-end")
+    parser.add_argument("--baseline-checkpoint", help="ESM2-3B classifier (e.g. 300_model.pth), for --end-to-end")
+    parser.add_argument("--report", default="reports/speed_benchmark.md", help="report path (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    device = units.resolve_device(args.device)
+    if args.end_to_end:
+        rows = time_end_to_end(args, device)
+        write_end_to_end_report(args.report, device, rows)
+        for row in rows:
+            print(f"{row['pipeline']}: {row['seconds']:.2f} s for {row['reads']} reads")
+        print(f"report: {args.report}")
+        return 0
+
+    count = args.sequences or (2000 if device.type == "cuda" else 16)
+    half = torch.float16 if device.type == "cuda" else torch.float32
+    fastesm, esm2_3b = units.PIPELINES["fastesm650"], units.PIPELINES["esm2_3b"]
+    proteins = sample_proteins(args.reads, count)
+    with tempfile.TemporaryDirectory() as folder:
+        fasta = os.path.join(folder, "proteins.faa")
+        with open(fasta, "w") as handle:
+            for record_id, protein in proteins:
+                units.write_fasta_record(handle, record_id, protein)
+        settings = [(fastesm, args.fastesm_model, half), (esm2_3b, args.esm2_3b_model, half)]
+        if device.type == "cuda":
+            settings.append((esm2_3b, args.esm2_3b_model, torch.float32))        # as published
+        rows = [time_extraction(p, m, fasta, device, dtype, args.runs, args.toks_per_batch, args.random_weights)
+                for p, m, dtype in settings]
+    comparisons = [("same precision", rows[0]["mean_s"] / rows[1]["mean_s"])]
+    if device.type == "cuda":
+        comparisons.append(("as deployed (FastESM2_650 fp16, ESM2-3B fp32)", rows[0]["mean_s"] / rows[2]["mean_s"]))
+    verdict = "PASSED" if comparisons[0][1] <= 0.5 else "FAILED"
+    lengths = [len(p) for _, p in proteins]
+    note = (f"{count} proteins ({min(lengths)}-{max(lengths)} aa) from the stop-free frames of "
+            f"{os.path.relpath(args.reads, ROOT) if args.reads.startswith(ROOT) else args.reads}"
+            + ("; random weights of the real shapes" if args.random_weights else ""))
+    write_report(args.report, device, rows, comparisons, verdict, note)
+    for row in rows:
+        print(f"{row['model']:>13} {row['precision']}: {row['mean_s']:.3f} s, {row['sequences_per_s']:.1f} seq/s")
+    for name, ratio in comparisons:
+        print(f"{name}: FastESM2_650 takes {ratio:.1%} of ESM2-3B's time ({1 / ratio:.2f}x)")
+    print(f"{verdict}; report: {args.report}")
+    return 0 if verdict == "PASSED" else 1
+
+
+if __name__ == "__main__":
+    units.run_cli(main)
