@@ -697,6 +697,7 @@ def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype) -> torch
                          f"not {spec.dim}; point {spec.option} at a {spec.name} model")
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
+    logger.info(f"{spec.name}: loaded from {folder} ({str(dtype).replace('torch.', '')}, {device})")
     return model
 
 

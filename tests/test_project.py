@@ -64,7 +64,7 @@ def test_docker_compose_services_run_existing_scripts_on_the_gpu():
     assert "hf-cache" in compose["volumes"]
     for name, service in compose["services"].items():
         assert service["build"] == "."
-        assert "hf-cache:/cache/huggingface" in service["volumes"]
+        assert "hf-cache:/cache/huggingface" in service["volumes"] and "./models:/app/models" in service["volumes"]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
         for script in _scripts_named(" ".join(service["command"])):
