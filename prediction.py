@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -173,25 +174,25 @@ def read_chunk_table(folder: str):
             yield row
 
 
-def summarize(records_rows):
-    """One summary line per sequence from its chunk rows (in order)."""
-    chunks = len(records_rows)
-    without_frames = sum(row["frames"] == "0" for row in records_rows)
-    scored = [row for row in records_rows if row["scored"]]
+def summarize(record_rows) -> tuple[str, str]:
+    """The summary line of one sequence from its chunk rows, and its call."""
+    chunks = len(record_rows)
+    without_frames = sum(row["frames"] == "0" for row in record_rows)
+    scored = [row for row in record_rows if row["scored"]]
     viral = sum(row["viral"] for row in scored)
     best = max((np.float32(row["best_virus"]) for row in scored), default=None)
     if not scored:
         call = "no_frames" if without_frames == chunks else "not_scored"
     else:
         call = "virus" if 2 * viral >= len(scored) else "others"
-    first = records_rows[0]
+    first = record_rows[0]
     return (f"{first['record_id']}\t{first['record_length']}\t{chunks}\t{without_frames}\t{viral}\t"
-            f"{'NA' if best is None else format_score(best)}\t{call}\n")
+            f"{'NA' if best is None else format_score(best)}\t{call}\n"), call
 
 
 def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, plot: bool) -> dict:
     """Assemble the final files from the shards (each written atomically)."""
-    counts = {"sequences": 0, "viral_sequences": 0, "chunks": 0}
+    counts = {"sequences": 0, "viral_sequences": 0}
     plotted = []
     with units.atomic_write(f"{output_dir}/prediction_results.txt") as frames_out, \
             units.atomic_write(f"{output_dir}/prediction_results_highestscore.csv") as chunks_out, \
@@ -202,24 +203,18 @@ def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, pl
         for folder in shard_folders:
             with open(f"{folder}/frames.tsv") as handle:
                 shutil.copyfileobj(handle, frames_out)
-            record_rows = []
-            for row in list(read_chunk_table(folder)) + [None]:
-                if record_rows and (row is None or row["record_id"] != record_rows[0]["record_id"]):
-                    line = summarize(record_rows)
-                    summary_out.write(line)
-                    counts["sequences"] += 1
-                    counts["viral_sequences"] += line.rstrip("\n").endswith("\tvirus")
-                    if plot and len(plotted) < PLOTTED_SEQUENCES:
-                        plotted.append((record_rows[0]["record_id"], int(record_rows[0]["record_length"]),
-                                        [(int(r["start"]), int(r["end"]),
-                                          float(r["best_virus"]) if r["scored"] else None, r["viral"])
-                                         for r in record_rows]))
-                    record_rows = []
-                if row is not None:
-                    counts["chunks"] += 1
-                    record_rows.append(row)
-                    if row["scored"]:
-                        chunks_out.write(f"{row['chunk_id']}\t{row['viral']}\n")
+            for record_id, group in itertools.groupby(read_chunk_table(folder), key=lambda row: row["record_id"]):
+                record_rows = list(group)
+                chunks_out.writelines(f"{row['chunk_id']}\t{row['viral']}\n" for row in record_rows if row["scored"])
+                line, call = summarize(record_rows)
+                summary_out.write(line)
+                counts["sequences"] += 1
+                counts["viral_sequences"] += call == "virus"
+                if plot and len(plotted) < PLOTTED_SEQUENCES:
+                    plotted.append((record_id, int(record_rows[0]["record_length"]),
+                                    [(int(r["start"]), int(r["end"]),
+                                      float(r["best_virus"]) if r["scored"] else None, r["viral"])
+                                     for r in record_rows]))
     if plot and plotted:
         units.plot_chunk_scores(plotted, f"{output_dir}/prediction.png", chunk_size)
     return counts

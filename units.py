@@ -23,7 +23,9 @@ Sections:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gzip
+import json
 import logging
 import os
 import sys
@@ -108,16 +110,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
         raise
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log the tool's messages to stderr as ``warning: ...`` / ``info``-style lines."""
+def setup_logging() -> None:
+    """Log the tool's messages to stderr as ``INFO: ...`` / ``WARNING: ...`` lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+def run_cli(main: Callable[[Sequence[str] | None], int | None]) -> None:
     """Run a script's ``main`` and turn a user's mistake into one error line.
 
     ``InputError`` (bad input, missing file, ...) prints ``error: ...`` and exits
@@ -126,7 +128,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     """
     setup_logging()
     try:
-        status = main(argv)
+        status = main(None)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -413,9 +415,6 @@ class ProteinIndex:
         for start in range(0, len(self._text) - self.ANCHOR + 1, self.ANCHOR):
             self._windows.setdefault(self._text[start:start + self.ANCHOR], []).append(start)
 
-    def __len__(self):
-        return len(self.proteins)
-
     def __contains__(self, fragment: str) -> bool:
         if not fragment:
             return bool(self.proteins)
@@ -519,6 +518,7 @@ class IdentifiedWriter:
 
     def __enter__(self):
         self._stack = contextlib.ExitStack()
+        # entered first, renamed last: once the nucleotide file exists, both are complete
         self._nucleotide = self._stack.enter_context(atomic_write(self.paths[0]))
         self._protein = self._stack.enter_context(atomic_write(self.paths[1]))
         return self
@@ -532,17 +532,6 @@ class IdentifiedWriter:
                 write_fasta_record(self._nucleotide, frame_id, nucleotide)
                 write_fasta_record(self._protein, frame_id, protein)
                 self.frames += 1
-
-
-def write_identified(chunks: Iterable[tuple[str, str]], nucleotide_file, protein_file,
-                     batch_size: int = 4096) -> int:
-    """Prediction-mode frame selection: write the stop-free frames of
-    ``(chunk_id, upper-case chunk)`` pairs to the identified files, batch by
-    batch; return the number of frames written."""
-    with IdentifiedWriter(nucleotide_file, protein_file) as writer:
-        for batch in batched(chunks, batch_size):
-            writer.write(select_frames(batch))
-    return writer.frames
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -641,7 +630,6 @@ def _weight_files(folder: str) -> list[str]:
                           ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index_path = os.path.join(folder, index)
         if os.path.exists(index_path):
-            import json
             with open(index_path) as handle:
                 shards = sorted(set(json.load(handle)["weight_map"].values()))
             return [os.path.join(folder, shard) for shard in shards]
@@ -678,7 +666,11 @@ def verify_weights(spec: ModelSpec, model: torch.nn.Module, folder: str) -> None
     for name, parameter in model.named_parameters():
         if name.startswith(_HEAD_PREFIXES):
             continue
-        key = next((k for k in (name, f"{prefix}.{name}") if k in checkpoint), None)
+        # transformers also loads old LayerNorm checkpoints that name weight/bias gamma/beta
+        legacy = name.removesuffix(".weight") + ".gamma" if name.endswith(".weight") \
+            else name.removesuffix(".bias") + ".beta"
+        candidates = (name, f"{prefix}.{name}", legacy, f"{prefix}.{legacy}")
+        key = next((k for k in candidates if k in checkpoint), None)
         if key is None:
             problems.append(f"{name} is not in the checkpoint")
         elif not torch.equal(parameter.detach().cpu(), checkpoint[key]().to(parameter.dtype)):
@@ -728,7 +720,7 @@ def load_dnabert_s(model: str | None = None, device: str | torch.device | None =
     folder = model_folder(DNABERT_S, model)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     network = AutoModel.from_pretrained(folder, trust_remote_code=True, local_files_only=True,
-                                        torch_dtype=torch.float32)
+                                        dtype=torch.float32)
     disable_triton_attention(network)
     return _finish_loading(DNABERT_S, network, folder, device, torch.float32), tokenizer
 
@@ -750,7 +742,7 @@ def _load_esm(spec: ModelSpec, model, device, dtype):
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(spec, model)
     network = EsmModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False,
-                                       attn_implementation="sdpa", torch_dtype=torch.float32)
+                                       attn_implementation="sdpa", dtype=torch.float32)
     if network.config.vocab_size != len(ESM2_ALPHABET):
         raise InputError(f"{spec.name}: {folder} has a {network.config.vocab_size}-token vocabulary, "
                          f"not the {len(ESM2_ALPHABET)}-token ESM-2 alphabet")
@@ -802,8 +794,6 @@ def _log_failures(failures: list[tuple[str, str, str]], fasta_file, out_file) ->
     failure log beside ``out_file``."""
     if not failures:
         return
-    import datetime
-
     log_path = os.path.join(os.path.dirname(os.fspath(out_file)) if out_file else ".", FAILURE_LOG)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with open(log_path, "a") as log:
@@ -899,7 +889,8 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     Saves (atomically) and returns ``{'nucleotide': [ids], 'data':
     [{'label': id, 'mean_representation': tensor(768)}]}``, the published
     layout; an existing ``out_file`` is loaded instead of being redone.
-    Without ``model``, the default DNABERT-S is loaded.
+    Without ``model``, the default DNABERT-S is loaded (``model_loaded`` is
+    accepted for compatibility with the published signature).
     """
     if out_file is not None and os.path.exists(out_file):
         return torch.load(out_file, weights_only=True)
@@ -927,12 +918,16 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     return result
 
 
-def _extract_protein(fasta_file, out_file, model, tokenizer, truncation_seq_length, toks_per_batch, dim, name):
+def _extract_protein(spec: ModelSpec, load, fasta_file, out_file, model, tokenizer, truncation_seq_length,
+                     toks_per_batch):
     """Mean over residue positions only (no BOS/EOS, no padding) of the last
     layer, each sequence cut to ``truncation_seq_length`` residues, as the
-    published fair-esm extraction; returned in fp32."""
+    published fair-esm extraction; returned in fp32. An existing ``out_file``
+    is returned before any model is loaded; without ``model``, ``load()`` gives one."""
     if out_file is not None and os.path.exists(out_file):
         return torch.load(out_file, weights_only=True)
+    if model is None:
+        model, tokenizer = load()
     ids, sequences = _read_sequences(fasta_file, "protein")
     residues = [s[:truncation_seq_length] for s in sequences]
     encoded = [tokenizer.build_inputs_with_special_tokens(tokenizer.convert_tokens_to_ids(list(r)))
@@ -950,8 +945,8 @@ def _extract_protein(fasta_file, out_file, model, tokenizer, truncation_seq_leng
         return pooled.cpu() / lengths[:, None]
 
     batches = token_budget_batches([len(e) for e in encoded], toks_per_batch)
-    vectors, failures = _embed_all(ids, batches, embed, f"{name} {os.path.basename(fasta_file)}")
-    kept_ids, kept = _checked_embeddings(ids, vectors, failures, dim, fasta_file)
+    vectors, failures = _embed_all(ids, batches, embed, f"{spec.name} {os.path.basename(fasta_file)}")
+    kept_ids, kept = _checked_embeddings(ids, vectors, failures, spec.dim, fasta_file)
     _log_failures(failures, fasta_file, out_file)
     result = {"proteins": kept_ids, "data": kept}
     _save(result, out_file)
@@ -970,21 +965,41 @@ def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,
     existing ``out_file`` is loaded instead of being redone. Without
     ``model``, the default FastESM2_650 is loaded.
     """
-    if model is None:
-        model, tokenizer = load_fast_esm()
-    return _extract_protein(fasta_file, out_file, model, tokenizer, truncation_seq_length, toks_per_batch,
-                            PROTEIN_DIM, "FastESM2_650")
+    return _extract_protein(FASTESM2_650, load_fast_esm, fasta_file, out_file, model, tokenizer,
+                            truncation_seq_length, toks_per_batch)
 
 
 def extract_esm(fasta_file, model_location=ESM2_3B.hub_id, truncation_seq_length=1024, toks_per_batch=2048,
                 out_file=None, model_loaded=False, model=None, alphabet=None):
     """The published ESM2-3B baseline (2560-d), through transformers instead
     of fair-esm, with the published pooling; ``alphabet`` is the tokenizer.
-    Same batching, failure handling and output layout as ``extract_fast_esm``."""
-    if model is None:
-        model, alphabet = load_esm2_3b(model_location)
-    return _extract_protein(fasta_file, out_file, model, alphabet, truncation_seq_length, toks_per_batch,
-                            ESM2_3B_DIM, "ESM2-3B")
+    Same batching, failure handling and output layout as ``extract_fast_esm``.
+    ``model_loaded`` is accepted for compatibility: a model is loaded from
+    ``model_location`` whenever ``model`` is not given."""
+    return _extract_protein(ESM2_3B, lambda: load_esm2_3b(model_location), fasta_file, out_file, model, alphabet,
+                            truncation_seq_length, toks_per_batch)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An embedding pipeline: DNABERT-S plus one protein model."""
+    name: str
+    protein: ModelSpec
+    load_protein: Callable
+
+    @property
+    def input_dim(self) -> int:
+        return DNA_DIM + self.protein.dim
+
+
+PIPELINES = {"fastesm650": Pipeline("fastesm650", FASTESM2_650, load_fast_esm),
+             "esm2_3b": Pipeline("esm2_3b", ESM2_3B, load_esm2_3b)}
+
+
+def extract_protein(pipeline: Pipeline, fasta_file, out_file, model, tokenizer, toks_per_batch=2048):
+    """Protein features of ``fasta_file`` with the pipeline's protein model."""
+    return _extract_protein(pipeline.protein, pipeline.load_protein, fasta_file, out_file, model, tokenizer,
+                            1024, toks_per_batch)
 
 
 # =============================================================================
@@ -1239,27 +1254,6 @@ class MLPClassifier(torch.nn.Module):
         return self.output_layer(self.dropout(x))
 
 
-@dataclass(frozen=True)
-class Pipeline:
-    """An embedding pipeline: DNABERT-S plus one protein model."""
-    name: str
-    protein: ModelSpec
-    load_protein: Callable
-
-    @property
-    def input_dim(self) -> int:
-        return DNA_DIM + self.protein.dim
-
-
-PIPELINES = {"fastesm650": Pipeline("fastesm650", FASTESM2_650, load_fast_esm),
-             "esm2_3b": Pipeline("esm2_3b", ESM2_3B, load_esm2_3b)}
-
-
-def extract_protein(pipeline: Pipeline, fasta_file, out_file, model, tokenizer, toks_per_batch=2048):
-    """Protein features of ``fasta_file`` with the pipeline's protein model."""
-    return _extract_protein(fasta_file, out_file, model, tokenizer, 1024, toks_per_batch,
-                            pipeline.protein.dim, pipeline.protein.name)
-
 
 def _library_versions() -> dict:
     import platform
@@ -1272,8 +1266,6 @@ def _library_versions() -> dict:
 def save_checkpoint(model: MLPClassifier, path, pipeline: str = "fastesm650", **training) -> dict:
     """Save the classifier's weights with the metadata that identifies what it
     was trained on (atomically). ``training`` adds details such as epochs."""
-    import datetime
-
     spec = PIPELINES[pipeline]
     metadata = {
         "checkpoint_version": CHECKPOINT_VERSION,

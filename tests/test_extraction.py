@@ -86,6 +86,19 @@ def test_loader_refuses_checkpoint_missing_encoder_weights(esm_folder, tmp_path)
         units.load_fast_esm(str(broken), device="cpu")
 
 
+def test_loader_accepts_legacy_layernorm_names(tmp_path):
+    """transformers loads old checkpoints naming LayerNorm weights gamma/beta; so must the weight check."""
+    from safetensors.torch import load_file, save_file
+
+    folder = bench.save_random_esm(tmp_path / "legacy", (units.PROTEIN_DIM, 1, 4, 32))
+    weights = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+               for k, v in load_file(folder / "model.safetensors").items()}
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    model, _ = units.load_fast_esm(str(folder), device="cpu")
+    assert torch.equal(model.encoder.layer[0].attention.LayerNorm.weight,
+                       weights["esm.encoder.layer.0.attention.LayerNorm.gamma"])
+
+
 def test_loader_refuses_a_model_of_the_wrong_size(tmp_path):
     folder = bench.save_random_esm(tmp_path / "small", (64, 1, 4, 32))
     with pytest.raises(units.InputError, match="gives 64-value embeddings, not 1280"):
@@ -227,6 +240,7 @@ def test_existing_output_is_not_redone(fastesm, tmp_path):
     recording = Recording(model)
     again = units.extract_fast_esm(fasta, out, model=recording, tokenizer=tokenizer)
     assert recording.shapes == []
+    assert units.extract_fast_esm(fasta, out)["proteins"] == first["proteins"]   # no model loaded (none is cached)
     assert again["proteins"] == first["proteins"]
     assert all(torch.equal(a, b) for a, b in zip(again["data"], first["data"]))
 

@@ -27,7 +27,9 @@ def test_prediction_frames_match_golden(tmp_path, length):
     direct = units.iter_fasta_chunks(GOLDEN / "prediction/input.fasta", length)
     for name, chunks in (("chunked", chunked), ("direct", direct)):
         nucleotide, protein = tmp_path / f"{name}.fa", tmp_path / f"{name}.faa"
-        units.write_identified(chunks, nucleotide, protein, batch_size=7)
+        with units.IdentifiedWriter(nucleotide, protein) as writer:    # as prediction.py writes them
+            for batch in units.batched(chunks, 7):
+                writer.write(units.select_frames(batch))
         assert nucleotide.read_bytes() == (GOLDEN / f"prediction/chunked{length}_identified_nucleotide.fa").read_bytes()
         assert protein.read_bytes() == (GOLDEN / f"prediction/chunked{length}_identified_protein.faa").read_bytes()
 
