@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -1298,7 +1299,9 @@ def _read_checkpoint(path) -> tuple[dict, dict | None]:
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such checkpoint file")
     try:
-        with torch.serialization.safe_globals(_PUBLISHED_PICKLE_GLOBALS):
+        with torch.serialization.safe_globals(_PUBLISHED_PICKLE_GLOBALS), warnings.catch_warnings():
+            # published checkpoints use pickle protocol 4, which the weights-only reader handles
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise InputError(f"{path}: not a VirNucPro checkpoint ({error.__class__.__name__}: "
