@@ -30,6 +30,7 @@ import units
 
 METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
            ("roc_auc", "ROC-AUC"))
+PIPELINE_OF = {"FastESM2_650": "fastesm650", "ESM2-3B": "esm2_3b"}
 LENGTH_BINS = ((0, 150), (150, 300), (300, 450), (450, 10_000))
 NEXT_STEPS = [
     "Check the training log: a validation loss still falling at the last epoch calls for more epochs "
@@ -170,8 +171,8 @@ def main(argv=None):
 
     os.makedirs(args.report_dir, exist_ok=True)
     for name, metrics in results.items():
-        if name in curves:
-            with units.atomic_write(os.path.join(args.report_dir, f"metrics_{name.replace('-', '').lower()}.json")) as out:
+        if name in curves:                       # computed here, not read from --baseline-metrics
+            with units.atomic_write(os.path.join(args.report_dir, f"metrics_{PIPELINE_OF[name]}.json")) as out:
                 json.dump(metrics, out, indent=1)
     if "ESM2-3B" in results:
         drop = results["ESM2-3B"]["accuracy"] - results["FastESM2_650"]["accuracy"]

@@ -179,8 +179,9 @@ def test_evaluation_report_against_the_baseline(workspace, trained, tmp_path, ca
                     "## By frame length", "Accuracy drop"):
         assert section in report
     assert (reports / "roc_curves.png").read_bytes()[:4] == b"\x89PNG"
-    saved = json.loads((reports / "metrics_fastesm2_650.json").read_text())
+    saved = json.loads((reports / "metrics_fastesm650.json").read_text())
     assert saved["accuracy"] > 0.9 and "confusion_matrix" in saved
+    assert json.loads((reports / "metrics_esm2_3b.json").read_text())["n"] == saved["n"]
     assert "PASSED" in capsys.readouterr().out
 
 
