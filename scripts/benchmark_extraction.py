@@ -145,13 +145,12 @@ def bench_protein(protein_file, device, dtype, toks_per_batch):
     tokens = sum(len(s) + 2 for s in sequences)
     tokenizer = units.esm_tokenizer()
     rows = []
-    for name, shape, extract in (("FastESM2_650-shaped", FASTESM2_650_SHAPE, units.extract_fast_esm),
-                                 ("ESM2-3B-shaped", ESM2_3B_SHAPE, units.extract_esm)):
+    for name, shape, pipeline in (("FastESM2_650-shaped", FASTESM2_650_SHAPE, units.PIPELINES["fastesm650"]),
+                                  ("ESM2-3B-shaped", ESM2_3B_SHAPE, units.PIPELINES["esm2_3b"])):
         model = random_esm(shape).to(device=device, dtype=dtype)
-        keyword = "tokenizer" if extract is units.extract_fast_esm else "alphabet"
 
         def run():
-            extract(protein_file, model=model, toks_per_batch=toks_per_batch, **{keyword: tokenizer})
+            units.extract_protein(pipeline, protein_file, None, model, tokenizer, toks_per_batch=toks_per_batch)
 
         run()                                                                              # warm-up
         rows.append((f"{name} ({str(dtype).replace('torch.', '')}, SDPA)", len(sequences), tokens,

@@ -45,10 +45,9 @@ def test_rows(features: units.FeatureSet, test_accessions: set) -> np.ndarray:
     return np.flatnonzero([units.accession_of(i) in test_accessions for i in features.ids])
 
 
-def score(model_path, pipeline, features, rows, device):
-    model, metadata = units.load_checkpoint(model_path, pipeline, device)
-    probabilities = units.predict_probabilities(model, features.rows(rows)).numpy()
-    return probabilities, metadata
+def score(model_path, pipeline, features, rows, device) -> np.ndarray:
+    model, _ = units.load_checkpoint(model_path, pipeline, device)
+    return units.predict_probabilities(model, features.rows(rows)).numpy()
 
 
 def length_breakdown(ids, labels, probabilities, lengths) -> list[dict]:
@@ -155,13 +154,13 @@ def main(argv=None):
         raise units.InputError("no test frames to evaluate: check --split against --merge-dir "
                                "(and --baseline-merge-dir)")
     labels = features.labels[rows]
-    probabilities, _ = score(args.model, "fastesm650", features, rows, device)
+    probabilities = score(args.model, "fastesm650", features, rows, device)
     results["FastESM2_650"] = units.classification_metrics(labels, probabilities)
     curves["FastESM2_650"] = (labels, probabilities)
 
     if baseline is not None:
         baseline_rows = np.array([baseline_index[features.ids[r]] for r in rows], dtype=np.int64)
-        baseline_probabilities, _ = score(args.baseline_model, "esm2_3b", baseline, baseline_rows, device)
+        baseline_probabilities = score(args.baseline_model, "esm2_3b", baseline, baseline_rows, device)
         results["ESM2-3B"] = units.classification_metrics(baseline.labels[baseline_rows], baseline_probabilities)
         curves["ESM2-3B"] = (baseline.labels[baseline_rows], baseline_probabilities)
     elif args.baseline_metrics:
