@@ -221,6 +221,17 @@ def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, pl
 
 
 # ---------------------------------------------------------------- run
+def warn_on_precision_change(model_path: str, metadata: dict, models: Models) -> None:
+    """Warn when the classifier was trained on features of other encoder dtypes than this run's."""
+    trained = metadata.get("encoder_precision")
+    running = {"dna": units.model_precision(models.dna[0]), "protein": units.model_precision(models.protein[0])}
+    if trained and trained != running:
+        units.logger.warning(
+            f"{model_path}: trained on features of DNABERT-S in {trained['dna']} and the protein model in "
+            f"{trained['protein']}; this run embeds in {running['dna']} and {running['protein']}, so scores may "
+            "differ slightly from those of the training precision")
+
+
 def run_settings(args, model_path: str) -> dict:
     """What the results depend on; a resumed run must match it."""
     stat = os.stat(args.input_fasta)
@@ -297,6 +308,7 @@ def main(argv=None):
     models = Models(pipeline, classifier.to(device), units.load_dnabert_s(args.dna_model, device),
                     pipeline.load_protein(args.protein_model, device),
                     args.dna_batch_tokens, args.protein_batch_tokens)
+    warn_on_precision_change(args.model_path, metadata, models)
     claim_output_dir(output_dir, run_settings(args, args.model_path))   # only once the inputs all check out
 
     folders = []

@@ -177,7 +177,12 @@ def main(argv=None):
     if args.save_best:
         model.load_state_dict(progress["best_state"])
     saved = "best" if args.save_best else "final"
-    units.save_checkpoint(model, args.output, epochs_trained=progress["epoch"], best_epoch=progress["best_epoch"],
+    precision = features.encoder_precision()
+    if precision and any(value.startswith("mixed") for value in precision.values()):
+        units.logger.warning(f"{args.merge_dir}: the features were made by encoders of different precisions "
+                             f"(DNABERT-S {precision['dna']}, protein model {precision['protein']})")
+    units.save_checkpoint(model, args.output, encoder_precision=precision,
+                          epochs_trained=progress["epoch"], best_epoch=progress["best_epoch"],
                           saved_epoch=progress["best_epoch"] if args.save_best else progress["epoch"],
                           saved=saved, stopped_early=stopped_early,
                           validation=progress["best_metrics"] if args.save_best else progress["last_metrics"],

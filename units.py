@@ -37,6 +37,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+import dnabert_s
+
 logger = logging.getLogger("virnucpro")
 
 
@@ -579,7 +581,8 @@ ESM2_ALPHABET = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO
 
 # Parameters outside the encoder, not used for embeddings, may be absent from a checkpoint.
 _HEAD_PREFIXES = ("pooler.", "contact_head.")
-_SNAPSHOT_FILES = ["*.json", "*.py", "*.txt", "*.safetensors"]
+# Only data: configs, tokenizer files and weights; never a *.py.
+_SNAPSHOT_FILES = ["*.json", "*.txt", "*.safetensors"]
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -683,47 +686,107 @@ def verify_weights(spec: ModelSpec, model: torch.nn.Module, folder: str) -> None
             f"pinned in pyproject.toml, or a model folder in the layout of {spec.hub_id}")
 
 
-def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype) -> torch.nn.Module:
+def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype, expected_dim: int | None) -> torch.nn.Module:
     verify_weights(spec, model, folder)
-    if model.config.hidden_size != spec.dim:
+    if expected_dim is not None and model.config.hidden_size != expected_dim:
         raise InputError(f"{spec.name}: {folder} gives {model.config.hidden_size}-value embeddings, "
-                         f"not {spec.dim}; point {spec.option} at a {spec.name} model")
+                         f"not {expected_dim}; point {spec.option} at a {spec.name} model")
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
-    logger.info(f"{spec.name}: loaded from {folder} ({str(dtype).replace('torch.', '')}, {device})")
+    logger.info(f"{spec.name}: loaded from {folder} ({dtype_name(dtype)}, {device})")
     return model
 
 
-def disable_triton_attention(model: torch.nn.Module) -> None:
-    """Make DNABERT-S's remote code use its PyTorch attention.
-
-    Its ``bert_layers.py`` calls a Triton flash-attention kernel whenever the
-    module-level ``flash_attn_qkvpacked_func`` is set; that kernel fails to
-    compile with current Triton on most GPUs (the published README says to
-    uninstall triton). With the function unset the module takes its PyTorch
-    path, the one the published features were computed with.
-    """
-    module = sys.modules.get(type(model).__module__)
-    if getattr(module, "flash_attn_qkvpacked_func", None) is not None:
-        module.flash_attn_qkvpacked_func = None
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``: how precision is recorded in files."""
+    return str(dtype).removeprefix("torch.")
 
 
-def load_dnabert_s(model: str | None = None, device: str | torch.device | None = None):
+def _read_config(spec: ModelSpec, folder: str) -> dict:
+    """A model's ``config.json``, read as data (its ``auto_map`` is never followed)."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{spec.name}: {folder} is not a {spec.name} model folder (no config.json); "
+                         f"point {spec.option} at a folder in the layout of {spec.hub_id}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{spec.name}: {path} is not a readable JSON config") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{spec.name}: {path} is not a model config (expected a JSON object)")
+    return config
+
+
+def _require_weights(spec: ModelSpec, folder: str) -> None:
+    if not _weight_files(folder):
+        raise InputError(f"{spec.name}: {folder} has no weights (no model.safetensors or pytorch_model.bin); "
+                         f"point {spec.option} at a folder in the layout of {spec.hub_id}")
+
+
+def _checkpoint_state(spec: ModelSpec, folder: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's checkpoint files (weights only)."""
+    _require_weights(spec, folder)
+    try:
+        return {key: load() for key, load in _checkpoint_tensors(folder).items()}
+    except Exception as error:
+        raise InputError(f"{spec.name}: the weights in {folder} cannot be read as tensors "
+                         f"({error.__class__.__name__}); the download may be incomplete") from None
+
+
+def load_dnabert_s(model: str | None = None, device: str | torch.device | None = None,
+                   expected_dim: int | None = DNA_DIM, dtype: torch.dtype = torch.float32):
     """DNABERT-S (768-d) and its tokenizer, from a Hugging Face id (default:
     the pinned ``zhihan1996/DNABERT-S``), a local folder or the offline cache.
 
-    Loaded from the local snapshot folder, so transformers only checks the
-    imports of the main remote module (its Triton import is optional there).
+    The network is this project's own (``dnabert_s.py``): the config is read
+    as data, the checkpoint's tensors are mapped key for key onto the model
+    (any missing, left-over or misshapen key stops the load) and the
+    tokenizer is the fast BPE tokenizer of ``tokenizer.json``. Nothing in the
+    folder is executed. ``expected_dim=None`` skips the width check.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(DNABERT_S, model)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    network = AutoModel.from_pretrained(folder, trust_remote_code=True, local_files_only=True,
-                                        dtype=torch.float32)
-    disable_triton_attention(network)
-    return _finish_loading(DNABERT_S, network, folder, device, torch.float32), tokenizer
+    config = _read_config(DNABERT_S, folder)
+    hint = f"point --dna-model at a DNABERT-S folder (layout of {DNABERT_S.hub_id})"
+    if config.get("model_type", "bert") != "bert":
+        raise InputError(f"DNABERT-S: {folder} is not a DNABERT-S folder: its config.json describes a "
+                         f"{config['model_type']} model; {hint}")
+    missing = dnabert_s.DnabertConfig.missing(config)
+    if missing:
+        raise InputError(f"DNABERT-S: {folder}/config.json lacks {', '.join(missing)}; {hint}")
+    if not os.path.exists(os.path.join(folder, "tokenizer.json")):
+        raise InputError(f"DNABERT-S: {folder} has no tokenizer.json; {hint}")
+    network = dnabert_s.DnabertModel(dnabert_s.DnabertConfig.from_dict(config))
+    _load_dnabert_state(network, _checkpoint_state(DNABERT_S, folder), folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    return _finish_loading(DNABERT_S, network, folder, device, dtype, expected_dim), tokenizer
+
+
+def _load_dnabert_state(network: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
+    """Copy the checkpoint into ``network``, whose parameter names are the
+    published checkpoint keys: every key must be there, with its shape, and
+    no other key may be left over."""
+    expected = network.state_dict()
+    where = f"DNABERT-S: {folder}"
+    hint = f"point --dna-model at a DNABERT-S folder (layout of {DNABERT_S.hub_id})"
+    absent = [key for key in expected if key not in state]
+    if absent:
+        known = ("encoder.layer.0.attention.self.Wqkv.weight", "encoder.layer.0.mlp.gated_layers.weight")
+        what = "a DNABERT-S (MosaicBERT) checkpoint" if any(k in absent for k in known) else "complete"
+        raise InputError(f"{where}: the weights are not {what}: {len(absent)} tensors missing "
+                         f"(first: {absent[0]}); {hint}")
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise InputError(f"{where}: the weights hold {len(extra)} tensors this DNABERT-S config has no place "
+                         f"for (first: {extra[0]}); {hint}")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise InputError(f"{where}: {key} is {tuple(state[key].shape)} in the checkpoint but "
+                             f"{tuple(tensor.shape)} in its config.json; {hint}")
+    network.load_state_dict(state)
 
 
 def esm_tokenizer():
@@ -737,30 +800,59 @@ def esm_tokenizer():
         return EsmTokenizer(vocab)
 
 
-def _load_esm(spec: ModelSpec, model, device, dtype):
-    from transformers import EsmModel
+# Keys of a config.json that name code or classes, not the architecture:
+# FastESM2_650's says model_type "fast_esm" with an auto_map to its remote code.
+_CODE_CONFIG_KEYS = ("model_type", "auto_map", "architectures")
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load report: unused head weights and buffers
+    such as rotary ``inv_freq`` are expected, and ``verify_weights`` checks
+    every encoder weight against the files itself."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
+
+
+def _load_esm(spec: ModelSpec, model, device, dtype, expected_dim):
+    from transformers import EsmConfig, EsmModel
 
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(spec, model)
-    network = EsmModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False,
-                                       attn_implementation="sdpa", dtype=torch.float32)
-    if network.config.vocab_size != len(ESM2_ALPHABET):
-        raise InputError(f"{spec.name}: {folder} has a {network.config.vocab_size}-token vocabulary, "
-                         f"not the {len(ESM2_ALPHABET)}-token ESM-2 alphabet")
+    config = _read_config(spec, folder)
+    if "hidden_size" not in config or config.get("vocab_size") != len(ESM2_ALPHABET):
+        raise InputError(f"{spec.name}: {folder} is not an ESM-2 model (its config has no "
+                         f"{len(ESM2_ALPHABET)}-token ESM-2 vocabulary); point {spec.option} at a {spec.name} model")
+    config = EsmConfig.from_dict({k: v for k, v in config.items() if k not in _CODE_CONFIG_KEYS})
+    _require_weights(spec, folder)
+    with _quiet_transformers():
+        network = EsmModel.from_pretrained(folder, config=config, local_files_only=True, add_pooling_layer=False,
+                                           attn_implementation="sdpa", dtype=torch.float32)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" and spec is FASTESM2_650 else torch.float32
-    return _finish_loading(spec, network, folder, device, dtype), esm_tokenizer()
+    return _finish_loading(spec, network, folder, device, dtype, expected_dim), esm_tokenizer()
 
 
-def load_fast_esm(model: str | None = None, device=None, dtype: torch.dtype | None = None):
+def load_fast_esm(model: str | None = None, device=None, dtype: torch.dtype | None = None,
+                  expected_dim: int | None = PROTEIN_DIM):
     """FastESM2_650 (1280-d) and its tokenizer: an ESM-2 checkpoint run by
-    transformers' own ESM with SDPA attention, in half precision on CUDA."""
-    return _load_esm(FASTESM2_650, model, device, dtype)
+    transformers' own ESM with SDPA attention, in half precision on CUDA.
+    FastESM2_650's folder (``model_type: fast_esm`` with an ``auto_map`` to
+    remote code) is read as data; no remote code runs. ``expected_dim=None``
+    skips the width check."""
+    return _load_esm(FASTESM2_650, model, device, dtype, expected_dim)
 
 
-def load_esm2_3b(model: str | None = None, device=None, dtype: torch.dtype | None = None):
+def load_esm2_3b(model: str | None = None, device=None, dtype: torch.dtype | None = None,
+                 expected_dim: int | None = ESM2_3B_DIM):
     """The published baseline ESM2-3B (2560-d), in full precision as published."""
-    return _load_esm(ESM2_3B, model, device, dtype)
+    return _load_esm(ESM2_3B, model, device, dtype, expected_dim)
 
 
 # =============================================================================
@@ -788,6 +880,11 @@ def token_budget_batches(lengths: Sequence[int], toks_per_batch: int) -> list[li
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def model_precision(model: torch.nn.Module) -> str:
+    """The dtype an encoder runs in, as recorded in feature files (``"float32"``)."""
+    return dtype_name(next(model.parameters()).dtype)
 
 
 def _log_failures(failures: list[tuple[str, str, str]], fasta_file, out_file) -> None:
@@ -836,7 +933,7 @@ def _embed_all(ids: list[str], batches: list[list[int]], embed_batch, desc: str)
 
 
 def _checked_embeddings(ids, vectors, failures, dim, fasta_file):
-    """Refuse any embedding that is not ``dim`` finite values, and check that
+    """Refuse any embedding that is not ``dim`` (the model's width) finite values, and check that
     every input sequence has exactly one embedding or one failure."""
     kept_ids, kept = [], []
     for index, sequence_id in enumerate(ids):
@@ -888,8 +985,9 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     published one-at-a-time code computes, but in padded batches.
 
     Saves (atomically) and returns ``{'nucleotide': [ids], 'data':
-    [{'label': id, 'mean_representation': tensor(768)}]}``, the published
-    layout; an existing ``out_file`` is loaded instead of being redone.
+    [{'label': id, 'mean_representation': tensor(768)}], 'precision':
+    'float32'}``: the published layout plus the dtype the model ran in. An
+    existing ``out_file`` is loaded instead of being redone.
     Without ``model``, the default DNABERT-S is loaded (``model_loaded`` is
     accepted for compatibility with the published signature).
     """
@@ -911,10 +1009,11 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
 
     batches = token_budget_batches([len(e) for e in encoded], toks_per_batch)
     vectors, failures = _embed_all(ids, batches, embed, f"DNABERT-S {os.path.basename(input_file)}")
-    kept_ids, kept = _checked_embeddings(ids, vectors, failures, DNA_DIM, input_file)
+    kept_ids, kept = _checked_embeddings(ids, vectors, failures, model.config.hidden_size, input_file)
     _log_failures(failures, input_file, out_file)
     result = {"nucleotide": kept_ids,
-              "data": [{"label": i, "mean_representation": v} for i, v in zip(kept_ids, kept)]}
+              "data": [{"label": i, "mean_representation": v} for i, v in zip(kept_ids, kept)],
+              "precision": model_precision(model)}
     _save(result, out_file)
     return result
 
@@ -947,9 +1046,9 @@ def _extract_protein(spec: ModelSpec, load, fasta_file, out_file, model, tokeniz
 
     batches = token_budget_batches([len(e) for e in encoded], toks_per_batch)
     vectors, failures = _embed_all(ids, batches, embed, f"{spec.name} {os.path.basename(fasta_file)}")
-    kept_ids, kept = _checked_embeddings(ids, vectors, failures, spec.dim, fasta_file)
+    kept_ids, kept = _checked_embeddings(ids, vectors, failures, model.config.hidden_size, fasta_file)
     _log_failures(failures, fasta_file, out_file)
-    result = {"proteins": kept_ids, "data": kept}
+    result = {"proteins": kept_ids, "data": kept, "precision": model_precision(model)}
     _save(result, out_file)
     return result
 
@@ -961,8 +1060,9 @@ def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,
     Batches by token budget (longest first, BOS/EOS counted), splits a batch
     that runs out of GPU memory, logs sequences that still fail to
     ``extraction_failures.log`` beside ``out_file`` and goes on, and refuses
-    any embedding that is not 1280 finite values. Saves (atomically) and
-    returns ``{'proteins': [ids], 'data': [tensor(1280)]}`` in input order; an
+    any embedding that is not the model's width of finite values. Saves
+    (atomically) and returns ``{'proteins': [ids], 'data': [tensor(1280)],
+    'precision': dtype the model ran in}`` in input order; an
     existing ``out_file`` is loaded instead of being redone. Without
     ``model``, the default FastESM2_650 is loaded.
     """
@@ -1039,7 +1139,9 @@ def _feature_vectors(path, ids, vectors, dim) -> dict[str, torch.Tensor]:
 def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_dim=PROTEIN_DIM):
     """Join DNABERT-S and protein features by sequence id into
     ``{'ids', 'data': tensor(n, 768 + protein_dim)}`` (plus ``'labels': [1]``
-    for ``data_type='viral'``, ``[0]`` for ``'host'``, as published).
+    for ``data_type='viral'``, ``[0]`` for ``'host'``, as published), and
+    ``'precision': {'dna': ..., 'protein': ...}`` when both feature files
+    record the dtype their encoder ran in.
 
     Both inputs and the result are checked before anything is written
     (``DimensionError`` names the expected and actual size, the sequence and
@@ -1066,6 +1168,8 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
     merged = {"ids": ids, "data": data}
     if data_type is not None:
         merged["labels"] = [LABELS[data_type]]
+    if "precision" in dna and "precision" in protein:
+        merged["precision"] = {"dna": dna["precision"], "protein": protein["precision"]}
     _save(merged, merged_file)
     if left_out:
         logger.warning(f"{merged_file}: {len(left_out)} ids are not in both feature files and were left out "
@@ -1080,7 +1184,8 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
 def load_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
     """Load and check one merged training file (memory-mapped): ``expected_dim``-wide
     finite rows, one unique id per row, a label of 0 (host) or 1 (viral).
-    Returns ``{'ids', 'data', 'label'}``; raises ``InputError`` naming the file."""
+    Returns ``{'ids', 'data', 'label', 'precision'}`` (``None`` where the file
+    does not record its encoders' dtypes); raises ``InputError`` naming the file."""
     path = os.fspath(path)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -1099,7 +1204,7 @@ def load_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
         raise InputError(f"{path}: the features hold NaN or infinite values")
     if list(labels) not in ([0], [1]):
         raise InputError(f"{path}: labels must be [0] (host) or [1] (viral), got {list(labels)[:3]}")
-    return {"ids": list(ids), "data": data, "label": int(labels[0])}
+    return {"ids": list(ids), "data": data, "label": int(labels[0]), "precision": content.get("precision")}
 
 
 def find_merged_files(merge_dir) -> list[str]:
@@ -1128,10 +1233,11 @@ class FeatureSet:
 
     def __init__(self, files: Sequence[str], expected_dim: int = MERGED_DIM):
         self.files = list(files)
-        self._data, self.ids, labels = [], [], []
+        self._data, self.ids, labels, self._precisions = [], [], [], []
         for path in self.files:
             content = load_merged_file(path, expected_dim)
             self._data.append(content["data"])
+            self._precisions.append(content["precision"])
             self.ids += content["ids"]
             labels.append(np.full(len(content["ids"]), content["label"], dtype=np.int64))
         self.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
@@ -1150,6 +1256,18 @@ class FeatureSet:
             local = torch.from_numpy(indices[where] - self._starts[file])
             out[torch.from_numpy(where)] = self._data[file].index_select(0, local).float()
         return out
+
+    def encoder_precision(self) -> dict | None:
+        """The dtype each encoder ran in to make these features, e.g.
+        ``{'dna': 'float32', 'protein': 'float16'}`` (``'mixed (...)'`` when
+        files differ); ``None`` when no file records it."""
+        if not any(self._precisions):
+            return None
+        precision = {}
+        for encoder in ("dna", "protein"):
+            values = sorted({p.get(encoder, "unrecorded") if p else "unrecorded" for p in self._precisions})
+            precision[encoder] = values[0] if len(values) == 1 else f"mixed ({', '.join(values)})"
+        return precision
 
     def accessions(self) -> list[str]:
         return [accession_of(i) for i in self.ids]
@@ -1362,7 +1480,9 @@ def load_checkpoint(path, pipeline: str | None = None, device="cpu") -> tuple[ML
     except RuntimeError as error:
         raise InputError(f"{os.fspath(path)}: the weights do not fit the classifier "
                          f"({str(error).strip().splitlines()[0]})") from None
-    metadata = metadata or {"embedding_model": pipeline, "checkpoint_version": "published"}
+    # the published classifiers were trained on features of fp32 encoders
+    metadata = metadata or {"embedding_model": pipeline, "checkpoint_version": "published",
+                            "encoder_precision": {"dna": "float32", "protein": "float32"}}
     return model.to(device).eval(), metadata
 
 

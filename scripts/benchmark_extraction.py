@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
 """Benchmark embedding extraction throughput, side by side in one process.
 
-  1. DNABERT-S: batched extraction (extract_DNABERT_S) against the published
-     one-sequence-at-a-time loop, on the same DNA frames;
+  1. DNABERT-S (this project's dnabert_s.py, the real architecture): batched
+     extraction (extract_DNABERT_S, SDPA attention) against the published
+     one-sequence-at-a-time loop and against batched extraction through the
+     reference code's explicit (eager) attention, all in float32; then the
+     same batched extraction in bfloat16 (and float16 on a GPU), with the
+     agreement of those features with float32 (smallest cosine, largest
+     absolute difference);
   2. protein models: a FastESM2_650-shaped model against an ESM2-3B-shaped
      model, both through the extraction code, on the same proteins.
 
 Models have random weights of the real shapes (throughput does not depend on
-the weights), so no download is needed. The DNABERT-S stand-in is a BERT of
-DNABERT-S's size (12 layers, 768 wide, 4096-token BPE vocabulary); DNABERT-S's
-own code differs in attention details. Frames come from synthetic genes cut
-into 500-bp chunks. Prints a markdown table: sequences/s, tokens/s, ratios.
+the weights), so no download is needed: DNABERT-S 12 layers, 768 wide, 12
+heads, 3072 gated-GELU units, 4096-token BPE vocabulary. Frames come from
+synthetic genes cut into 500-bp chunks. Prints markdown tables: sequences/s,
+tokens/s, ratios, precision agreement.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
+import math
 import random
 import time
+from unittest import mock
 
 import torch
 
@@ -30,33 +38,74 @@ ESM2_3B_SHAPE = (2560, 36, 40, 10240)
 
 
 # ---------------------------------------------------------------- random models of a given shape
+# DNABERT-S's config.json as published (zhihan1996/DNABERT-S), less the shape fields.
+DNABERT_S_CONFIG = {
+    "_name_or_path": "zhihan1996/DNABERT-2-117M", "alibi_starting_size": 512, "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.0,
+    "auto_map": {"AutoConfig": "configuration_bert.BertConfig", "AutoModel": "bert_layers.BertModel",
+                 "AutoModelForMaskedLM": "bert_layers.BertForMaskedLM",
+                 "AutoModelForSequenceClassification": "bert_layers.BertForSequenceClassification"},
+    "classifier_dropout": None, "gradient_checkpointing": False, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "initializer_range": 0.02, "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert",
+    "pad_token_id": 0, "position_embedding_type": "absolute", "torch_dtype": "float32",
+    "transformers_version": "4.28.0", "type_vocab_size": 2, "use_cache": True,
+}
+
+
 def save_dna_tokenizer(folder, vocab_size=4096, seed=0):
-    """A BPE tokenizer trained on random DNA, with [CLS] x [SEP] like DNABERT-S's."""
-    from tokenizers import Tokenizer, models, processors, trainers
+    """A BPE tokenizer trained on random DNA, in DNABERT-S's form: [UNK]=0,
+    [CLS]=1, [SEP]=2, [PAD]=3, [MASK]=4, whitespace pre-tokenizer, [CLS] x [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     rng = random.Random(seed)
     corpus = ["".join(rng.choices("ACGT", k=500)) for _ in range(2000)]
     tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                               show_progress=False))
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     fast.save_pretrained(folder)
     return fast
 
 
-def random_bert(shape, vocab_size, seed=0):
-    from transformers import BertConfig, BertModel
+def random_dnabert(shape, vocab_size, seed=0):
+    """Our DNABERT-S architecture with random weights (BERT's N(0, 0.02) init)."""
+    import dnabert_s
 
     hidden, layers, heads, intermediate = shape
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=1024)
-    return BertModel(config).eval()
+    model = dnabert_s.DnabertModel(dnabert_s.DnabertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate))
+    for name, parameter in model.named_parameters():
+        if "LayerNorm" in name or "layernorm" in name:
+            torch.nn.init.constant_(parameter, 1.0 if name.endswith("weight") else 0.0)
+        else:
+            torch.nn.init.normal_(parameter, std=0.02)
+    return model.eval()
+
+
+def save_random_dnabert(folder, shape, vocab_size=4096, seed=0):
+    """A folder in DNABERT-S's published layout (config.json with its auto_map,
+    pytorch_model.bin with the published key names, tokenizer.json) that
+    load_dnabert_s reads."""
+    import json
+    import os
+
+    tokenizer = save_dna_tokenizer(folder, vocab_size, seed)
+    model = random_dnabert(shape, len(tokenizer), seed)
+    hidden, layers, heads, intermediate = shape
+    config = {**DNABERT_S_CONFIG, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+              "intermediate_size": intermediate, "vocab_size": len(tokenizer)}
+    with open(os.path.join(folder, "config.json"), "w") as handle:
+        json.dump(config, handle, indent=2)
+    torch.save(model.state_dict(), os.path.join(folder, "pytorch_model.bin"))
+    return folder
 
 
 def random_esm(shape, seed=0, masked_lm=False):
@@ -72,16 +121,27 @@ def random_esm(shape, seed=0, masked_lm=False):
     return (EsmForMaskedLM(config) if masked_lm else EsmModel(config, add_pooling_layer=False)).eval()
 
 
-def save_random_dnabert(folder, shape, vocab_size=4096, seed=0):
-    """A DNABERT-S-like folder (tokenizer + BERT weights) that load_dnabert_s reads."""
-    tokenizer = save_dna_tokenizer(folder, vocab_size, seed)
-    random_bert(shape, len(tokenizer), seed).save_pretrained(folder)
-    return folder
+# What FastPLMs writes into FastESM2_650's config.json: its own model type and remote code.
+FASTESM_CONFIG_KEYS = {
+    "model_type": "fast_esm", "architectures": ["FastEsmForMaskedLM"],
+    "auto_map": {"AutoConfig": "modeling_fastesm.FastEsmConfig", "AutoModel": "modeling_fastesm.FastEsmModel",
+                 "AutoModelForMaskedLM": "modeling_fastesm.FastEsmForMaskedLM"},
+}
 
 
-def save_random_esm(folder, shape, seed=0):
-    """An ESM-2 folder in FastESM2_650's checkpoint layout (a masked-LM model, 'esm.' keys)."""
+def save_random_esm(folder, shape, seed=0, fast_esm=False):
+    """An ESM-2 masked-LM folder ('esm.' keys), in ESM2-3B's layout or, with
+    ``fast_esm``, FastESM2_650's (config with model_type fast_esm and an auto_map)."""
+    import json
+    import os
+
     random_esm(shape, seed, masked_lm=True).save_pretrained(folder)
+    if fast_esm:
+        path = os.path.join(folder, "config.json")
+        with open(path) as handle:
+            config = json.load(handle)
+        with open(path, "w") as handle:
+            json.dump({**config, **FASTESM_CONFIG_KEYS}, handle, indent=2)
     return folder
 
 
@@ -126,18 +186,48 @@ def one_at_a_time_dnabert(model, tokenizer, sequences, device):
             model(input_ids)[0].mean(dim=1).cpu()
 
 
-def bench_dnabert(folder, nucleotide_file, device, toks_per_batch):
+def eager_attention(query, key, value, attn_mask):
+    """The reference code's PyTorch attention path: explicit scores, bias, softmax."""
+    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1]) + attn_mask
+    return torch.softmax(scores, dim=-1) @ value
+
+
+def agreement(features, reference):
+    """Smallest cosine similarity and largest absolute difference between two feature sets."""
+    a = torch.stack([item["mean_representation"] for item in features["data"]])
+    b = torch.stack([item["mean_representation"] for item in reference["data"]])
+    return torch.nn.functional.cosine_similarity(a, b, dim=1).min().item(), (a - b).abs().max().item()
+
+
+def bench_dnabert(folder, nucleotide_file, device, toks_per_batch, half_dtypes):
+    """Throughput rows, and the agreement of half-precision features with fp32."""
+    import dnabert_s
+
     tokenizer = save_dna_tokenizer(folder)
-    model = random_bert(DNABERT_S_SHAPE, len(tokenizer)).to(device)
+    model = random_dnabert(DNABERT_S_SHAPE, len(tokenizer)).to(device)
     sequences = [r.sequence for r in units.read_fasta(nucleotide_file)]
     tokens = sum(len(ids) for ids in tokenizer(sequences)["input_ids"])
-    units.extract_DNABERT_S(nucleotide_file, model=model, tokenizer=tokenizer)          # warm-up
-    rows = [("DNABERT-S one at a time (published loop)",
+
+    def batched(network):
+        return units.extract_DNABERT_S(nucleotide_file, model=network, tokenizer=tokenizer,
+                                       toks_per_batch=toks_per_batch)
+
+    reference = batched(model)                                                             # warm-up
+    with mock.patch.object(dnabert_s.F, "scaled_dot_product_attention", eager_attention):
+        eager_seconds = timed(lambda: batched(model), device)
+    rows = [("DNABERT-S float32, one at a time (published loop)",
              timed(lambda: one_at_a_time_dnabert(model, tokenizer, sequences, device), device)),
-            (f"DNABERT-S batched ({toks_per_batch} tokens/batch)",
-             timed(lambda: units.extract_DNABERT_S(nucleotide_file, model=model, tokenizer=tokenizer,
-                                                   toks_per_batch=toks_per_batch), device))]
-    return [(name, len(sequences), tokens, seconds) for name, seconds in rows]
+            (f"DNABERT-S float32, batched, eager attention ({toks_per_batch} tokens/batch)", eager_seconds),
+            (f"DNABERT-S float32, batched, SDPA ({toks_per_batch} tokens/batch)",
+             timed(lambda: batched(model), device))]
+    agreements = []
+    for dtype in half_dtypes:
+        half = copy.deepcopy(model).to(dtype)
+        features = batched(half)                                                           # warm-up
+        rows.append((f"DNABERT-S {units.dtype_name(dtype)}, batched, SDPA", timed(lambda: batched(half), device)))
+        agreements.append((units.dtype_name(dtype), *agreement(features, reference)))
+        del half
+    return [(name, len(sequences), tokens, seconds) for name, seconds in rows], agreements
 
 
 def bench_protein(protein_file, device, dtype, toks_per_batch):
@@ -183,17 +273,24 @@ def main(argv=None):
         frames = synthetic_frames(max(dna_count, protein_count), args.seed)
         nucleotide_file = write_fasta(f"{folder}/frames.fa", [(i, dna) for i, dna, _ in frames[:dna_count]])
         protein_file = write_fasta(f"{folder}/frames.faa", [(i, aa) for i, _, aa in frames[:protein_count]])
-        rows = bench_dnabert(folder, nucleotide_file, device, units.DNA_TOKS_PER_BATCH)
-        rows += bench_protein(protein_file, device, dtype, toks_per_batch=2048 if not on_gpu else 16384)
+        half_dtypes = (torch.bfloat16, torch.float16) if on_gpu else (torch.bfloat16,)
+        dna_rows, agreements = bench_dnabert(folder, nucleotide_file, device, units.DNA_TOKS_PER_BATCH, half_dtypes)
+        protein_rows = bench_protein(protein_file, device, dtype, toks_per_batch=2048 if not on_gpu else 16384)
 
     name = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"Device: {name}\n")
     print("| extraction | sequences | tokens | seconds | sequences/s | tokens/s |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label, count, tokens, seconds in rows:
+    for label, count, tokens, seconds in dna_rows + protein_rows:
         print(f"| {label} | {count} | {tokens} | {seconds:.2f} | {count / seconds:.1f} | {tokens / seconds:.0f} |")
-    print(f"\nDNABERT-S batched vs one at a time: {rows[0][3] / rows[1][3]:.1f}x")
-    print(f"FastESM2_650-shaped vs ESM2-3B-shaped: {rows[3][3] / rows[2][3]:.1f}x")
+    print(f"\nDNABERT-S batched SDPA vs one at a time: {dna_rows[0][3] / dna_rows[2][3]:.1f}x; "
+          f"vs batched eager attention: {dna_rows[1][3] / dna_rows[2][3]:.2f}x")
+    print(f"FastESM2_650-shaped vs ESM2-3B-shaped: {protein_rows[1][3] / protein_rows[0][3]:.1f}x")
+    print("\nDNABERT-S features in half precision against float32 (same weights, same frames):\n")
+    print("| precision | smallest cosine | largest abs difference |")
+    print("|---|---:|---:|")
+    for name, cosine, difference in agreements:
+        print(f"| {name} | {cosine:.6f} | {difference:.2e} |")
     return 0
 
 

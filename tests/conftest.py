@@ -12,6 +12,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 GOLDEN = DATA / "golden"
+ARCH_TINY = DATA / "arch_tiny"        # tiny models in the published layouts, with the reference code's outputs
+
+
+def pytest_report_header(config):
+    import torch
+    import transformers
+    return f"torch {torch.__version__}, transformers {transformers.__version__}"
 
 
 def run_script(script, *args, cwd=None, timeout=300):
@@ -43,17 +50,17 @@ def load_script(script):
     return module
 
 
-TINY_DNABERT = (768, 2, 4, 64)       # DNABERT-S's output width, tiny depth: (hidden, layers, heads, ffn)
+TINY_DNABERT = (768, 2, 12, 64)      # DNABERT-S's output width, tiny depth: (hidden, layers, heads, ffn)
 TINY_FASTESM = (1280, 2, 4, 64)      # FastESM2_650's width
 TINY_ESM2_3B = (2560, 1, 4, 32)      # ESM2-3B's width
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Folders of tiny random models of the real widths, in the layouts the
-    loaders read (a DNABERT-S-like tokenizer + BERT, ESM-2 masked-LM checkpoints)."""
+    """Folders of tiny random models of the real widths, in the published layouts
+    (DNABERT-S's config, key names and tokenizer form; FastESM2_650's and ESM2-3B's)."""
     bench = load_script("scripts/benchmark_extraction.py")
     root = tmp_path_factory.mktemp("tiny_models")
     return {"dna": str(bench.save_random_dnabert(root / "dnabert", TINY_DNABERT, vocab_size=64)),
-            "protein": str(bench.save_random_esm(root / "fastesm", TINY_FASTESM)),
+            "protein": str(bench.save_random_esm(root / "fastesm", TINY_FASTESM, fast_esm=True)),
             "esm2_3b": str(bench.save_random_esm(root / "esm2_3b", TINY_ESM2_3B))}

@@ -60,6 +60,20 @@ def test_frame_results_cover_every_frame_in_the_published_format(reference_run):
     assert {row["Prediction"] for row in rows} == {"virus", "others"}
 
 
+def test_a_classifier_trained_on_other_encoder_precisions_is_named(models, tmp_path, caplog):
+    classifier, _ = units.load_checkpoint(models["checkpoint"])
+    checkpoint = tmp_path / "fp16_features.pth"
+    units.save_checkpoint(classifier, checkpoint, encoder_precision={"dna": "float32", "protein": "float16"})
+    few = tmp_path / "few.fasta"
+    few.write_text(">a\n" + "ATGAAACCCGGGTTTAAACCCGGGATGAAA" * 10 + "\n")
+    assert prediction.main(predict_args(models, tmp_path / "out", input_fasta=few, checkpoint=str(checkpoint))) == 0
+    assert "trained on features of DNABERT-S in float32 and the protein model in float16; this run embeds in " \
+           "float32 and float32" in caplog.text
+    caplog.clear()
+    assert prediction.main(predict_args(models, tmp_path / "out2", input_fasta=few)) == 0
+    assert "trained on features" not in caplog.text                 # no record, nothing claimed
+
+
 def test_scores_belong_to_their_frames(reference_run, models, tmp_path):
     """Recompute one shard's scores straight through units and compare by id."""
     dna_model = units.load_dnabert_s(models["dna"], "cpu")

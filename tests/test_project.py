@@ -13,8 +13,10 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+MODULES = {f"{name}.py" for name in PYPROJECT["tool"]["setuptools"]["py-modules"]}     # units.py, dnabert_s.py
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]
-                 if p.name != "units.py")
+                 if p.name not in MODULES)
 README = (ROOT / "README.md").read_text()
 TEST_COMMAND = 'python -m pip install -e ".[test]" && python -m pytest'
 
@@ -38,6 +40,9 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci_commands = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci_commands[-1] == TEST_COMMAND
     assert "python -m pip install torch==2.13.0" in ci_commands
+    # and the whole suite once more on the oldest supported transformers
+    assert any('"transformers==4.57.*"' in line for line in ci_commands)
+    assert any(line.endswith("/bin/python -m pytest") for line in ci_commands[:-1])
 
 
 def _scripts_named(command: str) -> list[str]:

@@ -16,6 +16,7 @@ benchmark = load_script("scripts/benchmark_speed.py")
 environment = load_script("scripts/validate_environment.py")
 
 CLASSES = ((1, "viral.1.1"), (0, "bacteria.1.1"))
+PRECISION = {"dna": "float32", "protein": "float16"}      # as features_extract.py records it on a GPU
 
 
 def make_merged(merge_dir, dim=units.MERGED_DIM, accessions=30, seed=0, rows_per_file=50):
@@ -29,7 +30,7 @@ def make_merged(merge_dir, dim=units.MERGED_DIM, accessions=30, seed=0, rows_per
         folder.mkdir(parents=True, exist_ok=True)
         for n, start in enumerate(range(0, len(ids), rows_per_file), start=1):
             torch.save({"ids": ids[start:start + rows_per_file], "data": torch.from_numpy(data[start:start + rows_per_file]),
-                        "labels": [label]}, folder / f"output_{n}_merged.pt")
+                        "labels": [label], "precision": PRECISION}, folder / f"output_{n}_merged.pt")
     return merge_dir
 
 
@@ -103,6 +104,7 @@ def test_training_loss_falls_and_the_checkpoint_loads(trained, workspace):
     model, metadata = units.load_checkpoint(trained)
     assert metadata["embedding_model"] == "fastesm650" and metadata["epochs_trained"] == 6
     assert metadata["saved"] == "final" and metadata["validation"]["accuracy"] > 0.9
+    assert metadata["encoder_precision"] == PRECISION
     assert not (workspace / ("model_fastesm650.pth" + trainer.STATE_SUFFIX)).exists()
 
 
@@ -140,6 +142,20 @@ def test_interrupted_training_resumes_to_the_same_model(workspace, trained, tmp_
     resumed, reference = units.load_checkpoint(output)[0], units.load_checkpoint(trained)[0]
     for key, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_feature_sets_report_the_precision_of_their_encoders(tmp_path):
+    make_merged(tmp_path / "merge", accessions=2)
+    files = units.find_merged_files(tmp_path / "merge")
+    assert units.FeatureSet(files).encoder_precision() == PRECISION
+    content = torch.load(files[0], weights_only=True)
+    torch.save({**content, "precision": {"dna": "bfloat16", "protein": "float16"}}, files[0])
+    assert units.FeatureSet(files).encoder_precision() == {"dna": "mixed (bfloat16, float32)", "protein": "float16"}
+    for path in files:
+        content = torch.load(path, weights_only=True)
+        del content["precision"]
+        torch.save(content, path)
+    assert units.FeatureSet(files).encoder_precision() is None          # older files: not recorded
 
 
 def test_training_refuses_features_of_the_wrong_width(tmp_path):
