@@ -53,6 +53,7 @@ class SplitFile:
     nucleotide: str
     protein: str
     sequences: int
+    chunk_length: int | None   # from make_train_dataset.py's <stem>.identified.json
 
     @property
     def label(self) -> str:
@@ -113,6 +114,19 @@ def split_once(fasta: str, sequences_per_file: int) -> list[tuple[str, int]]:
     return [(os.path.join(folder, name), count) for name, count in files]
 
 
+def chunk_length_of(nucleotide: str) -> int | None:
+    """The chunk length recorded by make_train_dataset.py beside an identified file."""
+    manifest = nucleotide[:-len(NUCLEOTIDE_SUFFIX)] + ".identified.json"
+    try:
+        with open(manifest) as handle:
+            return json.load(handle).get("chunk_length")
+    except FileNotFoundError:
+        return None
+    except (ValueError, AttributeError):
+        raise units.InputError(f"{manifest}: not a readable record of scripts/make_train_dataset.py; "
+                               "rebuild the identified files with it") from None
+
+
 def full_split_files(pairs, sequences_per_file: int) -> list[SplitFile]:
     """The split files holding exactly ``sequences_per_file`` frames (published: only full files are used)."""
     files = []
@@ -122,7 +136,8 @@ def full_split_files(pairs, sequences_per_file: int) -> list[SplitFile]:
         if [count for _, count in nucleotide_parts] != [count for _, count in protein_parts]:
             raise units.InputError(f"{nucleotide} and {protein} hold different numbers of frames; "
                                    "rebuild them with scripts/make_train_dataset.py")
-        files += [SplitFile(stem, category_of(stem), n_path, p_path, count)
+        chunk_length = chunk_length_of(nucleotide)
+        files += [SplitFile(stem, category_of(stem), n_path, p_path, count, chunk_length)
                   for (n_path, count), (p_path, _) in zip(nucleotide_parts, protein_parts)
                   if count == sequences_per_file]
     return files
@@ -170,7 +185,7 @@ def extract_file(split: SplitFile, merged: str, models, pipeline: units.Pipeline
                                      protein_model, protein_tokenizer, toks_per_batch=args.protein_batch_tokens)
     units.merge_data(split.nucleotide[:-3] + "_DNABERT_S.pt",
                      split.protein[:-3] + PROTEIN_FEATURE_SUFFIX[pipeline.name], merged,
-                     data_type=split.label, protein_dim=pipeline.protein.dim)
+                     data_type=split.label, protein_dim=pipeline.protein.dim, chunk_length=split.chunk_length)
     return split.sequences - len(set(dna["nucleotide"]) & set(proteins["proteins"]))
 
 

@@ -1,32 +1,43 @@
 #!/usr/bin/env python3
 """Predict which sequences of a FASTA file are viral.
 
-    python prediction.py input.fasta 500 model_fastesm650.pth
+    python prediction.py input.fasta 500 model_fastesm650_500.pth
 
 Each sequence is cut into chunks of the model's length (300 or 500 bp), every
 stop-free frame of a chunk is embedded with DNABERT-S and the protein model
 and scored by the classifier. A chunk is viral when its best viral score is
 at least its best non-viral score.
 
+Input: FASTA or FASTQ, plain or compressed (gzip, bzip2, xz). Sequences
+shorter than --min-length are not scored (reported as too_short); U is read
+as T.
+
 Outputs, in the output folder (default: <input without extension>_merged/):
   prediction_results.txt               per frame: Sequence_ID, Prediction, score1, score2
   prediction_results_highestscore.csv  per chunk: Modified_ID, Is_Virus (tab-separated, as published)
-  prediction_summary.tsv               per sequence: length, chunks, chunks without a
+  prediction_summary.tsv               per input sequence: length, chunks, chunks without a
                                        stop-free frame, viral chunks, best viral score, call
+                                       (virus, others, or why it was not scored: no_frames,
+                                       not_scored, too_short, no_sequence)
   prediction.png                       with --plot: chunk scores along the sequences
+  run.json                             the settings, the run's state and its counts
 
 The input is processed in shards of whole sequences, so memory stays flat as
 the input grows; an interrupted run, re-run with the same arguments, resumes
-at the first unfinished shard and ends with the same outputs.
+at the first unfinished shard and ends with the same outputs. A finished run
+is not redone (--overwrite starts over); one run at a time writes into an
+output folder.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +47,10 @@ import units
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt")
 RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv")
+RUN_FILE = "run.json"
+PLOT_FILE = "prediction.png"
 CHUNK_COLUMNS = ["chunk_id", "record_id", "record_length", "start", "end", "frames", "best_others", "best_virus"]
+RECORD_COLUMNS = ["record_id", "length", "skipped"]     # skipped: "", too_short or no_sequence
 SUMMARY_HEADER = "Sequence_ID\tLength\tChunks\tChunks_without_frames\tViral_chunks\tBest_viral_score\tCall\n"
 PLOTTED_SEQUENCES = 20
 
@@ -60,7 +74,7 @@ def format_score(value) -> str:
 def shards(input_fasta: str, chunk_size: int, chunks_per_shard: int):
     """``(records, chunk count)``: whole records holding about ``chunks_per_shard`` chunks."""
     shard, chunks = [], 0
-    for record in units.read_fasta(input_fasta, alphabet="dna"):
+    for record in units.read_fasta(input_fasta, alphabet="dna", keep_empty=True):
         shard.append(record)
         chunks += len(units.chunk_starts(len(record.sequence), chunk_size))
         if chunks >= chunks_per_shard:
@@ -73,7 +87,7 @@ def shards(input_fasta: str, chunk_size: int, chunks_per_shard: int):
 def count_chunks(input_fasta: str, chunk_size: int) -> tuple[int, int]:
     """Read (and validate) the whole input once: ``(records, chunks)``."""
     records = chunks = 0
-    for record in units.read_fasta(input_fasta, alphabet="dna"):
+    for record in units.read_fasta(input_fasta, alphabet="dna", keep_empty=True):
         records += 1
         chunks += len(units.chunk_starts(len(record.sequence), chunk_size))
     return records, chunks
@@ -83,6 +97,7 @@ def count_chunks(input_fasta: str, chunk_size: int) -> tuple[int, int]:
 @dataclass
 class Models:
     pipeline: units.Pipeline
+    classifier_path: str
     classifier: units.MLPClassifier
     dna: tuple
     protein: tuple
@@ -90,8 +105,14 @@ class Models:
     protein_batch_tokens: int
 
 
+def skip_reason(record, min_length: int) -> str:
+    if not record.sequence:
+        return "no_sequence"
+    return "too_short" if len(record.sequence) < min_length else ""
+
+
 def shard_chunks(records, chunk_size):
-    """``[(chunk_id, upper-case chunk)]`` and the chunk table rows of a shard."""
+    """``[(chunk_id, upper-case chunk)]`` and the chunk table rows of a shard's scored records."""
     chunks, rows = [], []
     for record in records:
         sequence = record.sequence.upper()
@@ -125,15 +146,25 @@ def score_frames(folder: str, frames, models: Models) -> dict[str, tuple]:
                          protein_dim=models.pipeline.protein.dim)
     merged = torch.load(merged_file, weights_only=True)
     probabilities = units.predict_probabilities(models.classifier, merged["data"]).numpy()
+    finite = np.isfinite(probabilities).all(axis=1)
+    if not finite.all():
+        raise units.InputError(f"{models.classifier_path}: the classifier gives non-finite scores (first: frame "
+                               f"{merged['ids'][int(np.argmin(finite))]}); the checkpoint is damaged, use another one")
     return dict(zip(merged["ids"], map(tuple, probabilities)))
 
 
-def process_shard(folder: str, records, chunk_size: int, models: Models, keep_intermediate: bool) -> None:
+def process_shard(folder: str, records, chunk_size: int, min_length: int, models: Models,
+                  keep_intermediate: bool) -> None:
     """Score one shard; its ``chunks.tsv`` (written last) marks it done."""
     if os.path.exists(f"{folder}/chunks.tsv"):
         return
     os.makedirs(folder, exist_ok=True)
-    chunks, rows = shard_chunks(records, chunk_size)
+    skipped = [skip_reason(record, min_length) for record in records]
+    with units.atomic_write(f"{folder}/records.tsv") as out:
+        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+        writer.writerow(RECORD_COLUMNS)
+        writer.writerows((record.id, len(record.sequence), reason) for record, reason in zip(records, skipped))
+    chunks, rows = shard_chunks([record for record, reason in zip(records, skipped) if not reason], chunk_size)
     frames = [frame for frame in units.select_frames(chunks) if frame[2]]   # empty proteins are not scored
     scores = score_frames(folder, frames, models) if frames else {}
     frames_per_chunk: dict[str, int] = {}
@@ -174,6 +205,11 @@ def read_chunk_table(folder: str):
             yield row
 
 
+def read_records(folder: str):
+    with open(f"{folder}/records.tsv") as handle:
+        yield from csv.DictReader(handle, delimiter="\t")
+
+
 def summarize(record_rows) -> tuple[str, str]:
     """The summary line of one sequence from its chunk rows, and its call."""
     chunks = len(record_rows)
@@ -191,8 +227,9 @@ def summarize(record_rows) -> tuple[str, str]:
 
 
 def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, plot: bool) -> dict:
-    """Assemble the final files from the shards (each written atomically)."""
-    counts = {"sequences": 0, "viral_sequences": 0}
+    """Assemble the final files from the shards (each written atomically);
+    returns how many sequences got each call."""
+    calls: dict[str, int] = {}
     plotted = []
     with units.atomic_write(f"{output_dir}/prediction_results.txt") as frames_out, \
             units.atomic_write(f"{output_dir}/prediction_results_highestscore.csv") as chunks_out, \
@@ -203,21 +240,36 @@ def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, pl
         for folder in shard_folders:
             with open(f"{folder}/frames.tsv") as handle:
                 shutil.copyfileobj(handle, frames_out)
-            for record_id, group in itertools.groupby(read_chunk_table(folder), key=lambda row: row["record_id"]):
+            scored = itertools.groupby(read_chunk_table(folder), key=lambda row: row["record_id"])
+            for record in read_records(folder):
+                if record["skipped"]:
+                    summary_out.write(f"{record['record_id']}\t{record['length']}\t0\t0\t0\tNA\t{record['skipped']}\n")
+                    calls[record["skipped"]] = calls.get(record["skipped"], 0) + 1
+                    continue
+                record_id, group = next(scored)
                 record_rows = list(group)
                 chunks_out.writelines(f"{row['chunk_id']}\t{row['viral']}\n" for row in record_rows if row["scored"])
                 line, call = summarize(record_rows)
                 summary_out.write(line)
-                counts["sequences"] += 1
-                counts["viral_sequences"] += call == "virus"
+                calls[call] = calls.get(call, 0) + 1
                 if plot and len(plotted) < PLOTTED_SEQUENCES:
                     plotted.append((record_id, int(record_rows[0]["record_length"]),
                                     [(int(r["start"]), int(r["end"]),
                                       float(r["best_virus"]) if r["scored"] else None, r["viral"])
                                      for r in record_rows]))
     if plot and plotted:
-        units.plot_chunk_scores(plotted, f"{output_dir}/prediction.png", chunk_size)
-    return counts
+        units.plot_chunk_scores(plotted, f"{output_dir}/{PLOT_FILE}", chunk_size)
+    return calls
+
+
+def report(calls: dict, min_length: int, output_dir: str) -> str:
+    """The run's last line: how many sequences got each call."""
+    reasons = (("no_frames", "without a stop-free frame"), ("not_scored", "whose frames all failed to embed"),
+               ("too_short", f"shorter than {min_length} bp"), ("no_sequence", "without sequence"))
+    skipped = [f"{calls[call]} {words}" for call, words in reasons if calls.get(call)]
+    return (f"{sum(calls.values())} sequences: {calls.get('virus', 0)} called viral, {calls.get('others', 0)} not"
+            + (f"; not scored: {', '.join(skipped)} (listed in prediction_summary.tsv)" if skipped else "")
+            + f"; results in {output_dir}/")
 
 
 # ---------------------------------------------------------------- run
@@ -236,36 +288,91 @@ def run_settings(args, model_path: str) -> dict:
     """What the results depend on; a resumed run must match it."""
     stat = os.stat(args.input_fasta)
     return {"input": os.path.abspath(args.input_fasta), "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns, "chunk_length": args.expect_length,
+            "input_mtime_ns": stat.st_mtime_ns, "chunk_length": args.expect_length, "min_length": args.min_length,
             "classifier": os.path.abspath(model_path), "classifier_size": os.path.getsize(model_path),
             "pipeline": args.pipeline, "dna_model": args.dna_model or units.DNABERT_S.hub_id,
             "protein_model": args.protein_model or units.PIPELINES[args.pipeline].protein.hub_id,
             "chunks_per_shard": args.chunks_per_shard}
 
 
-def claim_output_dir(output_dir: str, settings: dict) -> None:
-    """Create the output folder, or check that it holds a run of the same settings."""
-    run_file = f"{output_dir}/run.json"
-    if os.path.exists(run_file):
-        with open(run_file) as handle:
-            previous = json.load(handle)
-        if previous != settings:
-            changed = sorted(key for key in settings if previous.get(key) != settings[key])
-            raise units.InputError(f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
-                                   "use another --output-dir or delete that folder")
-        units.logger.info(f"resuming the run in {output_dir}")
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    with units.atomic_write(run_file) as handle:
-        json.dump(settings, handle, indent=1)
+def check_writable(output_dir: str) -> None:
+    """Stop at once, before any work, when the results could not be written."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise units.InputError(f"-o {output_dir}: is a file, not a folder; give a folder for the results")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise units.InputError(f"{output_dir}: the results cannot be written there ({existing}: {reason}); "
+                               "give -o a folder you can write to") from None
+
+
+def read_run(output_dir: str) -> dict | None:
+    path = f"{output_dir}/{RUN_FILE}"
+    try:
+        with open(path) as handle:
+            run = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        run = None
+    if not isinstance(run, dict) or not isinstance(run.get("settings"), dict):
+        raise units.InputError(f"{path}: damaged, or written by another version of prediction.py; "
+                               "give another -o, or --overwrite to start over in that folder")
+    return run
+
+
+def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
+    """``new``, ``resume`` or ``complete``. A folder holding another run or
+    files of something else is refused, unless ``overwrite`` (then ``new``)."""
+    if not os.path.isdir(output_dir) or overwrite:
+        return "new"
+    run = read_run(output_dir)
+    if run is None:
+        others = sorted(set(os.listdir(output_dir)) - {units.LOCK_FILE})
+        if others:
+            raise units.InputError(f"{output_dir} holds files but no prediction run of this tool "
+                                   f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give another "
+                                   "-o, or --overwrite to replace its result files")
+        return "new"
+    if run["settings"] != settings:
+        changed = sorted(key for key in settings if run["settings"].get(key) != settings[key])
+        raise units.InputError(f"{output_dir} holds a run with other settings ({', '.join(changed)}); give "
+                               "another -o, or --overwrite to start over in that folder")
+    finished = all(os.path.exists(f"{output_dir}/{name}") for name in RESULT_FILES)
+    if run.get("status") == "complete":
+        return "complete" if finished else "new"
+    return "resume"
+
+
+def write_run(output_dir: str, settings: dict, status: str, calls: dict | None = None) -> None:
+    with units.atomic_write(f"{output_dir}/{RUN_FILE}") as handle:
+        json.dump({"settings": settings, "status": status, "calls": calls or {}}, handle, indent=1)
+
+
+def start_over(output_dir: str) -> None:
+    """Remove what a previous run left, so that no old result outlives a new run."""
+    shutil.rmtree(f"{output_dir}/shards", ignore_errors=True)
+    for name in (*RESULT_FILES, PLOT_FILE, RUN_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{output_dir}/{name}")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input_fasta", help="FASTA file of reads or contigs (plain or gzipped)")
+    parser.add_argument("input_fasta", help="FASTA or FASTQ file of reads or contigs (plain, gzip, bzip2 or xz)")
     parser.add_argument("expect_length", type=int, choices=(300, 500), help="chunk length of the model: 300 or 500")
-    parser.add_argument("model_path", help="classifier checkpoint (.pth), e.g. model_fastesm650.pth")
+    parser.add_argument("model_path", help="classifier checkpoint (.pth), e.g. model_fastesm650_300.pth")
     parser.add_argument("-o", "--output-dir", help="output folder (default: <input without extension>_merged)")
+    parser.add_argument("--min-length", type=int,
+                        help="shortest sequence scored, in bp (default: half the chunk length, 150 or 250); "
+                             "shorter ones are listed as too_short")
     parser.add_argument("--pipeline", choices=sorted(units.PIPELINES),
                         help="embedding pipeline (default: the one the checkpoint was trained for; "
                              "esm2_3b runs the published baseline and its 300_model.pth / 500_model.pth)")
@@ -286,10 +393,17 @@ def parse_args(argv):
                         help="keep each shard's frames and feature files under <output>/shards/")
     parser.add_argument("--plot", action="store_true",
                         help=f"also draw prediction.png: chunk scores along the first {PLOTTED_SEQUENCES} sequences")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: redo a finished run, replace a run of other settings or the result "
+                             "files of something else in the output folder")
     args = parser.parse_args(argv)
     for option in ("dna_batch_tokens", "protein_batch_tokens", "chunks_per_shard"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.min_length is None:
+        args.min_length = args.expect_length // 2
+    elif args.min_length < 1:
+        parser.error("--min-length must be at least 1")
     return args
 
 
@@ -297,33 +411,45 @@ def main(argv=None):
     from tqdm import tqdm
 
     args = parse_args(argv)
-    classifier, metadata = units.load_checkpoint(args.model_path, args.pipeline)
+    classifier, metadata = units.load_checkpoint(args.model_path, args.pipeline, chunk_length=args.expect_length)
     args.pipeline = metadata["embedding_model"]
     pipeline = units.PIPELINES[args.pipeline]
-    n_records, n_chunks = count_chunks(args.input_fasta, args.expect_length)
     output_dir = args.output_dir or default_output_dir(args.input_fasta)
+    check_writable(output_dir)
+    n_records, n_chunks = count_chunks(args.input_fasta, args.expect_length)
+    settings = run_settings(args, args.model_path)
+    if run_state(output_dir, settings, args.overwrite) == "complete":
+        units.logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
+                          "--overwrite runs it again")
+        return 0
     device = units.resolve_device(args.device)
     units.logger.info(f"{args.input_fasta}: {n_records} sequences, {n_chunks} {args.expect_length}-bp chunks; "
                       f"{pipeline.name} pipeline on {device}")
-    models = Models(pipeline, classifier.to(device), units.load_dnabert_s(args.dna_model, device),
-                    pipeline.load_protein(args.protein_model, device),
-                    args.dna_batch_tokens, args.protein_batch_tokens)
-    warn_on_precision_change(args.model_path, metadata, models)
-    claim_output_dir(output_dir, run_settings(args, args.model_path))   # only once the inputs all check out
+    with units.folder_lock(output_dir):
+        state = run_state(output_dir, settings, args.overwrite)     # again, now that no other run can change it
+        models = Models(pipeline, args.model_path, classifier.to(device),
+                        units.load_dnabert_s(args.dna_model, device), pipeline.load_protein(args.protein_model, device),
+                        args.dna_batch_tokens, args.protein_batch_tokens)
+        warn_on_precision_change(args.model_path, metadata, models)
+        if state == "new":
+            start_over(output_dir)
+            write_run(output_dir, settings, "running")
+        else:
+            units.logger.info(f"resuming the run in {output_dir}")
 
-    folders = []
-    with tqdm(total=n_chunks, desc="chunks", unit="chunk") as progress:
-        shard_iter = shards(args.input_fasta, args.expect_length, args.chunks_per_shard)
-        for index, (records, chunk_count) in enumerate(shard_iter, start=1):
-            folder = f"{output_dir}/shards/{index:06d}"
-            process_shard(folder, records, args.expect_length, models, args.keep_intermediate)
-            folders.append(folder)
-            progress.update(chunk_count)
-    counts = write_outputs(output_dir, folders, args.expect_length, args.plot)
-    if not args.keep_intermediate:
-        shutil.rmtree(f"{output_dir}/shards")
-    units.logger.info(f"{counts['sequences']} sequences, {counts['viral_sequences']} called viral; "
-                      f"results in {output_dir}/")
+        folders = []
+        with tqdm(total=n_chunks, desc="chunks", unit="chunk") as progress:
+            shard_iter = shards(args.input_fasta, args.expect_length, args.chunks_per_shard)
+            for index, (records, chunk_count) in enumerate(shard_iter, start=1):
+                folder = f"{output_dir}/shards/{index:06d}"
+                process_shard(folder, records, args.expect_length, args.min_length, models, args.keep_intermediate)
+                folders.append(folder)
+                progress.update(chunk_count)
+        calls = write_outputs(output_dir, folders, args.expect_length, args.plot)
+        if not args.keep_intermediate:
+            shutil.rmtree(f"{output_dir}/shards")
+        write_run(output_dir, settings, "complete", calls)
+    units.logger.info(report(calls, args.min_length, output_dir))
     return 0
 
 

@@ -12,8 +12,9 @@ genomes only.
 
 Every epoch is logged (train loss and accuracy; validation loss, accuracy,
 F1, ROC-AUC; learning rate; time) to the terminal and to
-training_log_fastesm650.txt beside the model. Saves model_fastesm650.pth with
-metadata: the final model, or the best validation epoch with --save-best.
+training_log_fastesm650.txt beside the model. Saves model_fastesm650_<length>.pth
+(300 or 500: the chunk length the features record) with metadata: the final
+model, or the best validation epoch with --save-best.
 An interrupted run started again with the same arguments resumes at the
 next epoch and ends with the same model.
 """
@@ -37,7 +38,11 @@ def parse_args(argv):
     parser.add_argument("--merge-dir", default="data/data_merge", help="merged features (default: data/data_merge)")
     parser.add_argument("--split", default="data/test_set/test_metadata.json",
                         help="test split from scripts/create_test_set.py (default: %(default)s)")
-    parser.add_argument("--output", default="model_fastesm650.pth", help="checkpoint to write (default: %(default)s)")
+    parser.add_argument("--length", type=int, choices=(300, 500),
+                        help="chunk length of the training frames; needed only when the merged files do not "
+                             "record it (features extracted before they did)")
+    parser.add_argument("--output", help="checkpoint to write, or a folder to write it in (default: "
+                                         "model_fastesm650_<length>.pth)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of the non-test genomes used for validation (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=200, help="maximum epochs (default %(default)s)")
@@ -55,6 +60,18 @@ def parse_args(argv):
     if not 0 < args.val_fraction < 1:
         parser.error("--val-fraction must be between 0 and 1")
     return args
+
+
+def chunk_length(features: units.FeatureSet, merge_dir: str, given: int | None) -> int:
+    """The chunk length the features record, checked against --length."""
+    recorded = features.chunk_length()
+    if recorded is None and given is None:
+        raise units.InputError(f"{merge_dir}: the merged files do not record their chunk length; "
+                               "give --length 300 or --length 500")
+    if recorded is not None and given is not None and recorded != given:
+        raise units.InputError(f"--length {given}, but the features in {merge_dir} come from "
+                               f"{recorded}-bp chunks")
+    return recorded or given
 
 
 def split_rows(features: units.FeatureSet, split_file: str, val_fraction: float, seed: int):
@@ -120,6 +137,8 @@ def settings_of(args, train, val) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     features = units.FeatureSet(units.find_merged_files(args.merge_dir))   # checks every file is 2048-d
+    length = chunk_length(features, args.merge_dir, args.length)
+    args.output = units.default_checkpoint_path(args.output, length)
     train, val = split_rows(features, args.split, args.val_fraction, args.seed)
     device = units.resolve_device(args.device)
     settings = settings_of(args, train, val)
@@ -181,7 +200,7 @@ def main(argv=None):
     if precision and any(value.startswith("mixed") for value in precision.values()):
         units.logger.warning(f"{args.merge_dir}: the features were made by encoders of different precisions "
                              f"(DNABERT-S {precision['dna']}, protein model {precision['protein']})")
-    units.save_checkpoint(model, args.output, encoder_precision=precision,
+    units.save_checkpoint(model, args.output, chunk_length=length, encoder_precision=precision,
                           epochs_trained=progress["epoch"], best_epoch=progress["best_epoch"],
                           saved_epoch=progress["best_epoch"] if args.save_best else progress["epoch"],
                           saved=saved, stopped_early=stopped_early,

@@ -22,15 +22,21 @@ Sections:
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
 import datetime
 import gzip
+import io
+import itertools
 import json
 import logging
+import lzma
 import os
+import socket
 import sys
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -69,27 +75,44 @@ class DimensionError(InputError):
 # 2. Files: text input, atomic output, logging, CLI runner
 # =============================================================================
 
-GZIP_MAGIC = b"\x1f\x8b"
+# Compressed input is recognised by its first bytes, not by the file name.
+_COMPRESSIONS = ((b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw)), (b"BZh", bz2.BZ2File),
+                 (b"\xfd7zXZ\x00", lzma.LZMAFile))
+# What reading a damaged or unreadable file raises (gzip, bzip2 and xz errors included).
+READ_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
-def open_text(path: str | os.PathLike):
-    """Open a text file for reading, transparently decompressing gzip.
+@contextlib.contextmanager
+def open_binary(path: str | os.PathLike):
+    """Open a file for reading bytes, decompressing gzip, bzip2 or xz.
 
-    Gzip is recognised by its magic bytes, not by the file name.
+    The file is read once, from its start, so a pipe works too.
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as probe:
-            is_gzip = probe.read(2) == GZIP_MAGIC
+        handle = open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
-    if is_gzip:
-        return gzip.open(path, "rt", encoding="utf-8", newline=None)
-    return open(path, "r", encoding="utf-8", newline=None)
+    with handle:
+        start = handle.peek(6)[:6]
+        decompress = next((opener for magic, opener in _COMPRESSIONS if start.startswith(magic)), None)
+        if decompress is None:
+            yield handle
+        else:
+            with decompress(handle) as stream:
+                yield stream
+
+
+@contextlib.contextmanager
+def open_text(path: str | os.PathLike):
+    """Open a UTF-8 text file (a leading BOM is dropped) for reading,
+    decompressing gzip, bzip2 or xz."""
+    with open_binary(path) as stream:
+        yield io.TextIOWrapper(stream, encoding="utf-8-sig", newline=None)
 
 
 @contextlib.contextmanager
@@ -97,12 +120,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
     """Write ``path`` through a temporary file in the same folder, renamed
     into place only when the block finishes without error.
 
-    A crash or an error never leaves a half-written ``path`` behind.
+    A crash or an error never leaves a half-written ``path`` behind. The file
+    gets the mode the user's umask gives a new file (mkstemp's is 0600).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -111,6 +136,79 @@ def atomic_write(path: str | os.PathLike, mode: str = "w"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+LOCK_FILE = ".virnucpro.lock"
+
+
+def _lock_holder_alive(holder: dict) -> bool:
+    """Whether the process that wrote a lock still runs (assumed so on another host)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, option: str = "-o"):
+    """Hold ``folder/.virnucpro.lock`` while the block runs, so one run at a
+    time writes into ``folder``; a lock left by a process that died on this
+    host is taken over. Creates ``folder`` if needed and removes it again if it
+    is still empty when the block ends."""
+    folder = os.fspath(folder)
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            try:
+                with open(path) as handle:
+                    holder = json.load(handle)
+            except (OSError, ValueError):
+                holder = {}
+            if not isinstance(holder, dict) or _lock_holder_alive(holder):
+                held_by = f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" \
+                    if isinstance(holder, dict) and holder else "a process that has not said who it is"
+                raise InputError(f"{folder} is in use by another run ({held_by}); wait for it to end or give "
+                                 f"another {option}; if no such run exists any more, delete {path}") from None
+            logger.warning(f"{folder}: taking over the lock of a run that ended without releasing it "
+                           f"(pid {holder['pid']} on {holder['host']})")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": since}, handle)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        if created and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log a warning the first time this process meets it (a file read twice says it once)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def setup_logging() -> None:
@@ -157,7 +255,7 @@ _ALPHABETS = {
 class FastaRecord:
     id: str            # first word of the header, as Biopython's record.id
     title: str         # the whole header line without '>'
-    sequence: str      # as in the file (case kept), line breaks and spaces removed
+    sequence: str      # as in the file (case kept), line breaks, spaces and tabs removed; U read as T for DNA
     number: int        # 1-based position of the record in the file
     line: int          # line number of its header
 
@@ -170,27 +268,88 @@ def _valid_letter_remover(letters: str) -> dict:
 _REMOVERS = {name: _valid_letter_remover(letters) for name, (letters, _) in _ALPHABETS.items()}
 
 
-def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna") -> Iterator[FastaRecord]:
-    """Stream the records of a plain or gzipped FASTA file, validated.
+def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, stripped line)`` of a text file, decoded line by line
+    so that bytes that are not UTF-8 are reported with their line."""
+    with open_binary(path) as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(f"{path}: line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at "
+                                 f"column {error.start + 1}); save the file as plain UTF-8 or ASCII") from None
+            yield number, (line.removeprefix("\ufeff") if number == 1 else line).strip()
+
+
+def _fasta_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
+    """``(header, header line number, sequence lines joined)`` of FASTA text."""
+    header, header_line, parts = None, 0, []
+    for number, line in lines:
+        if not line:
+            continue
+        if line.startswith(">"):
+            if header is not None:
+                yield header, header_line, "".join(parts)
+            header, header_line, parts = line[1:].strip(), number, []
+        elif header is None:
+            raise InputError(f"{path}: not a FASTA file (line {number} comes before any '>' header); "
+                             "expected FASTA records ('>id') or FASTQ records ('@id')")
+        else:
+            parts.append(line)
+    if header is not None:
+        yield header, header_line, "".join(parts)
+
+
+def _fastq_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
+    """``(header, header line number, sequence)`` of FASTQ text: four lines a
+    record (``@id``, sequence, ``+``, qualities), blank lines between records."""
+    for number, line in lines:
+        if not line:
+            continue
+        where = f"{path}: the FASTQ record at line {number}"
+        if not line.startswith("@"):
+            raise InputError(f"{where} does not start with '@'; a FASTQ record is four lines: "
+                             "@id, sequence, +, qualities")
+        sequence, plus, quality = (next(lines, (None, None)) for _ in range(3))
+        if quality[1] is None:
+            raise InputError(f"{where} is cut short; a FASTQ record is four lines: @id, sequence, +, qualities")
+        if not plus[1].startswith("+"):
+            raise InputError(f"{where} has no '+' line (line {plus[0]}); a FASTQ record is four lines: "
+                             "@id, sequence, +, qualities")
+        if len(quality[1]) != len(sequence[1]):
+            raise InputError(f"{where} has {len(sequence[1])} bases but {len(quality[1])} quality values")
+        yield line[1:].strip(), number, sequence[1]
+
+
+_SEQUENCE_SPACES = str.maketrans("", "", " \t")
+_RNA_TO_DNA = str.maketrans("Uu", "Tt")
+
+
+def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
+               keep_empty: bool = False) -> Iterator[FastaRecord]:
+    """Stream the records of a FASTA or FASTQ file (told apart by content;
+    plain, gzip, bzip2 or xz), validated.
 
     ``alphabet`` is ``"dna"`` (IUPAC nucleotide codes), ``"protein"`` (letters)
-    or ``None`` (no check of the residues). Lower case is accepted.
+    or ``None`` (no check of the residues). Lower case is accepted; spaces and
+    tabs inside sequence lines, CR line ends and a UTF-8 BOM are dropped. For
+    ``"dna"``, U (RNA) is read as T, with one warning per file.
 
-    Raises ``InputError`` naming the file (and record) for: a missing, empty or
-    non-FASTA file, a residue outside the alphabet, a duplicate record id, a
-    header without an id, or a file without any sequence. A record without
-    sequence is skipped with a warning.
+    Raises ``InputError`` naming the file (and record or line) for: a missing,
+    empty or non-FASTA/FASTQ file, a damaged compressed file, bytes that are
+    not UTF-8, a malformed FASTQ record, a residue outside the alphabet, a
+    duplicate record id, a header without an id, or a file without any
+    sequence. A record without sequence is skipped with a warning, or yielded
+    with ``keep_empty``.
     """
     path = os.fspath(path)
     remover = _REMOVERS[alphabet] if alphabet else None
     seen: dict[str, tuple[int, int]] = {}
-    yielded = 0
-    header: tuple[str, int] | None = None
-    parts: list[str] = []
-    number = 0
+    with_sequence = 0
+    rna_seen = False
 
-    def finish() -> FastaRecord | None:
-        title, line = header
+    def record_of(number: int, title: str, line: int, sequence: str) -> FastaRecord | None:
+        nonlocal rna_seen
         record_id = title.split(None, 1)[0] if title.strip() else ""
         where = f"record {number} (line {line})"
         if not record_id:
@@ -201,49 +360,41 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna") -> Iterato
                 f"{path}: duplicate record id '{record_id}' at record {first_number} (line {first_line}) "
                 f"and {where}; record ids must be unique, rename one of them")
         seen[record_id] = (number, line)
-        sequence = "".join(parts).replace(" ", "")
+        sequence = sequence.translate(_SEQUENCE_SPACES)
         if not sequence:
-            logger.warning(f"{path}: record '{record_id}' ({where}) has no sequence; skipped")
-            return None
-        if remover is not None:
+            if not keep_empty:
+                logger.warning(f"{path}: record '{record_id}' ({where}) has no sequence; skipped")
+                return None
+        elif remover is not None:
             invalid = sequence.translate(remover)
             if invalid:
                 letters, what = _ALPHABETS[alphabet]
                 raise InputError(
                     f"{path}: record '{record_id}' ({where}) contains {invalid[0]!r}, which is not {what} "
                     f"({letters}); fix or remove that record")
+        if alphabet == "dna" and ("U" in sequence or "u" in sequence):
+            if not rna_seen:
+                warn_once(f"{path}: record '{record_id}' ({where}) holds U (RNA); U is read as T "
+                          "in it and in every other record of this file")
+                rna_seen = True
+            sequence = sequence.translate(_RNA_TO_DNA)
         return FastaRecord(record_id, title, sequence, number, line)
 
     try:
-        with open_text(path) as handle:
-            for line_number, line in enumerate(handle, start=1):
-                line = line.strip()
-                if not line:
-                    continue
-                if line.startswith(">"):
-                    if header is not None:
-                        record = finish()
-                        if record is not None:
-                            yielded += 1
-                            yield record
-                    number += 1
-                    header = (line[1:].strip(), line_number)
-                    parts = []
-                elif header is None:
-                    raise InputError(
-                        f"{path}: not a FASTA file (line {line_number} comes before any '>' header); "
-                        "expected records starting with '>id'")
-                else:
-                    parts.append(line)
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError) as error:
-        raise InputError(f"{path}: not a readable FASTA text file ({error.__class__.__name__}: {error})") from None
-    if header is None:
-        raise InputError(f"{path}: the file is empty; expected FASTA records starting with '>id'")
-    record = finish()
-    if record is not None:
-        yielded += 1
-        yield record
-    if yielded == 0:
+        lines = _numbered_lines(path)
+        first = next(((number, line) for number, line in lines if line), None)
+        if first is None:
+            raise InputError(f"{path}: the file is empty; expected FASTA records ('>id') or FASTQ records ('@id')")
+        entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
+        for number, (title, line, sequence) in enumerate(entries(path, itertools.chain([first], lines)), start=1):
+            record = record_of(number, title, line, sequence)
+            if record is not None:
+                with_sequence += bool(record.sequence)
+                yield record
+    except READ_ERRORS as error:
+        raise InputError(f"{path}: not a readable FASTA/FASTQ file, or a damaged compressed one "
+                         f"({error.__class__.__name__}: {error})") from None
+    if with_sequence == 0:
         raise InputError(f"{path}: no record has a sequence")
 
 
@@ -1136,12 +1287,12 @@ def _feature_vectors(path, ids, vectors, dim) -> dict[str, torch.Tensor]:
     return checked
 
 
-def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_dim=PROTEIN_DIM):
+def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_dim=PROTEIN_DIM, chunk_length=None):
     """Join DNABERT-S and protein features by sequence id into
     ``{'ids', 'data': tensor(n, 768 + protein_dim)}`` (plus ``'labels': [1]``
     for ``data_type='viral'``, ``[0]`` for ``'host'``, as published), and
     ``'precision': {'dna': ..., 'protein': ...}`` when both feature files
-    record the dtype their encoder ran in.
+    record the dtype their encoder ran in, and ``'chunk_length'`` when given.
 
     Both inputs and the result are checked before anything is written
     (``DimensionError`` names the expected and actual size, the sequence and
@@ -1170,6 +1321,8 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
         merged["labels"] = [LABELS[data_type]]
     if "precision" in dna and "precision" in protein:
         merged["precision"] = {"dna": dna["precision"], "protein": protein["precision"]}
+    if chunk_length is not None:
+        merged["chunk_length"] = chunk_length
     _save(merged, merged_file)
     if left_out:
         logger.warning(f"{merged_file}: {len(left_out)} ids are not in both feature files and were left out "
@@ -1184,8 +1337,9 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
 def load_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
     """Load and check one merged training file (memory-mapped): ``expected_dim``-wide
     finite rows, one unique id per row, a label of 0 (host) or 1 (viral).
-    Returns ``{'ids', 'data', 'label', 'precision'}`` (``None`` where the file
-    does not record its encoders' dtypes); raises ``InputError`` naming the file."""
+    Returns ``{'ids', 'data', 'label', 'precision', 'chunk_length'}`` (the last
+    two ``None`` where the file does not record them); raises ``InputError``
+    naming the file."""
     path = os.fspath(path)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -1204,7 +1358,8 @@ def load_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
         raise InputError(f"{path}: the features hold NaN or infinite values")
     if list(labels) not in ([0], [1]):
         raise InputError(f"{path}: labels must be [0] (host) or [1] (viral), got {list(labels)[:3]}")
-    return {"ids": list(ids), "data": data, "label": int(labels[0]), "precision": content.get("precision")}
+    return {"ids": list(ids), "data": data, "label": int(labels[0]), "precision": content.get("precision"),
+            "chunk_length": content.get("chunk_length")}
 
 
 def find_merged_files(merge_dir) -> list[str]:
@@ -1233,11 +1388,12 @@ class FeatureSet:
 
     def __init__(self, files: Sequence[str], expected_dim: int = MERGED_DIM):
         self.files = list(files)
-        self._data, self.ids, labels, self._precisions = [], [], [], []
+        self._data, self.ids, labels, self._precisions, self._chunk_lengths = [], [], [], [], []
         for path in self.files:
             content = load_merged_file(path, expected_dim)
             self._data.append(content["data"])
             self._precisions.append(content["precision"])
+            self._chunk_lengths.append(content["chunk_length"])
             self.ids += content["ids"]
             labels.append(np.full(len(content["ids"]), content["label"], dtype=np.int64))
         self.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
@@ -1268,6 +1424,17 @@ class FeatureSet:
             values = sorted({p.get(encoder, "unrecorded") if p else "unrecorded" for p in self._precisions})
             precision[encoder] = values[0] if len(values) == 1 else f"mixed ({', '.join(values)})"
         return precision
+
+    def chunk_length(self) -> int | None:
+        """The chunk length of the frames these features come from (``None``
+        when the files do not record it); files of two lengths are refused."""
+        lengths = {length for length in self._chunk_lengths if length is not None}
+        if len(lengths) > 1:
+            first = {length: path for path, length in zip(self.files, self._chunk_lengths)}
+            raise InputError("the features mix frames of " + " and ".join(
+                f"{length}-bp chunks ({first[length]})" for length in sorted(lengths))
+                + "; keep one chunk length per merge folder")
+        return lengths.pop() if lengths else None
 
     def accessions(self) -> list[str]:
         return [accession_of(i) for i in self.ids]
@@ -1382,14 +1549,19 @@ def _library_versions() -> dict:
             "transformers": transformers.__version__, "numpy": np.__version__}
 
 
-def save_checkpoint(model: MLPClassifier, path, pipeline: str = "fastesm650", **training) -> dict:
+def save_checkpoint(model: MLPClassifier, path, pipeline: str = "fastesm650", chunk_length: int | None = None,
+                    encoder_precision: dict | None = None, **training) -> dict:
     """Save the classifier's weights with the metadata that identifies what it
-    was trained on (atomically). ``training`` adds details such as epochs."""
+    was trained on (atomically): the pipeline, the chunk length of its
+    training frames and the dtypes the encoders ran in to make its features.
+    ``training`` adds details such as epochs."""
     spec = PIPELINES[pipeline]
     metadata = {
         "checkpoint_version": CHECKPOINT_VERSION,
         "embedding_model": pipeline,
         "protein_model": spec.protein.hub_id,
+        "chunk_length": chunk_length,
+        "encoder_precision": encoder_precision,
         "dna_dim": DNA_DIM, "protein_dim": spec.protein.dim, "merged_dim": spec.input_dim,
         "hidden_dim": model.hidden_layer.out_features, "num_classes": model.output_layer.out_features,
         "training_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1401,6 +1573,16 @@ def save_checkpoint(model: MLPClassifier, path, pipeline: str = "fastesm650", **
     return metadata
 
 
+def default_checkpoint_path(given: str | None, chunk_length: int | None) -> str:
+    """``given`` itself, or ``model_fastesm650_<length>.pth`` when it is a folder or not given."""
+    if given and not os.path.isdir(given):
+        return given
+    if chunk_length is None:
+        raise InputError("the features do not record their chunk length, so the classifier's name is unknown; "
+                         "give the checkpoint's path")
+    return os.path.join(given or "", f"model_fastesm650_{chunk_length}.pth")
+
+
 class _PublishedMLP(torch.nn.Module):
     """Receives the state of a published whole-model pickle; never runs."""
 
@@ -1408,29 +1590,58 @@ class _PublishedMLP(torch.nn.Module):
 _PUBLISHED_PICKLE_GLOBALS = [(_PublishedMLP, "__main__.MLPClassifier"), torch.nn.Linear,
                              torch.nn.BatchNorm1d, torch.nn.Dropout, set]
 
+# The published classifiers (github.com/Li-Jing-1997/VirNucPro) by git blob SHA-1, with their chunk length.
+PUBLISHED_CLASSIFIERS = {"a0b5b85e7c1e44f00cde146d091beb82b2c8e855": ("300_model.pth", 300),
+                         "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d": ("500_model.pth", 500)}
+
+
+def git_blob_sha1(path) -> str:
+    """Git's id of a file's content: SHA-1 of ``blob <size>\\0`` and the bytes."""
+    import hashlib
+
+    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 def _read_checkpoint(path) -> tuple[dict, dict | None]:
     """``(state_dict, metadata or None)``. A published whole-model pickle is
     read with torch's weights-only unpickler, admitting only the MLP and
     tensors: no code in the file runs."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a checkpoint file; give the path of the .pth file")
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such checkpoint file")
+        raise InputError(f"{path}: no such checkpoint file; train one with train_fastesm.py, or give the "
+                         "published 300_model.pth / 500_model.pth with --pipeline esm2_3b")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: the checkpoint file is empty (0 bytes): it was not written or copied "
+                         "completely; copy or train it again")
     try:
         with torch.serialization.safe_globals(_PUBLISHED_PICKLE_GLOBALS), warnings.catch_warnings():
             # published checkpoints use pickle protocol 4, which the weights-only reader handles
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise InputError(f"{path}: not a VirNucPro checkpoint ({error.__class__.__name__}: "
-                         f"{str(error).strip().splitlines()[0][:200]})") from None
+        # torch's own message suggests weights_only=False, which would let the file run code: never echo it
+        if "unsupported global" in str(error).lower():
+            raise InputError(f"{path}: not a VirNucPro checkpoint: it holds Python objects other than weights, "
+                             "which are refused because loading them could run code") from None
+        raise InputError(f"{path}: not a VirNucPro checkpoint, or a corrupt or truncated one (torch cannot "
+                         "read it as weights); copy or train it again") from None
     if isinstance(content, torch.nn.Module):
-        return content.state_dict(), None
-    if isinstance(content, dict) and "state_dict" in content and "metadata" in content:
-        return content["state_dict"], content["metadata"]
-    if isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
-        return content, None
-    raise InputError(f"{path}: not a VirNucPro checkpoint (unexpected content)")
+        state, metadata = content.state_dict(), None
+    elif isinstance(content, dict) and "state_dict" in content and "metadata" in content:
+        state, metadata = content["state_dict"], content["metadata"]
+        if not isinstance(metadata, dict):
+            raise InputError(f"{path}: not a VirNucPro checkpoint (its metadata is not a table)")
+    else:
+        state, metadata = content, None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a VirNucPro checkpoint (no classifier weights in it)")
+    return state, metadata
 
 
 def checkpoint_pipeline(state: dict, metadata: dict | None) -> str:
@@ -1443,43 +1654,85 @@ def checkpoint_pipeline(state: dict, metadata: dict | None) -> str:
     return "unknown"
 
 
-def load_checkpoint(path, pipeline: str | None = None, device="cpu") -> tuple[MLPClassifier, dict]:
+def _check_pipeline(path: str, pipeline: str, trained_for: str, metadata: dict | None) -> None:
+    if pipeline not in PIPELINES:
+        raise InputError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
+    if trained_for == pipeline:
+        return
+    if trained_for == "esm2_3b":
+        hint = ("it is an ESM2-3B checkpoint (3328-d features, like the published 300_model.pth / "
+                "500_model.pth); run it with --pipeline esm2_3b, or use a FastESM2_650 checkpoint "
+                "trained with train_fastesm.py")
+    elif metadata is None:
+        hint = "it has no metadata, so what it was trained on is unknown; use a checkpoint saved by train_fastesm.py"
+    else:
+        hint = f"it was trained for the {trained_for} pipeline; run it with --pipeline {trained_for}"
+    raise InputError(f"{path}: cannot be used by the {pipeline} pipeline: {hint}")
+
+
+def _check_classifier_state(path: str, state: dict, input_dim: int, pipeline: str) -> None:
+    """The published MLP's tensors, 2 classes, the pipeline's input width, finite values."""
+    weight = state.get("hidden_layer.weight")
+    if weight is not None and (weight.dim() != 2 or weight.shape[1] != input_dim):
+        raise InputError(f"{path}: the classifier has {weight.shape[-1]}-d input; the {pipeline} pipeline "
+                         f"needs {input_dim}-d input")
+    hidden = weight.shape[0] if weight is not None else HIDDEN_DIM
+    output = state.get("output_layer.weight")
+    if output is not None and output.dim() == 2 and output.shape[0] != NUM_CLASSES:
+        raise InputError(f"{path}: the classifier has {output.shape[0]} output classes; VirNucPro classifiers "
+                         f"have {NUM_CLASSES} (others, virus)")
+    expected = MLPClassifier(input_dim, hidden, NUM_CLASSES).state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        raise InputError(f"{path}: the weights do not fit the VirNucPro classifier ("
+                         + "; ".join(f"{what}: {', '.join(keys[:4])}" for what, keys in
+                                     (("missing", missing), ("unexpected", unexpected)) if keys) + ")")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise InputError(f"{path}: the weights do not fit the VirNucPro classifier ({key} is "
+                             f"{tuple(state[key].shape)}, expected {tuple(tensor.shape)})")
+        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
+            raise InputError(f"{path}: the classifier's {key} holds NaN or infinite values; the checkpoint is "
+                             "damaged or its training diverged; use another checkpoint")
+
+
+def _check_chunk_length(path: str, metadata: dict | None, chunk_length: int) -> None:
+    """Refuse a classifier trained on chunks of another length; warn when unknown."""
+    trained = metadata.get("chunk_length") if metadata is not None \
+        else PUBLISHED_CLASSIFIERS.get(git_blob_sha1(path), (None, None))[1]
+    if trained is None:
+        logger.warning(f"{path}: the checkpoint does not record the chunk length it was trained on; make sure "
+                       f"it is a {chunk_length}-bp classifier")
+    elif trained != chunk_length:
+        raise InputError(f"{path}: the classifier was trained on {trained}-bp chunks, not {chunk_length}-bp; "
+                         f"run with {trained}, or use a {chunk_length}-bp classifier")
+
+
+def load_checkpoint(path, pipeline: str | None = None, device="cpu",
+                    chunk_length: int | None = None) -> tuple[MLPClassifier, dict]:
     """Load a classifier for ``pipeline`` (default: the one its metadata names).
 
     The FastESM2_650 pipeline accepts only checkpoints whose metadata says
     ``fastesm650``: it refuses the published ``300_model.pth`` /
     ``500_model.pth`` (whole pickled models for ESM2-3B features, 3328-d),
     files without metadata and anything 3328-d. The ``esm2_3b`` pipeline runs
-    those published checkpoints. Returns ``(model in eval mode, metadata)``.
+    those published checkpoints. Any file that is not a two-class classifier
+    of the pipeline's width with finite weights is refused in one line; with
+    ``chunk_length``, so is a classifier trained on chunks of another length.
+    Returns ``(model in eval mode, metadata)``.
     """
+    path = os.fspath(path)
     state, metadata = _read_checkpoint(path)
     trained_for = checkpoint_pipeline(state, metadata)
     pipeline = pipeline or (trained_for if metadata is not None else "fastesm650")
-    if pipeline not in PIPELINES:
-        raise InputError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
-    if trained_for != pipeline:
-        if trained_for == "esm2_3b":
-            hint = ("it is an ESM2-3B checkpoint (3328-d features, like the published 300_model.pth / "
-                    "500_model.pth); run it with --pipeline esm2_3b, or use a FastESM2_650 checkpoint "
-                    "trained with train_fastesm.py")
-        elif metadata is None:
-            hint = ("it has no metadata, so what it was trained on is unknown; use a checkpoint saved by "
-                    "train_fastesm.py")
-        else:
-            hint = f"it was trained for the {trained_for} pipeline; run it with --pipeline {trained_for}"
-        raise InputError(f"{os.fspath(path)}: cannot be used by the {pipeline} pipeline: {hint}")
+    _check_pipeline(path, pipeline, trained_for, metadata)
     spec = PIPELINES[pipeline]
-    weight = state.get("hidden_layer.weight")
-    if weight is None or weight.shape[1] != spec.input_dim:
-        actual = "no input layer" if weight is None else f"{weight.shape[1]}-d input"
-        raise InputError(f"{os.fspath(path)}: the classifier has {actual}; the {pipeline} pipeline "
-                         f"needs {spec.input_dim}-d input")
-    model = MLPClassifier(spec.input_dim, weight.shape[0], state["output_layer.weight"].shape[0])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise InputError(f"{os.fspath(path)}: the weights do not fit the classifier "
-                         f"({str(error).strip().splitlines()[0]})") from None
+    _check_classifier_state(path, state, spec.input_dim, pipeline)
+    if chunk_length is not None:
+        _check_chunk_length(path, metadata, chunk_length)
+    model = MLPClassifier(spec.input_dim, state["hidden_layer.weight"].shape[0], NUM_CLASSES)
+    model.load_state_dict(state)
     # the published classifiers were trained on features of fp32 encoders
     metadata = metadata or {"embedding_model": pipeline, "checkpoint_version": "published",
                             "encoder_precision": {"dna": "float32", "protein": "float32"}}

@@ -226,7 +226,6 @@ def bench_dnabert(folder, nucleotide_file, device, toks_per_batch, half_dtypes):
         features = batched(half)                                                           # warm-up
         rows.append((f"DNABERT-S {units.dtype_name(dtype)}, batched, SDPA", timed(lambda: batched(half), device)))
         agreements.append((units.dtype_name(dtype), *agreement(features, reference)))
-        del half
     return [(name, len(sequences), tokens, seconds) for name, seconds in rows], agreements
 
 

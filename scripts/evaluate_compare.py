@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluate the FastESM2_650 classifier on the test set, against the ESM2-3B baseline.
 
-    python scripts/evaluate_compare.py --model model_fastesm650.pth \\
+    python scripts/evaluate_compare.py --model model_fastesm650_500.pth \\
         --baseline-model 500_model.pth --baseline-merge-dir data/data_merge_esm2_3b
 
 Accuracy, precision, recall, F1, ROC-AUC and the confusion matrix of the
@@ -46,7 +46,7 @@ def test_rows(features: units.FeatureSet, test_accessions: set) -> np.ndarray:
 
 
 def score(model_path, pipeline, features, rows, device) -> np.ndarray:
-    model, _ = units.load_checkpoint(model_path, pipeline, device)
+    model, _ = units.load_checkpoint(model_path, pipeline, device, chunk_length=features.chunk_length())
     return units.predict_probabilities(model, features.rows(rows)).numpy()
 
 
@@ -122,7 +122,8 @@ def write_report(path, results: dict, verdict: str, drop, breakdown: list, roc_f
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="model_fastesm650.pth", help="FastESM2_650 checkpoint (default: %(default)s)")
+    parser.add_argument("--model", help="FastESM2_650 checkpoint, or the folder holding it (default: "
+                                        "model_fastesm650_<length>.pth, the chunk length the features record)")
     parser.add_argument("--merge-dir", default="data/data_merge", help="FastESM2_650 merged features")
     parser.add_argument("--split", default="data/test_set/test_metadata.json", help="test split (create_test_set.py)")
     parser.add_argument("--baseline-model", help="ESM2-3B checkpoint, e.g. the published 500_model.pth")
@@ -141,6 +142,7 @@ def main(argv=None):
     device = units.resolve_device(args.device)
 
     features = units.FeatureSet(units.find_merged_files(args.merge_dir))
+    model_path = units.default_checkpoint_path(args.model, features.chunk_length())
     rows = test_rows(features, test_accessions)
     notes, curves, results = [], {}, {}
     baseline = None
@@ -154,7 +156,7 @@ def main(argv=None):
         raise units.InputError("no test frames to evaluate: check --split against --merge-dir "
                                "(and --baseline-merge-dir)")
     labels = features.labels[rows]
-    probabilities = score(args.model, "fastesm650", features, rows, device)
+    probabilities = score(model_path, "fastesm650", features, rows, device)
     results["FastESM2_650"] = units.classification_metrics(labels, probabilities)
     curves["FastESM2_650"] = (labels, probabilities)
 

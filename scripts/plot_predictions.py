@@ -63,7 +63,9 @@ def chunk_length(folder: str, given: int | None) -> int:
     run_file = os.path.join(folder, "run.json")
     if os.path.exists(run_file):
         with open(run_file) as handle:
-            return json.load(handle)["chunk_length"]
+            run = json.load(handle)
+        if isinstance(run, dict) and isinstance(run.get("settings"), dict) and "chunk_length" in run["settings"]:
+            return run["settings"]["chunk_length"]
     return 500
 
 

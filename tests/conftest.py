@@ -64,3 +64,25 @@ def tiny_models(tmp_path_factory):
     return {"dna": str(bench.save_random_dnabert(root / "dnabert", TINY_DNABERT, vocab_size=64)),
             "protein": str(bench.save_random_esm(root / "fastesm", TINY_FASTESM, fast_esm=True)),
             "esm2_3b": str(bench.save_random_esm(root / "esm2_3b", TINY_ESM2_3B))}
+
+
+@pytest.fixture(scope="session")
+def models(tiny_models, tmp_path_factory):
+    """The tiny models plus a FastESM2_650 classifier for 300-bp chunks, as train_fastesm.py saves one."""
+    import torch
+
+    import units
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(1)
+    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    with torch.no_grad():                                   # spread the scores over both classes
+        classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
+    units.save_checkpoint(classifier, folder / "model_fastesm650_300.pth", chunk_length=300, epochs=1)
+    return {**tiny_models, "checkpoint": str(folder / "model_fastesm650_300.pth")}
+
+
+def predict_args(models, output_dir, *extra, input_fasta=GOLDEN / "prediction/input.fasta", checkpoint=None):
+    """prediction.py's arguments for a CPU run on the tiny models."""
+    return [str(input_fasta), "300", checkpoint or models["checkpoint"], "-o", str(output_dir), "--device", "cpu",
+            "--dna-model", models["dna"], "--protein-model", models["protein"], "--chunks-per-shard", "100", *extra]

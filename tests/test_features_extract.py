@@ -1,4 +1,5 @@
 """features_extract.py and scripts/validate_features.py on a synthetic data tree."""
+import json
 import os
 import random
 import shutil
@@ -30,6 +31,8 @@ def make_data_tree(root):
                 frame_id = f"{stem}_NC_{k:04d}.1_chunk_1F{k % 3 + 1}"
                 dna.write(f">{frame_id}\n{''.join(rng.choices('ACGT', k=rng.randint(30, 90)))}\n")
                 protein.write(f">{frame_id}\n{''.join(rng.choices('ACDEFGHIKLMNPQRSTVWY', k=rng.randint(8, 30)))}\n")
+        # what scripts/make_train_dataset.py records beside its outputs
+        (root / f"{stem}.identified.json").write_text(json.dumps({"chunk_length": 300, "frames": count}))
     return root
 
 
@@ -82,6 +85,7 @@ def test_merged_files_are_labelled_2048_features(reference, tiny_models, monkeyp
     for name, content in merged.items():
         assert content["data"].shape == (PER_FILE, units.MERGED_DIM)
         assert content["labels"] == ([1] if name.startswith("viral") else [0])
+        assert content["chunk_length"] == 300 and content["precision"] == {"dna": "float32", "protein": "float32"}
     assert "viral.1.1_merged/output_1_merged.pt" in merged
     assert validate.main([str(reference / "data_merge")]) == 0
     assert "3 viral (15 rows), 3 host (15 rows)" in capsys.readouterr().out

@@ -10,28 +10,12 @@ import pytest
 import torch
 
 import units
-from conftest import GOLDEN, ROOT, load_script, run_script
+from conftest import GOLDEN, ROOT, load_script, predict_args
 
 prediction = load_script("prediction.py")
 plot_script = load_script("scripts/plot_predictions.py")
 
 INPUT = GOLDEN / "prediction/input.fasta"          # 40 contigs -> 377 chunks of 300 bp
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(1)
-    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
-    with torch.no_grad():                                   # spread the scores over both classes
-        classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
-    units.save_checkpoint(classifier, folder / "model_fastesm650.pth", epochs=1)
-    return {**tiny_models, "checkpoint": str(folder / "model_fastesm650.pth")}
-
-
-def predict_args(models, output_dir, *extra, input_fasta=INPUT, checkpoint=None):
-    return [str(input_fasta), "300", checkpoint or models["checkpoint"], "-o", str(output_dir), "--device", "cpu",
-            "--dna-model", models["dna"], "--protein-model", models["protein"], "--chunks-per-shard", "100", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -237,24 +221,3 @@ def test_esm2_3b_pipeline_runs_the_published_checkpoint(models, published_checkp
     assert prediction.main(args) == 0
     rows = read_tsv(tmp_path / "out/prediction_results.txt")
     assert rows and all(row["Sequence_ID"].startswith("NC_0295") for row in rows)
-
-
-# ------------------------------------------------------------ bad input
-@pytest.mark.parametrize("content, message", [
-    ("", "the file is empty"),
-    ("just some text\n", "not a FASTA file"),
-    (">a\nACGT\n>a\nACGT\n", "duplicate record id 'a'"),
-])
-def test_bad_input_stops_before_writing_anything(models, tmp_path, content, message):
-    path = tmp_path / "in.fa"
-    path.write_text(content)
-    with pytest.raises(units.InputError, match=message):
-        prediction.main(predict_args(models, tmp_path / "out", input_fasta=path))
-    assert not (tmp_path / "out").exists()
-
-
-def test_cli_errors_are_one_line(models, tmp_path):
-    result = run_script("prediction.py", INPUT, "300", tmp_path / "missing.pth", "-o", tmp_path / "out")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pth'}: no such checkpoint file"]
-    assert not (tmp_path / "out").exists()

@@ -30,7 +30,8 @@ def make_merged(merge_dir, dim=units.MERGED_DIM, accessions=30, seed=0, rows_per
         folder.mkdir(parents=True, exist_ok=True)
         for n, start in enumerate(range(0, len(ids), rows_per_file), start=1):
             torch.save({"ids": ids[start:start + rows_per_file], "data": torch.from_numpy(data[start:start + rows_per_file]),
-                        "labels": [label], "precision": PRECISION}, folder / f"output_{n}_merged.pt")
+                        "labels": [label], "precision": PRECISION, "chunk_length": 300},
+                       folder / f"output_{n}_merged.pt")
     return merge_dir
 
 
@@ -104,7 +105,7 @@ def test_training_loss_falls_and_the_checkpoint_loads(trained, workspace):
     model, metadata = units.load_checkpoint(trained)
     assert metadata["embedding_model"] == "fastesm650" and metadata["epochs_trained"] == 6
     assert metadata["saved"] == "final" and metadata["validation"]["accuracy"] > 0.9
-    assert metadata["encoder_precision"] == PRECISION
+    assert metadata["encoder_precision"] == PRECISION and metadata["chunk_length"] == 300
     assert not (workspace / ("model_fastesm650.pth" + trainer.STATE_SUFFIX)).exists()
 
 
@@ -156,6 +157,28 @@ def test_feature_sets_report_the_precision_of_their_encoders(tmp_path):
         del content["precision"]
         torch.save(content, path)
     assert units.FeatureSet(files).encoder_precision() is None          # older files: not recorded
+
+
+def test_training_knows_the_chunk_length_of_its_features(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = train_args(workspace, "unused", "--epochs", "1")
+    del args[args.index("--output"):args.index("--output") + 2]
+    assert trainer.main(args) == 0
+    assert units.load_checkpoint(tmp_path / "model_fastesm650_300.pth")[1]["chunk_length"] == 300
+    with pytest.raises(units.InputError, match="--length 500, but the features in .* come from 300-bp chunks"):
+        trainer.main(args + ["--length", "500"])
+    merge = make_merged(tmp_path / "merge", accessions=2)
+    files = units.find_merged_files(merge)
+    for path in files:
+        content = torch.load(path, weights_only=True)
+        del content["chunk_length"]
+        torch.save(content, path)
+    with pytest.raises(units.InputError, match="do not record their chunk length; give --length 300 or --length 500"):
+        trainer.main(["--merge-dir", str(merge), "--split", str(workspace / "test_metadata.json")])
+    torch.save({**torch.load(files[0], weights_only=True), "chunk_length": 500}, files[0])
+    torch.save({**torch.load(files[1], weights_only=True), "chunk_length": 300}, files[1])
+    with pytest.raises(units.InputError, match="mix frames of 300-bp chunks .* and 500-bp chunks"):
+        units.FeatureSet(files).chunk_length()
 
 
 def test_training_refuses_features_of_the_wrong_width(tmp_path):

@@ -1,0 +1,371 @@
+"""The bad-input catalogue of prediction.py: every case a user can get wrong,
+with the one line it must give and the proof that nothing is left behind.
+
+Add the next case as a row of CASES: a name, a function that prepares the
+case in a temporary folder and returns prediction.py's arguments, and the
+words of the error line. Each case runs through the real command-line runner
+(exit status 2, one ``error:`` line, no traceback)."""
+import bz2
+import gzip
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+import units
+from conftest import ARCH_TINY, GOLDEN, ROOT, load_script, predict_args, run_script
+
+prediction = load_script("prediction.py")
+
+SAMPLE = ROOT / "data/sample.fasta"
+DNA = SAMPLE.read_text()
+MANY = "".join(f">r{i}\n{''.join(random.Random(i).choices('ACGT', k=300))}\n" for i in range(400))
+
+# ------------------------------------------------------------ building the cases
+def input_file(name, content):
+    """A case whose input file holds ``content`` (text or bytes)."""
+    def prepare(tmp, models):
+        path = tmp / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return predict_args(models, tmp / "out", input_fasta=path)
+    return prepare
+
+
+def checkpoint(make, *extra):
+    """A case whose classifier checkpoint is written by ``make(path)``."""
+    def prepare(tmp, models):
+        path = tmp / "model.pth"
+        make(path)
+        return predict_args(models, tmp / "out", *extra, input_fasta=SAMPLE, checkpoint=str(path))
+    return prepare
+
+
+def option(name, value_of):
+    """A case that points ``name`` at ``value_of(tmp, models)``."""
+    def prepare(tmp, models):
+        args = predict_args(models, tmp / "out", input_fasta=SAMPLE)
+        if name in args:
+            args[args.index(name) + 1] = str(value_of(tmp, models))
+        else:
+            args += [name, str(value_of(tmp, models))]
+        return args
+    return prepare
+
+
+def output_folder(fill):
+    """A case whose output folder ``tmp/out`` is first filled by ``fill(folder, models)``."""
+    def prepare(tmp, models):
+        folder = tmp / "out"
+        folder.mkdir()
+        fill(folder, models)
+        return predict_args(models, folder, input_fasta=SAMPLE)
+    return prepare
+
+
+def classifier(num_classes=2, input_dim=units.MERGED_DIM):
+    torch.manual_seed(0)
+    return units.MLPClassifier(input_dim, units.HIDDEN_DIM, num_classes)
+
+
+def with_nan(path):
+    model = classifier()
+    with torch.no_grad():
+        model.hidden_layer.weight[3, 5] = float("nan")
+    units.save_checkpoint(model, path, chunk_length=300)
+
+
+def with_huge_weights(path):
+    """Finite weights whose scores overflow: caught when the first shard is scored."""
+    model = classifier()
+    with torch.no_grad():
+        model.output_layer.weight.fill_(3e38)
+    units.save_checkpoint(model, path, chunk_length=300)
+
+
+def state_without_output_weights(path):
+    state = classifier().state_dict()
+    del state["output_layer.weight"]
+    torch.save({"state_dict": state, "metadata": {"embedding_model": "fastesm650"}}, path)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def earlier_run(folder, models):
+    """A finished run of the sample with 50 chunks per shard (other settings than the case's 100)."""
+    args = predict_args(models, folder, input_fasta=SAMPLE)
+    assert prediction.main(args[:-1] + ["50"]) == 0
+
+
+def live_lock(folder, models):
+    """Another run, alive on this host, holds the folder."""
+    (folder / units.LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                                      "since": "2026-11-25T10:00:00+00:00"}))
+
+
+def fastq(records, quality="I"):
+    return "".join(f"@{name}\n{seq}\n+\n{quality * len(seq)}\n" for name, seq in records)
+
+
+CASES = [
+    # ---- the input file
+    ("empty file", input_file("in.fa", ""), "the file is empty"),
+    ("CSV instead of FASTA", input_file("in.csv", "id,sequence\na,ACGT\n"), "not a FASTA file (line 1"),
+    ("protein FASTA", input_file("in.faa", ">p1\nMKVLEEQRST\n"),
+     "contains 'L', which is not an IUPAC nucleotide code"),
+    ("stop symbol in DNA", input_file("in.fa", ">a\nACGT*ACGT\n"), "contains '*'"),
+    ("duplicate ids", input_file("in.fa", ">a\nACGT\n>a\nACGT\n"), "duplicate record id 'a' at record 1 (line 1)"),
+    ("header without id", input_file("in.fa", ">\nACGT\n"), "record 1 (line 1) has a header without an id"),
+    ("no sequence at all", input_file("in.fa", ">a\n>b\n"), "no record has a sequence"),
+    ("truncated gzip", input_file("in.fa.gz", gzip.compress(MANY.encode())[:3000]),
+     "not a readable FASTA/FASTQ file, or a damaged compressed one"),
+    ("corrupt gzip data", input_file("in.fa.gz", gzip.compress(DNA.encode())[:40] + b"\xff" * 200),
+     "not a readable FASTA/FASTQ file, or a damaged compressed one"),
+    ("corrupt bzip2 data", input_file("in.fa.bz2", bz2.compress(DNA.encode())[:30] + b"\x00" * 200),
+     "not a readable FASTA/FASTQ file, or a damaged compressed one"),
+    ("non-UTF-8 header", input_file("in.fa", b">a caf\xe9\nACGT\n"), "line 1 is not UTF-8 text (byte 0xe9 at column 7)"),
+    ("FASTQ with short qualities", input_file("in.fq", "@r1\nACGTACGT\n+\nIIII\n"),
+     "the FASTQ record at line 1 has 8 bases but 4 quality values"),
+    ("FASTQ cut short", input_file("in.fq", fastq([("r1", "ACGT")]) + "@r2\nACGT\n"),
+     "the FASTQ record at line 5 is cut short"),
+    ("FASTQ without '+' line", input_file("in.fq", "@r1\nACGT\nIIII\nIIII\n"),
+     "the FASTQ record at line 1 has no '+' line (line 3)"),
+    ("missing input", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=tmp / "nope.fa"),
+     "nope.fa: no such file"),
+    ("input is a folder", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=tmp),
+     "is a directory, expected a file"),
+    # ---- the classifier checkpoint
+    ("missing checkpoint", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=SAMPLE,
+                                                            checkpoint=str(tmp / "none.pth")),
+     "none.pth: no such checkpoint file; train one with train_fastesm.py"),
+    ("checkpoint is a folder", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=SAMPLE,
+                                                                checkpoint=str(tmp)),
+     "is a folder, not a checkpoint file"),
+    ("0-byte checkpoint", checkpoint(lambda path: path.write_bytes(b"")), "the checkpoint file is empty (0 bytes)"),
+    ("text file as checkpoint", checkpoint(lambda path: path.write_text("not weights\n")),
+     "not a VirNucPro checkpoint, or a corrupt or truncated one"),
+    ("truncated checkpoint", checkpoint(lambda path: (units.save_checkpoint(classifier(), path, chunk_length=300),
+                                                      path.write_bytes(path.read_bytes()[:5000]))),
+     "not a VirNucPro checkpoint, or a corrupt or truncated one"),
+    ("pickle that runs code", checkpoint(lambda path: torch.save(Exploit(), path)),
+     "holds Python objects other than weights, which are refused because loading them could run code"),
+    ("NaN weight", checkpoint(with_nan), "hidden_layer.weight holds NaN or infinite values"),
+    ("3-class classifier", checkpoint(lambda path: units.save_checkpoint(classifier(3), path, chunk_length=300)),
+     "has 3 output classes; VirNucPro classifiers have 2"),
+    ("metadata is a string", checkpoint(lambda path: torch.save({"state_dict": classifier().state_dict(),
+                                                                  "metadata": "fastesm650"}, path)),
+     "its metadata is not a table"),
+    ("output weights missing", checkpoint(state_without_output_weights),
+     "the weights do not fit the VirNucPro classifier (missing: output_layer.weight)"),
+    ("500-bp classifier on 300-bp chunks", checkpoint(lambda path: units.save_checkpoint(classifier(), path,
+                                                                                        chunk_length=500)),
+     "trained on 500-bp chunks, not 300-bp; run with 500, or use a 300-bp classifier"),
+    ("ESM2-3B classifier on the FastESM2_650 pipeline",
+     checkpoint(lambda path: units.save_checkpoint(classifier(input_dim=3328), path, pipeline="esm2_3b"),
+                "--pipeline", "fastesm650"),
+     "cannot be used by the fastesm650 pipeline: it is an ESM2-3B checkpoint"),
+    # ---- the language models
+    ("empty DNA model folder", option("--dna-model", lambda tmp, models: tmp),
+     "is not a DNABERT-S model folder (no config.json)"),
+    ("protein model as DNA model", option("--dna-model", lambda tmp, models: models["protein"]),
+     "its config.json describes a fast_esm model"),
+    ("DNA model as protein model", option("--protein-model", lambda tmp, models: ARCH_TINY / "dnabert_s"),
+     "is not an ESM-2 model"),
+    # ---- the output folder
+    ("-o names a file", option("-o", lambda tmp, models: shutil.copy(SAMPLE, tmp / "file.txt")),
+     "is a file, not a folder"),
+    ("-o inside a file", option("-o", lambda tmp, models: shutil.copy(SAMPLE, tmp / "file.txt") / "out"),
+     "the results cannot be written there"),
+    ("folder of the published tool's results", output_folder(lambda folder, models: shutil.copy(
+        GOLDEN / "reference_vanilla/prediction_results.txt", folder)),
+     "holds files but no prediction run of this tool (prediction_results.txt)"),
+    ("damaged run.json", output_folder(lambda folder, models: (folder / "run.json").write_text("{oops")),
+     "run.json: damaged, or written by another version of prediction.py"),
+    ("a run of other settings", output_folder(earlier_run), "holds a run with other settings (chunks_per_shard)"),
+    ("a run in progress", output_folder(live_lock), "is in use by another run (pid"),
+]
+
+# Cases that fail once the run has started: the run's own state stays (to resume), no result file.
+LEAVES_RUN_STATE = {"classifier with overflowing scores": {"run.json", "shards"}}
+CASES.append(("classifier with overflowing scores", checkpoint(with_huge_weights),
+              "the classifier gives non-finite scores (first: frame"))
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} \
+        if folder.exists() else None
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run prediction.py's main through the real command-line runner."""
+    logger = logging.getLogger("virnucpro")
+    saved = logger.handlers[:], logger.propagate, logger.level
+
+    def run(args):
+        with pytest.raises(SystemExit) as exit_status:
+            units.run_cli(lambda _: prediction.main(args))
+        return exit_status.value.code, capsys.readouterr().err
+
+    yield run
+    logger.handlers[:], logger.propagate, logger.level = saved
+
+
+@pytest.mark.parametrize("name, prepare, words", CASES, ids=[case[0] for case in CASES])
+def test_bad_input_gives_one_line_and_leaves_nothing(name, prepare, words, models, tmp_path, cli):
+    args = prepare(tmp_path, models)
+    output = Path(args[args.index("-o") + 1])
+    before = snapshot(output) if output.is_dir() else None
+    status, stderr = cli(args)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert words in errors[0], errors[0]
+    assert "weights_only=False" not in stderr
+    if name in LEAVES_RUN_STATE:
+        assert {p.name for p in output.iterdir()} == LEAVES_RUN_STATE[name]
+    elif before is None:
+        assert not output.exists() or output.is_file(), list(output.iterdir())
+    else:
+        assert snapshot(output) == before                        # the folder is left as it was
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(models, tmp_path, cli):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o555)
+    if os.geteuid() == 0:           # root writes anywhere: take a folder the kernel keeps read-only
+        shared = Path("/sys")
+    status, stderr = cli(predict_args(models, shared / "virnucpro_out", input_fasta=SAMPLE))
+    assert status == 2 and "the results cannot be written there" in stderr, stderr
+    assert not (shared / "virnucpro_out").exists()
+
+
+def test_a_user_mistake_is_one_line_on_the_terminal(tmp_path):
+    """The same runner as a subprocess: exit status 2, exactly one line, nothing created."""
+    result = run_script("prediction.py", SAMPLE, "300", tmp_path / "missing.pth", "-o", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing.pth'}: no such checkpoint file; train one with train_fastesm.py, or give "
+        "the published 300_model.pth / 500_model.pth with --pipeline esm2_3b"]
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------ inputs that are converted, not refused
+def run_prediction(models, tmp_path, name, input_path, *extra):
+    output = tmp_path / name
+    assert prediction.main(predict_args(models, output, *extra, input_fasta=input_path)) == 0
+    return output
+
+
+def result_bytes(output):
+    return {name: (output / name).read_bytes() for name in prediction.RESULT_FILES}
+
+
+@pytest.fixture(scope="module")
+def sample_run(models, tmp_path_factory):
+    return run_prediction(models, tmp_path_factory.mktemp("sample"), "dna", SAMPLE)
+
+
+def test_rna_is_read_as_dna(models, sample_run, tmp_path, caplog):
+    rna = tmp_path / "rna.fa"
+    rna.write_text("".join(line if line.startswith(">") else line.replace("T", "U").replace("t", "u")
+                           for line in DNA.splitlines(True)))
+    assert result_bytes(run_prediction(models, tmp_path, "rna", rna)) == result_bytes(sample_run)
+    assert caplog.text.count("U is read as T") == 1
+
+
+def test_fastq_compressed_bom_tabs_and_crlf_read_as_the_fasta(models, sample_run, tmp_path):
+    records = [(r.id, r.sequence) for r in units.read_fasta(SAMPLE)]
+    expected = [(r.id, r.sequence) for r in units.read_fasta(SAMPLE)]
+    text = fastq(records)
+    variants = {"reads.fq.gz": gzip.compress(text.encode()), "reads.fq.bz2": bz2.compress(text.encode()),
+                "reads.fastq.xz": __import__("lzma").compress(text.encode()),
+                "bom_crlf.fa": b"\xef\xbb\xbf" + DNA.replace("\n", "\r\n").encode(),
+                "tabs.fa": "".join(line if line.startswith(">") else line[:30] + "\t" + line[30:]
+                                   for line in DNA.splitlines(True)).encode()}
+    for name, content in variants.items():
+        (tmp_path / name).write_bytes(content)
+        assert [(r.id, r.sequence) for r in units.read_fasta(tmp_path / name)] == expected, name
+    output = run_prediction(models, tmp_path, "fastq", tmp_path / "reads.fq.bz2")
+    assert result_bytes(output) == result_bytes(sample_run)
+
+
+def test_every_record_has_a_summary_row_with_its_reason(models, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="virnucpro")
+    sequences = [(r.id, r.sequence) for r in units.read_fasta(SAMPLE)][:3]
+    path = tmp_path / "mixed.fa"
+    path.write_text(f">{sequences[0][0]}\n{sequences[0][1]}\n>empty\n\n>tiny\nACGTACGTAC\n"
+                    f">edge\n{sequences[1][1][:150]}\n>no_frame\n{'TAAT' * 75}\n>{sequences[2][0]}\n{sequences[2][1]}\n")
+    output = run_prediction(models, tmp_path, "out", path)
+    with open(output / "prediction_summary.tsv") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
+    assert [row[0] for row in rows] == [sequences[0][0], "empty", "tiny", "edge", "no_frame", sequences[2][0]]
+    calls = {row[0]: row[-1] for row in rows}
+    assert calls["empty"] == "no_sequence" and calls["tiny"] == "too_short" and calls["no_frame"] == "no_frames"
+    assert calls["edge"] in ("virus", "others")                         # 150 bp: the default minimum for 300
+    assert rows[2] == ["tiny", "10", "0", "0", "0", "NA", "too_short"]
+    assert "not scored: 1 without a stop-free frame, 1 shorter than 150 bp, 1 without sequence" in caplog.text
+    frames = (output / "prediction_results.txt").read_text()
+    assert "tiny_chunk" not in frames and "edge_chunk_1" in frames
+    run = json.loads((output / "run.json").read_text())
+    assert run["status"] == "complete" and run["calls"]["too_short"] == 1
+    longer = run_prediction(models, tmp_path, "strict", path, "--min-length", "200")
+    assert "edge\t150\t0\t0\t0\tNA\ttoo_short" in (longer / "prediction_summary.tsv").read_text()
+
+
+# ------------------------------------------------------------ the output folder
+def test_a_finished_run_is_not_redone_unless_asked(models, sample_run, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="virnucpro")
+    output = tmp_path / "out"
+    shutil.copytree(sample_run, output)
+    calls = []
+    monkeypatch.setattr(units, "extract_DNABERT_S", lambda *a, **k: calls.append(a))
+    assert prediction.main(predict_args(models, output, input_fasta=SAMPLE)) == 0
+    assert calls == [] and "this run is already complete" in caplog.text
+    monkeypatch.undo()
+    (output / "prediction_summary.tsv").write_text("stale\n")
+    assert prediction.main(predict_args(models, output, "--overwrite", input_fasta=SAMPLE)) == 0
+    assert result_bytes(output) == result_bytes(sample_run)
+
+
+def test_overwrite_replaces_the_results_of_something_else(models, sample_run, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    shutil.copy(GOLDEN / "reference_vanilla/prediction_results.txt", output)
+    (output / "notes.txt").write_text("mine\n")
+    assert prediction.main(predict_args(models, output, "--overwrite", input_fasta=SAMPLE)) == 0
+    assert result_bytes(output) == result_bytes(sample_run)
+    assert (output / "notes.txt").read_text() == "mine\n"                  # only result files are replaced
+
+
+def test_a_stale_lock_is_taken_over(models, sample_run, tmp_path, caplog):
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / units.LOCK_FILE).write_text(json.dumps({"pid": finished.pid, "host": socket.gethostname()}))
+    assert prediction.main(predict_args(models, output, input_fasta=SAMPLE)) == 0
+    assert "taking over the lock of a run that ended" in caplog.text
+    assert result_bytes(output) == result_bytes(sample_run) and not (output / units.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_outputs_follow_the_users_umask(models, tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        output = run_prediction(models, tmp_path, "out", SAMPLE)
+        units.save_checkpoint(classifier(), tmp_path / "model.pth")
+    finally:
+        os.umask(previous)
+    for path in [*(output / name for name in prediction.RESULT_FILES), output / "run.json", tmp_path / "model.pth"]:
+        assert path.stat().st_mode & 0o777 == mode, path
