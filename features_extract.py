@@ -18,7 +18,10 @@ The published flow, made robust:
   5. check every merged file of this run (2048-d, finite, unique ids, labels).
 
 A re-run skips finished files (every file is written atomically); failed
-sequences are logged to extraction_failures.log and counted.
+sequences are logged to extraction_failures.log and counted. The merge folder's
+extraction.json records what the features depend on (pipeline, the models by
+snapshot commit or by their files, split size, seed): a re-run with anything
+different is refused, naming it, unless --restart redoes this selection.
 
 Several GPUs or nodes: run the same command under torchrun, accelerate launch
 or a SLURM array; each process takes files i, i+N, ... of the same selection by
@@ -174,19 +177,58 @@ def process_share() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def feature_files(split: SplitFile, pipeline: units.Pipeline) -> tuple[str, str]:
+    """The DNABERT-S and protein feature files of a split file, beside it."""
+    return split.nucleotide[:-3] + "_DNABERT_S.pt", split.protein[:-3] + PROTEIN_FEATURE_SUFFIX[pipeline.name]
+
+
 def extract_file(split: SplitFile, merged: str, models, pipeline: units.Pipeline, args) -> int:
     """Features of one split file, merged; returns the number of failed sequences."""
     dna_model, dna_tokenizer = models[0]
     protein_model, protein_tokenizer = models[1]
-    dna = units.extract_DNABERT_S(split.nucleotide, split.nucleotide[:-3] + "_DNABERT_S.pt", model=dna_model,
+    dna_file, protein_file = feature_files(split, pipeline)
+    dna = units.extract_DNABERT_S(split.nucleotide, dna_file, model=dna_model,
                                   tokenizer=dna_tokenizer, toks_per_batch=args.dna_batch_tokens)
-    proteins = units.extract_protein(pipeline, split.protein,
-                                     split.protein[:-3] + PROTEIN_FEATURE_SUFFIX[pipeline.name],
+    proteins = units.extract_protein(pipeline, split.protein, protein_file,
                                      protein_model, protein_tokenizer, toks_per_batch=args.protein_batch_tokens)
-    units.merge_data(split.nucleotide[:-3] + "_DNABERT_S.pt",
-                     split.protein[:-3] + PROTEIN_FEATURE_SUFFIX[pipeline.name], merged,
+    units.merge_data(dna_file, protein_file, merged,
                      data_type=split.label, protein_dim=pipeline.protein.dim, chunk_length=split.chunk_length)
     return split.sequences - len(set(dna["nucleotide"]) & set(proteins["proteins"]))
+
+
+RECORD_FILE = "extraction.json"
+
+
+def extraction_settings(args, dna_folder: str, protein_folder: str) -> dict:
+    """What the features depend on; resuming with anything else would mix them."""
+    return {"pipeline": args.pipeline, "dna_model": units.model_fingerprint(dna_folder),
+            "protein_model": units.model_fingerprint(protein_folder),
+            "sequences_per_file": args.sequences_per_file, "seed": args.seed}
+
+
+def check_resume(merge_dir: str, settings: dict, restart: bool, mine: list[SplitFile]) -> None:
+    """Refuse to add features made otherwise to a merge folder, unless
+    ``restart``, which removes this process's share of earlier results."""
+    record = os.path.join(merge_dir, RECORD_FILE)
+    try:
+        with open(record) as handle:
+            previous = json.load(handle)
+    except FileNotFoundError:
+        previous = None
+    except ValueError:
+        previous = {}
+    if previous is not None and previous != settings:
+        changed = sorted(key for key in settings if previous.get(key) != settings[key]) or ["the record itself"]
+        if not restart:
+            raise units.InputError(f"{merge_dir} holds features made with other settings ({', '.join(changed)}); "
+                                   "give another --merge-dir, or --restart to extract them again")
+    if restart:
+        for split in mine:
+            for path in (split.merged(merge_dir), *feature_files(split, units.PIPELINES[settings["pipeline"]])):
+                if os.path.exists(path):
+                    os.remove(path)
+    with units.atomic_write(record) as handle:
+        json.dump(settings, handle, indent=1)
 
 
 def parse_args(argv):
@@ -206,14 +248,36 @@ def parse_args(argv):
     parser.add_argument("--sequences-per-file", type=int, default=10000,
                         help="frames per split file; only full files are used (default %(default)s, as published)")
     parser.add_argument("--seed", type=int, default=42, help="host sampling seed (default 42, as published)")
+    parser.add_argument("--restart", action="store_true",
+                        help="extract this selection again, replacing features made with other settings")
     args = parser.parse_args(argv)
     args.merge_dir = args.merge_dir or os.path.join(args.data_dir, DEFAULT_MERGE_DIR[args.pipeline])
     return args
 
 
-def main(argv=None):
+def extract_share(args, mine: list[SplitFile], rank: int, world: int, local_rank: int):
+    """Extract and merge the files of this process not merged yet (all of
+    them with --restart); ``(files done now, failed sequences)``."""
     from tqdm import tqdm
 
+    todo = [split for split in mine if args.restart or not os.path.exists(split.merged(args.merge_dir))]
+    if not todo:
+        return todo, 0
+    pipeline = units.PIPELINES[args.pipeline]
+    dna_folder = units.model_folder(units.DNABERT_S, args.dna_model)
+    protein_folder = units.model_folder(pipeline.protein, args.protein_model)
+    check_resume(args.merge_dir, extraction_settings(args, dna_folder, protein_folder), args.restart, mine)
+    device = units.resolve_device(args.device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    models = (units.load_dnabert_s(dna_folder, device), pipeline.load_protein(protein_folder, device))
+    failed = 0
+    for split in tqdm(todo, desc="files", unit="file"):
+        failed += extract_file(split, split.merged(args.merge_dir), models, pipeline, args)
+    return todo, failed
+
+
+def main(argv=None):
     args = parse_args(argv)
     rank, world, local_rank = process_share()
     pairs = discover(args.data_dir)
@@ -221,20 +285,11 @@ def main(argv=None):
         raise units.InputError(f"{args.data_dir}: no *{NUCLEOTIDE_SUFFIX} files; run scripts/make_train_dataset.py")
     selected = select_files(full_split_files(pairs, args.sequences_per_file), args.seed)
     mine = selected[rank::world]
-    todo = [split for split in mine if not os.path.exists(split.merged(args.merge_dir))]
     n_viral = sum(split.label == "viral" for split in selected)
     units.logger.info(f"{n_viral} viral and {len(selected) - n_viral} host files selected; process {rank + 1} of "
-                      f"{world} takes {len(mine)}, {len(mine) - len(todo)} already merged")
-
-    failed = 0
-    if todo:
-        pipeline = units.PIPELINES[args.pipeline]
-        device = units.resolve_device(args.device)
-        if world > 1 and device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", local_rank)
-        models = (units.load_dnabert_s(args.dna_model, device), pipeline.load_protein(args.protein_model, device))
-        for split in tqdm(todo, desc="files", unit="file"):
-            failed += extract_file(split, split.merged(args.merge_dir), models, pipeline, args)
+                      f"{world} takes {len(mine)}")
+    with units.folder_lock(args.merge_dir, "--merge-dir", name=f".virnucpro.rank{rank}.lock"):
+        todo, failed = extract_share(args, mine, rank, world, local_rank)
 
     rows = {"viral": 0, "host": 0}
     for split in mine:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -49,6 +50,7 @@ FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt
 RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv")
 RUN_FILE = "run.json"
 PLOT_FILE = "prediction.png"
+SPOOL_FILE = ".input.spool"          # input read from a pipe, while the run lasts
 CHUNK_COLUMNS = ["chunk_id", "record_id", "record_length", "start", "end", "frames", "best_others", "best_virus"]
 RECORD_COLUMNS = ["record_id", "length", "skipped"]     # skipped: "", too_short or no_sequence
 SUMMARY_HEADER = "Sequence_ID\tLength\tChunks\tChunks_without_frames\tViral_chunks\tBest_viral_score\tCall\n"
@@ -57,6 +59,8 @@ PLOTTED_SEQUENCES = 20
 
 def default_output_dir(input_fasta: str) -> str:
     """``reads.fasta(.gz)`` -> ``reads_merged`` beside it, as published."""
+    if os.path.exists(input_fasta) and not os.path.isfile(input_fasta) and not os.path.isdir(input_fasta):
+        raise units.InputError(f"{input_fasta}: input from a pipe needs an output folder; give -o")
     stem = input_fasta[:-3] if input_fasta.endswith(".gz") else input_fasta
     for suffix in FASTA_SUFFIXES:
         if stem.lower().endswith(suffix):
@@ -284,15 +288,37 @@ def warn_on_precision_change(model_path: str, metadata: dict, models: Models) ->
             "differ slightly from those of the training precision")
 
 
-def run_settings(args, model_path: str) -> dict:
-    """What the results depend on; a resumed run must match it."""
-    stat = os.stat(args.input_fasta)
-    return {"input": os.path.abspath(args.input_fasta), "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns, "chunk_length": args.expect_length, "min_length": args.min_length,
-            "classifier": os.path.abspath(model_path), "classifier_size": os.path.getsize(model_path),
-            "pipeline": args.pipeline, "dna_model": args.dna_model or units.DNABERT_S.hub_id,
-            "protein_model": args.protein_model or units.PIPELINES[args.pipeline].protein.hub_id,
-            "chunks_per_shard": args.chunks_per_shard}
+def run_settings(args, input_identity: dict, dna_folder: str, protein_folder: str) -> dict:
+    """What the results depend on, by content; a resumed run must match it."""
+    return {"input": input_identity, "chunk_length": args.expect_length, "min_length": args.min_length,
+            "classifier": {"path": os.path.abspath(args.model_path), "sha256": units.file_sha256(args.model_path)},
+            "pipeline": args.pipeline, "dna_model": units.model_fingerprint(dna_folder),
+            "protein_model": units.model_fingerprint(protein_folder), "chunks_per_shard": args.chunks_per_shard}
+
+
+@contextlib.contextmanager
+def readable_input(path: str, output_dir: str):
+    """``(path to read, what identifies its content)``. A regular file is read
+    in place (identified by path, size and modification time); a pipe or a
+    process substitution, which can be read only once, is copied into the
+    output folder (identified by its SHA-256) and removed at the end."""
+    spool = os.path.join(output_dir, SPOOL_FILE)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(spool)                # left by a run that was killed; this process holds the folder now
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        yield path, {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return
+    digest = hashlib.sha256()
+    try:
+        with units.open_raw(path) as source, open(spool, "wb") as copy:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                digest.update(block)
+                copy.write(block)
+        yield spool, {"stream_sha256": digest.hexdigest()}
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(spool)
 
 
 def check_writable(output_dir: str) -> None:
@@ -335,7 +361,7 @@ def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
         return "new"
     run = read_run(output_dir)
     if run is None:
-        others = sorted(set(os.listdir(output_dir)) - {units.LOCK_FILE})
+        others = sorted(set(os.listdir(output_dir)) - {units.LOCK_FILE, SPOOL_FILE})
         if others:
             raise units.InputError(f"{output_dir} holds files but no prediction run of this tool "
                                    f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give another "
@@ -408,49 +434,58 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    from tqdm import tqdm
-
     args = parse_args(argv)
     classifier, metadata = units.load_checkpoint(args.model_path, args.pipeline, chunk_length=args.expect_length)
     args.pipeline = metadata["embedding_model"]
-    pipeline = units.PIPELINES[args.pipeline]
     output_dir = args.output_dir or default_output_dir(args.input_fasta)
     check_writable(output_dir)
-    n_records, n_chunks = count_chunks(args.input_fasta, args.expect_length)
-    settings = run_settings(args, args.model_path)
-    if run_state(output_dir, settings, args.overwrite) == "complete":
+    with units.folder_lock(output_dir), readable_input(args.input_fasta, output_dir) as (input_path, input_identity):
+        calls = predict(args, input_path, input_identity, classifier, metadata, output_dir)
+    if calls is not None:
+        units.logger.info(report(calls, args.min_length, output_dir))
+    return 0
+
+
+def predict(args, input_path: str, input_identity: dict, classifier, metadata: dict, output_dir: str) -> dict | None:
+    """The run, once this process holds the output folder: check the input and
+    the folder, then score shard by shard; ``None`` when the run was complete."""
+    from tqdm import tqdm
+
+    pipeline = units.PIPELINES[args.pipeline]
+    n_records, n_chunks = count_chunks(input_path, args.expect_length)
+    dna_folder = units.model_folder(units.DNABERT_S, args.dna_model)
+    protein_folder = units.model_folder(pipeline.protein, args.protein_model)
+    settings = run_settings(args, input_identity, dna_folder, protein_folder)
+    state = run_state(output_dir, settings, args.overwrite)
+    if state == "complete":
         units.logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
                           "--overwrite runs it again")
-        return 0
+        return None
     device = units.resolve_device(args.device)
     units.logger.info(f"{args.input_fasta}: {n_records} sequences, {n_chunks} {args.expect_length}-bp chunks; "
                       f"{pipeline.name} pipeline on {device}")
-    with units.folder_lock(output_dir):
-        state = run_state(output_dir, settings, args.overwrite)     # again, now that no other run can change it
-        models = Models(pipeline, args.model_path, classifier.to(device),
-                        units.load_dnabert_s(args.dna_model, device), pipeline.load_protein(args.protein_model, device),
-                        args.dna_batch_tokens, args.protein_batch_tokens)
-        warn_on_precision_change(args.model_path, metadata, models)
-        if state == "new":
-            start_over(output_dir)
-            write_run(output_dir, settings, "running")
-        else:
-            units.logger.info(f"resuming the run in {output_dir}")
+    models = Models(pipeline, args.model_path, classifier.to(device), units.load_dnabert_s(dna_folder, device),
+                    pipeline.load_protein(protein_folder, device), args.dna_batch_tokens, args.protein_batch_tokens)
+    warn_on_precision_change(args.model_path, metadata, models)
+    if state == "new":
+        start_over(output_dir)
+        write_run(output_dir, settings, "running")
+    else:
+        units.logger.info(f"resuming the run in {output_dir}")
 
-        folders = []
-        with tqdm(total=n_chunks, desc="chunks", unit="chunk") as progress:
-            shard_iter = shards(args.input_fasta, args.expect_length, args.chunks_per_shard)
-            for index, (records, chunk_count) in enumerate(shard_iter, start=1):
-                folder = f"{output_dir}/shards/{index:06d}"
-                process_shard(folder, records, args.expect_length, args.min_length, models, args.keep_intermediate)
-                folders.append(folder)
-                progress.update(chunk_count)
-        calls = write_outputs(output_dir, folders, args.expect_length, args.plot)
-        if not args.keep_intermediate:
-            shutil.rmtree(f"{output_dir}/shards")
-        write_run(output_dir, settings, "complete", calls)
-    units.logger.info(report(calls, args.min_length, output_dir))
-    return 0
+    folders = []
+    with tqdm(total=n_chunks, desc="chunks", unit="chunk") as progress:
+        shard_iter = shards(input_path, args.expect_length, args.chunks_per_shard)
+        for index, (records, chunk_count) in enumerate(shard_iter, start=1):
+            folder = f"{output_dir}/shards/{index:06d}"
+            process_shard(folder, records, args.expect_length, args.min_length, models, args.keep_intermediate)
+            folders.append(folder)
+            progress.update(chunk_count)
+    calls = write_outputs(output_dir, folders, args.expect_length, args.plot)
+    if not args.keep_intermediate:
+        shutil.rmtree(f"{output_dir}/shards")
+    write_run(output_dir, settings, "complete", calls)
+    return calls
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import bz2
 import contextlib
 import datetime
 import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -82,22 +83,26 @@ _COMPRESSIONS = ((b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw)), (b"BZh",
 READ_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
-@contextlib.contextmanager
-def open_binary(path: str | os.PathLike):
-    """Open a file for reading bytes, decompressing gzip, bzip2 or xz.
-
-    The file is read once, from its start, so a pipe works too.
-    """
+def open_raw(path: str | os.PathLike):
+    """Open a file for reading its bytes as they are; a user's mistake is one line."""
     path = os.fspath(path)
     try:
-        handle = open(path, "rb")
+        return open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
-    with handle:
+
+
+@contextlib.contextmanager
+def open_binary(path: str | os.PathLike):
+    """Open a file for reading bytes, decompressing gzip, bzip2 or xz.
+
+    The file is read once, from its start, so a pipe works too.
+    """
+    with open_raw(path) as handle:
         start = handle.peek(6)[:6]
         decompress = next((opener for magic, opener in _COMPRESSIONS if start.startswith(magic)), None)
         if decompress is None:
@@ -161,15 +166,15 @@ def _lock_holder_alive(holder: dict) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, option: str = "-o"):
-    """Hold ``folder/.virnucpro.lock`` while the block runs, so one run at a
-    time writes into ``folder``; a lock left by a process that died on this
-    host is taken over. Creates ``folder`` if needed and removes it again if it
-    is still empty when the block ends."""
+def folder_lock(folder: str | os.PathLike, option: str = "-o", name: str = LOCK_FILE):
+    """Hold ``folder/<name>`` (default ``.virnucpro.lock``) while the block
+    runs, so one run at a time writes into ``folder``; a lock left by a
+    process that died on this host is taken over. Creates ``folder`` if needed
+    and removes it again if it is still empty when the block ends."""
     folder = os.fspath(folder)
     created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_FILE)
+    path = os.path.join(folder, name)
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -777,6 +782,40 @@ def model_folder(spec: ModelSpec, model: str | None = None) -> str:
             f"{' --revision ' + revision if revision else ''}` and share the cache (HF_HOME), "
             f"or pass a downloaded folder with {spec.option}") from None
     return folder
+
+
+_MODEL_FILE_SUFFIXES = (".json", ".txt", ".safetensors", ".bin")
+
+
+def model_fingerprint(folder: str) -> dict:
+    """What identifies a model folder's content, without hashing gigabytes:
+    the commit of a Hugging Face snapshot folder, otherwise the names, sizes
+    and modification times of its config, tokenizer and weight files."""
+    parent, commit = os.path.split(os.path.normpath(os.path.abspath(folder)))
+    if os.path.basename(parent) == "snapshots" and len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
+        return {"snapshot": commit}
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(_MODEL_FILE_SUFFIXES):
+            stat = os.stat(os.path.join(folder, name))
+            files[name] = [stat.st_size, stat.st_mtime_ns]
+    return {"folder": os.path.abspath(folder), "files": files}
+
+
+def _hexdigest(path, digest) -> str:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path) -> str:
+    return _hexdigest(path, hashlib.sha256())
+
+
+def git_blob_sha1(path) -> str:
+    """Git's id of a file's content: SHA-1 of ``blob <size>\\0`` and the bytes."""
+    return _hexdigest(path, hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode()))
 
 
 def _weight_files(folder: str) -> list[str]:
@@ -1593,17 +1632,6 @@ _PUBLISHED_PICKLE_GLOBALS = [(_PublishedMLP, "__main__.MLPClassifier"), torch.nn
 # The published classifiers (github.com/Li-Jing-1997/VirNucPro) by git blob SHA-1, with their chunk length.
 PUBLISHED_CLASSIFIERS = {"a0b5b85e7c1e44f00cde146d091beb82b2c8e855": ("300_model.pth", 300),
                          "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d": ("500_model.pth", 500)}
-
-
-def git_blob_sha1(path) -> str:
-    """Git's id of a file's content: SHA-1 of ``blob <size>\\0`` and the bytes."""
-    import hashlib
-
-    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_checkpoint(path) -> tuple[dict, dict | None]:

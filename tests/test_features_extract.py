@@ -44,7 +44,7 @@ def extract_args(models, data_dir, *extra):
 def merged_contents(merge_dir):
     found = {}
     for root, _, names in os.walk(merge_dir):
-        for name in names:
+        for name in (n for n in names if n.endswith("_merged.pt")):
             content = torch.load(os.path.join(root, name), weights_only=True)
             found[os.path.relpath(os.path.join(root, name), merge_dir)] = content
     return found
@@ -118,6 +118,36 @@ def test_interrupted_run_resumes_to_the_same_files(reference, tiny_models, tmp_p
     for name in expected:
         assert resumed[name]["ids"] == expected[name]["ids"]
         assert torch.equal(resumed[name]["data"], expected[name]["data"]), name
+
+
+def test_resuming_with_another_model_is_refused_until_restart(tiny_models, tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    data = make_data_tree(tmp_path / "data")
+    dna = tmp_path / "dnabert"
+    shutil.copytree(tiny_models["dna"], dna)
+    models = {**tiny_models, "dna": str(dna)}
+    original, calls = units.merge_data, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(units, "merge_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        features.main(extract_args(models, data))
+    monkeypatch.setattr(units, "merge_data", original)
+    state = torch.load(dna / "pytorch_model.bin", weights_only=True)
+    state["encoder.layer.0.mlp.wo.bias"] += 0.5
+    torch.save(state, dna / "pytorch_model.bin")                    # the DNA model changed in between
+    with pytest.raises(units.InputError, match=r"holds features made with other settings \(dna_model\); .*--restart"):
+        features.main(extract_args(models, data))
+    before = merged_contents(data / "data_merge")
+    assert features.main(extract_args(models, data, "--restart")) == 0
+    after = merged_contents(data / "data_merge")
+    assert len(after) == 6 and not any(torch.equal(before[name]["data"], after[name]["data"]) for name in before)
+    assert json.loads((data / "data_merge/extraction.json").read_text())["dna_model"] == units.model_fingerprint(str(dna))
 
 
 def test_two_processes_together_produce_what_one_produces(reference, tiny_models, tmp_path):

@@ -1,0 +1,173 @@
+"""A resumed prediction never mixes models: a run is bound to the content of
+its classifier and models; one process writes into an output folder; input
+may come through a pipe."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import units
+from conftest import ROOT, load_script, predict_args
+
+prediction = load_script("prediction.py")
+SAMPLE = ROOT / "data/sample.fasta"          # 10 reads, 10 chunks: 4 shards of 3 chunks
+
+
+def sample_args(models, output, *extra, checkpoint=None, input_fasta=SAMPLE):
+    args = predict_args(models, output, *extra, input_fasta=input_fasta, checkpoint=checkpoint)
+    args[args.index("--chunks-per-shard") + 1] = "3"
+    return args
+
+
+def results(output):
+    return {name: (output / name).read_bytes() for name in prediction.RESULT_FILES}
+
+
+def classifier_file(path, seed):
+    torch.manual_seed(seed)
+    units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, 2), path, chunk_length=300)
+    return str(path)
+
+
+def interrupt_after_shards(monkeypatch, shards):
+    """Make the next run stop (as Ctrl-C would) once ``shards`` shards are done."""
+    original, calls = units.extract_protein, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > shards:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(units, "extract_protein", interrupted)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    first, second = classifier_file(folder / "first.pth", 1), classifier_file(folder / "second.pth", 2)
+    assert os.path.getsize(first) == os.path.getsize(second)          # the case that fooled path + size
+    return first, second
+
+
+def test_a_checkpoint_swapped_for_one_of_equal_size_is_refused(models, checkpoints, tmp_path, monkeypatch):
+    first, second = checkpoints
+    checkpoint = tmp_path / "model_fastesm650_300.pth"
+    shutil.copy(first, checkpoint)
+    output = tmp_path / "out"
+    interrupt_after_shards(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.main(sample_args(models, output, checkpoint=str(checkpoint)))
+    monkeypatch.undo()
+    shutil.copy(second, checkpoint)                                   # retrained to the same path
+    with pytest.raises(units.InputError, match="holds a run with other settings \\(classifier\\)"):
+        prediction.main(sample_args(models, output, checkpoint=str(checkpoint)))
+    assert prediction.main(sample_args(models, output, "--overwrite", checkpoint=str(checkpoint))) == 0
+    clean = tmp_path / "clean"
+    assert prediction.main(sample_args(models, clean, checkpoint=second)) == 0
+    assert results(output) == results(clean)
+
+
+def test_a_model_folder_whose_weights_changed_is_refused(models, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    protein = tmp_path / "fastesm"
+    shutil.copytree(models["protein"], protein)
+    args = sample_args(models, tmp_path / "out")
+    args[args.index("--protein-model") + 1] = str(protein)
+    interrupt_after_shards(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.main(args)
+    monkeypatch.undo()
+    weights = load_file(protein / "model.safetensors")
+    weights["esm.encoder.layer.0.output.dense.bias"] += 0.5
+    save_file(weights, protein / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(units.InputError, match="holds a run with other settings \\(protein_model\\)"):
+        prediction.main(args)
+
+
+def test_models_are_identified_by_snapshot_commit_or_by_their_files(tmp_path):
+    snapshot = tmp_path / "models--x--y" / "snapshots" / ("0123456789abcdef" * 3)[:40]
+    snapshot.mkdir(parents=True)
+    assert units.model_fingerprint(str(snapshot)) == {"snapshot": ("0123456789abcdef" * 3)[:40]}
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "notes.md").write_text("not part of the model")
+    fingerprint = units.model_fingerprint(str(folder))
+    assert list(fingerprint["files"]) == ["config.json"]
+    os.utime(folder / "config.json", ns=(1, 1))
+    assert units.model_fingerprint(str(folder)) != fingerprint
+
+
+# ------------------------------------------------------------ one writer, pipes, killed runs
+def start_run_on_a_pipe(models, output, fifo):
+    """prediction.py in a subprocess, reading a FIFO nobody writes yet: it
+    takes the output folder and waits for its input."""
+    os.mkfifo(fifo)
+    process = subprocess.Popen([sys.executable, str(ROOT / "prediction.py"), *sample_args(models, output,
+                                input_fasta=fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if (output / units.LOCK_FILE).exists() or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert (output / units.LOCK_FILE).exists(), process.communicate()
+    return process
+
+
+def feed(fifo, content):
+    with open(fifo, "wb") as pipe:
+        pipe.write(content)
+
+
+@pytest.fixture(scope="module")
+def clean_sample_run(models, tmp_path_factory):
+    output = tmp_path_factory.mktemp("clean") / "out"
+    assert prediction.main(sample_args(models, output)) == 0
+    return output
+
+
+def test_a_second_run_is_refused_while_the_first_reads_a_pipe_and_finishes(models, clean_sample_run, tmp_path):
+    output, fifo = tmp_path / "out", tmp_path / "reads.fifo"
+    first = start_run_on_a_pipe(models, output, fifo)
+    with pytest.raises(units.InputError, match=f"is in use by another run \\(pid {first.pid} on "):
+        prediction.main(sample_args(models, output))
+    feed(fifo, SAMPLE.read_bytes())
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert results(output) == results(clean_sample_run)
+    assert sorted(p.name for p in output.iterdir()) == sorted([*prediction.RESULT_FILES, "run.json"])
+
+
+def test_a_killed_run_leaves_a_lock_that_the_next_run_takes_over(models, clean_sample_run, tmp_path, caplog):
+    output, fifo = tmp_path / "out", tmp_path / "reads.fifo"
+    killed = start_run_on_a_pipe(models, output, fifo)
+    writer = threading.Thread(target=feed, args=(fifo, SAMPLE.read_bytes()[:300]), daemon=True)
+    writer.start()                                      # part of the input, then the run dies
+    time.sleep(0.5)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert (output / units.LOCK_FILE).exists()
+    assert prediction.main(sample_args(models, output)) == 0
+    assert "taking over the lock of a run that ended without releasing it" in caplog.text
+    assert results(output) == results(clean_sample_run)
+    assert not (output / units.LOCK_FILE).exists() and not (output / prediction.SPOOL_FILE).exists()
+
+
+def test_input_through_a_pipe_gives_the_file_results(models, clean_sample_run, tmp_path):
+    fifo = tmp_path / "reads.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=feed, args=(fifo, SAMPLE.read_bytes()), daemon=True)
+    writer.start()
+    assert prediction.main(sample_args(models, tmp_path / "out", input_fasta=fifo)) == 0
+    assert results(tmp_path / "out") == results(clean_sample_run)
+    with pytest.raises(units.InputError, match="input from a pipe needs an output folder; give -o"):
+        args = sample_args(models, tmp_path / "unused", input_fasta=fifo)
+        del args[args.index("-o"):args.index("-o") + 2]
+        prediction.main(args)
