@@ -6,12 +6,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    HF_HOME=/cache/huggingface PYTHONUNBUFFERED=1
+    HF_HOME=/cache/huggingface VIRNUCPRO_MODELS=/app/models PYTHONUNBUFFERED=1
 RUN python3 -m venv $VIRTUAL_ENV && pip install --no-cache-dir --upgrade pip
 
 # torch pinned as in CI and pixi; the rest comes from pyproject.toml
 RUN pip install --no-cache-dir torch==2.13.0
 WORKDIR /app
-COPY pyproject.toml README.md units.py ./
+COPY pyproject.toml README.md units.py dnabert_s.py fetcher.py ./
 RUN pip install --no-cache-dir -e ".[test]"
 COPY . .

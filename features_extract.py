@@ -241,6 +241,8 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
     parser.add_argument("--dna-model", help=f"DNABERT-S id or folder (default {units.DNABERT_S.hub_id})")
     parser.add_argument("--protein-model", help="protein model id or folder (default: the pipeline's)")
+    parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
+                                             f"${units.MODELS_ENV}, else {units.DEFAULT_MODELS_DIR})")
     parser.add_argument("--dna-batch-tokens", type=int, default=units.DNA_TOKS_PER_BATCH,
                         help="DNABERT-S tokens per batch (default %(default)s)")
     parser.add_argument("--protein-batch-tokens", type=int, default=16384,
@@ -264,8 +266,8 @@ def extract_share(args, mine: list[SplitFile], rank: int, world: int, local_rank
     if not todo:
         return todo, 0
     pipeline = units.PIPELINES[args.pipeline]
-    dna_folder = units.model_folder(units.DNABERT_S, args.dna_model)
-    protein_folder = units.model_folder(pipeline.protein, args.protein_model)
+    dna_folder = units.model_folder(units.DNABERT_S, args.dna_model, args.models_dir)
+    protein_folder = units.model_folder(pipeline.protein, args.protein_model, args.models_dir)
     check_resume(args.merge_dir, extraction_settings(args, dna_folder, protein_folder), args.restart, mine)
     device = units.resolve_device(args.device)
     if world > 1 and device.type == "cuda" and device.index is None:

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Predict which sequences of a FASTA file are viral.
 
-    python prediction.py input.fasta 500 model_fastesm650_500.pth
+    python prediction.py input.fasta 500 [model_fastesm650_500.pth]
 
 Each sequence is cut into chunks of the model's length (300 or 500 bp), every
 stop-free frame of a chunk is embedded with DNABERT-S and the protein model
 and scored by the classifier. A chunk is viral when its best viral score is
 at least its best non-viral score.
+
+Without a checkpoint, the classifier for the chunk length in the models folder
+is used: the FastESM2_650 one installed by train_fastesm.py --install, else
+the published ESM2-3B one (scripts/fetch_models.py fetches it and the models).
 
 Input: FASTA or FASTQ, plain or compressed (gzip, bzip2, xz). Sequences
 shorter than --min-length are not scored (reported as too_short); U is read
@@ -394,7 +398,11 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input_fasta", help="FASTA or FASTQ file of reads or contigs (plain, gzip, bzip2 or xz)")
     parser.add_argument("expect_length", type=int, choices=(300, 500), help="chunk length of the model: 300 or 500")
-    parser.add_argument("model_path", help="classifier checkpoint (.pth), e.g. model_fastesm650_300.pth")
+    parser.add_argument("model_path", nargs="?",
+                        help="classifier checkpoint (.pth); default: the one installed in the models folder for "
+                             "this chunk length (FastESM2_650 if installed, else the published ESM2-3B one)")
+    parser.add_argument("--models-dir", help=f"models folder (default: ${units.MODELS_ENV}, else "
+                                             f"{units.DEFAULT_MODELS_DIR})")
     parser.add_argument("-o", "--output-dir", help="output folder (default: <input without extension>_merged)")
     parser.add_argument("--min-length", type=int,
                         help="shortest sequence scored, in bp (default: half the chunk length, 150 or 250); "
@@ -435,6 +443,10 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.model_path is None:
+        args.model_path, pipeline, why = units.default_classifier(args.expect_length, args.models_dir)
+        args.pipeline = args.pipeline or pipeline
+        units.logger.info(f"classifier {args.model_path}, {args.pipeline} pipeline: {why}")
     classifier, metadata = units.load_checkpoint(args.model_path, args.pipeline, chunk_length=args.expect_length)
     args.pipeline = metadata["embedding_model"]
     output_dir = args.output_dir or default_output_dir(args.input_fasta)
@@ -453,8 +465,8 @@ def predict(args, input_path: str, input_identity: dict, classifier, metadata: d
 
     pipeline = units.PIPELINES[args.pipeline]
     n_records, n_chunks = count_chunks(input_path, args.expect_length)
-    dna_folder = units.model_folder(units.DNABERT_S, args.dna_model)
-    protein_folder = units.model_folder(pipeline.protein, args.protein_model)
+    dna_folder = units.model_folder(units.DNABERT_S, args.dna_model, args.models_dir)
+    protein_folder = units.model_folder(pipeline.protein, args.protein_model, args.models_dir)
     settings = run_settings(args, input_identity, dna_folder, protein_folder)
     state = run_state(output_dir, settings, args.overwrite)
     if state == "complete":

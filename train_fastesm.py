@@ -43,6 +43,11 @@ def parse_args(argv):
                              "record it (features extracted before they did)")
     parser.add_argument("--output", help="checkpoint to write, or a folder to write it in (default: "
                                          "model_fastesm650_<length>.pth)")
+    parser.add_argument("--install", action="store_true",
+                        help="also install the checkpoint in the models folder, where prediction.py uses it "
+                             "by default for its chunk length")
+    parser.add_argument("--models-dir", help=f"models folder for --install (default: ${units.MODELS_ENV}, else "
+                                             f"{units.DEFAULT_MODELS_DIR})")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of the non-test genomes used for validation (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=200, help="maximum epochs (default %(default)s)")
@@ -207,6 +212,9 @@ def main(argv=None):
                           validation=progress["best_metrics"] if args.save_best else progress["last_metrics"],
                           hyperparameters=settings)
     os.remove(state_path)
+    if args.install:
+        units.logger.info(f"installed as {units.install_classifier(args.output, length, args.models_dir)}: "
+                          f"prediction.py uses it for {length}-bp chunks when no checkpoint is given")
     units.logger.info(f"{'early stop' if stopped_early else 'done'} after {progress['epoch']} epochs (best: epoch "
                       f"{progress['best_epoch']}); saved the {saved} model to {args.output}; log in {log_path}")
     return 0

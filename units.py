@@ -33,6 +33,7 @@ import json
 import logging
 import lzma
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -718,19 +719,48 @@ def iter_fasta_chunks(fasta_file, chunk_size: int) -> Iterator[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A language model on the Hugging Face hub, pinned."""
     name: str
+    key: str           # its folder in the models folder, and its name for scripts/fetch_models.py
     hub_id: str
     revision: str      # pinned commit of hub_id; other ids use their default branch
     dim: int
     option: str        # the command-line option that points elsewhere
 
 
-DNABERT_S = ModelSpec("DNABERT-S", "zhihan1996/DNABERT-S",
-                      "1cdf84d992ace6f3e75c7356774b4da088c8dc7c", DNA_DIM, "--dna-model")
-# Not pinned yet: its commit could not be looked up offline (see README).
-FASTESM2_650 = ModelSpec("FastESM2_650", "Synthyra/FastESM2_650", "main", PROTEIN_DIM, "--protein-model")
-ESM2_3B = ModelSpec("ESM2-3B", "facebook/esm2_t36_3B_UR50D",
-                    "476b639933c8baad5ad09a60ac1a87f987b656fc", ESM2_3B_DIM, "--protein-model")
+@dataclass(frozen=True)
+class PublishedClassifier:
+    """A classifier of the published VirNucPro, a file of its GitHub repository."""
+    key: str
+    file: str
+    repo: str
+    blob_sha1: str     # git's id of the file's content: what it is fetched by and verified against
+    chunk_length: int
+
+
+# Everything VirNucPro downloads, pinned: scripts/fetch_models.py, the loaders and README draw on this table.
+#                          name            key             source                           revision / git blob SHA-1
+DNABERT_S = ModelSpec("DNABERT-S", "dnabert-s", "zhihan1996/DNABERT-S", "1cdf84d992ace6f3e75c7356774b4da088c8dc7c",
+                      DNA_DIM, "--dna-model")
+FASTESM2_650 = ModelSpec("FastESM2_650", "fastesm650", "Synthyra/FastESM2_650", "main",     # not pinned yet
+                         PROTEIN_DIM, "--protein-model")
+ESM2_3B = ModelSpec("ESM2-3B", "esm2-3b", "facebook/esm2_t36_3B_UR50D", "476b639933c8baad5ad09a60ac1a87f987b656fc",
+                    ESM2_3B_DIM, "--protein-model")
+CLASSIFIER_300 = PublishedClassifier("classifier-300", "300_model.pth", "Li-Jing-1997/VirNucPro",
+                                     "a0b5b85e7c1e44f00cde146d091beb82b2c8e855", 300)
+CLASSIFIER_500 = PublishedClassifier("classifier-500", "500_model.pth", "Li-Jing-1997/VirNucPro",
+                                     "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d", 500)
+ARTIFACTS = {item.key: item for item in (DNABERT_S, FASTESM2_650, ESM2_3B, CLASSIFIER_300, CLASSIFIER_500)}
+
+# The models folder: what scripts/fetch_models.py fetches or unpacks, and where the loaders look first.
+MODELS_ENV = "VIRNUCPRO_MODELS"
+DEFAULT_MODELS_DIR = os.path.join("~", ".cache", "virnucpro", "models")
+CLASSIFIERS = "classifiers"          # the subfolder holding classifiers, published and trained
+
+
+def models_dir(given: str | None = None) -> str:
+    """``--models-dir``, else ``$VIRNUCPRO_MODELS``, else ``~/.cache/virnucpro/models``."""
+    return os.path.expanduser(given or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR)
 
 # The ESM-2 alphabet (fair-esm order), shared by ESM2-3B and FastESM2_650.
 ESM2_ALPHABET = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
@@ -757,10 +787,14 @@ def resolve_device(device: str | None = None) -> torch.device:
     return resolved
 
 
-def model_folder(spec: ModelSpec, model: str | None = None) -> str:
-    """The local folder of a model: ``model`` itself when it is a folder,
-    otherwise the Hugging Face snapshot of the id (from the local cache, or
-    downloaded). The default id is fetched at its pinned revision."""
+def model_folder(spec: ModelSpec, model: str | None = None, models: str | None = None) -> str:
+    """The local folder of a model: ``model`` itself when it is a folder; for
+    the default model, its folder in the models folder (``models``) when
+    scripts/fetch_models.py put it there; otherwise the Hugging Face snapshot
+    of the id, from the local cache or downloaded (the default id at its
+    pinned revision)."""
+    if model is None and weight_files(os.path.join(models_dir(models), spec.key)):
+        return os.path.join(models_dir(models), spec.key)
     model = model or spec.hub_id
     if os.path.isdir(model):
         return model
@@ -771,16 +805,17 @@ def model_folder(spec: ModelSpec, model: str | None = None) -> str:
     from huggingface_hub import constants, snapshot_download
     try:
         folder = snapshot_download(model, revision=revision, allow_patterns=_SNAPSHOT_FILES)
-        if not _weight_files(folder):   # no safetensors: take the PyTorch checkpoint
+        if not weight_files(folder):   # no safetensors: take the PyTorch checkpoint
             folder = snapshot_download(model, revision=revision, allow_patterns=_SNAPSHOT_FILES + ["*.bin"])
     except OSError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        fix = (f"run `python scripts/fetch_models.py {spec.key}` where there is internet (or unpack a bundle "
+               "made there with --from-bundle)") if model == spec.hub_id else \
+            f"fetch it where there is internet with `huggingface-cli download {model}` and share the cache (HF_HOME)"
         raise InputError(
-            f"{spec.name}: cannot get {model} (revision {revision or 'main'}): it is not in the Hugging Face "
-            f"cache ({constants.HF_HUB_CACHE}) and the hub could not be reached ({reason}); fetch it ahead of "
-            f"time where there is network with `huggingface-cli download {model}"
-            f"{' --revision ' + revision if revision else ''}` and share the cache (HF_HOME), "
-            f"or pass a downloaded folder with {spec.option}") from None
+            f"{spec.name}: {model} is not in the models folder ({models_dir(models)}) nor in the Hugging Face "
+            f"cache ({constants.HF_HUB_CACHE}), and the hub could not be reached ({reason}); {fix}, "
+            f"or pass a model folder with {spec.option}") from None
     return folder
 
 
@@ -818,7 +853,7 @@ def git_blob_sha1(path) -> str:
     return _hexdigest(path, hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode()))
 
 
-def _weight_files(folder: str) -> list[str]:
+def weight_files(folder: str) -> list[str]:
     """The checkpoint files transformers loads from ``folder``, safetensors first."""
     for index, single in (("model.safetensors.index.json", "model.safetensors"),
                           ("pytorch_model.bin.index.json", "pytorch_model.bin")):
@@ -835,7 +870,7 @@ def _weight_files(folder: str) -> list[str]:
 def _checkpoint_tensors(folder: str) -> dict[str, Callable[[], torch.Tensor]]:
     """Checkpoint key -> loader of that tensor, reading lazily."""
     loaders = {}
-    for path in _weight_files(folder):
+    for path in weight_files(folder):
         if path.endswith(".safetensors"):
             from safetensors import safe_open
             handle = safe_open(path, framework="pt")
@@ -909,7 +944,7 @@ def _read_config(spec: ModelSpec, folder: str) -> dict:
 
 
 def _require_weights(spec: ModelSpec, folder: str) -> None:
-    if not _weight_files(folder):
+    if not weight_files(folder):
         raise InputError(f"{spec.name}: {folder} has no weights (no model.safetensors or pytorch_model.bin); "
                          f"point {spec.option} at a folder in the layout of {spec.hub_id}")
 
@@ -1612,6 +1647,32 @@ def save_checkpoint(model: MLPClassifier, path, pipeline: str = "fastesm650", ch
     return metadata
 
 
+def default_classifier(chunk_length: int, models: str | None = None) -> tuple[str, str, str]:
+    """``(checkpoint, pipeline, why)`` when no checkpoint is given: the
+    FastESM2_650 classifier installed for ``chunk_length`` if there is one,
+    else the published ESM2-3B one fetched by scripts/fetch_models.py."""
+    folder = os.path.join(models_dir(models), CLASSIFIERS)
+    ours = os.path.join(folder, f"model_fastesm650_{chunk_length}.pth")
+    if os.path.exists(ours):
+        return ours, "fastesm650", f"the FastESM2_650 classifier installed for {chunk_length}-bp chunks"
+    published = {item.chunk_length: item for item in PUBLISHED_BY_BLOB.values()}[chunk_length]
+    if os.path.exists(os.path.join(folder, published.file)):
+        return (os.path.join(folder, published.file), "esm2_3b",
+                f"no FastESM2_650 classifier is installed for {chunk_length}-bp chunks, so the published ESM2-3B "
+                "one is used (train_fastesm.py --install installs yours)")
+    raise InputError(f"no classifier for {chunk_length}-bp chunks in {folder}; run `python scripts/fetch_models.py` "
+                     "to fetch the published ones, install one trained with train_fastesm.py --install, or give "
+                     "a checkpoint")
+
+
+def install_classifier(checkpoint: str, chunk_length: int, models: str | None = None) -> str:
+    """Copy a trained FastESM2_650 classifier to where prediction.py finds it by default."""
+    target = os.path.join(models_dir(models), CLASSIFIERS, f"model_fastesm650_{chunk_length}.pth")
+    with open(checkpoint, "rb") as source, atomic_write(target, "wb") as out:
+        shutil.copyfileobj(source, out)
+    return target
+
+
 def default_checkpoint_path(given: str | None, chunk_length: int | None) -> str:
     """``given`` itself, or ``model_fastesm650_<length>.pth`` when it is a folder or not given."""
     if given and not os.path.isdir(given):
@@ -1629,9 +1690,7 @@ class _PublishedMLP(torch.nn.Module):
 _PUBLISHED_PICKLE_GLOBALS = [(_PublishedMLP, "__main__.MLPClassifier"), torch.nn.Linear,
                              torch.nn.BatchNorm1d, torch.nn.Dropout, set]
 
-# The published classifiers (github.com/Li-Jing-1997/VirNucPro) by git blob SHA-1, with their chunk length.
-PUBLISHED_CLASSIFIERS = {"a0b5b85e7c1e44f00cde146d091beb82b2c8e855": ("300_model.pth", 300),
-                         "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d": ("500_model.pth", 500)}
+PUBLISHED_BY_BLOB = {item.blob_sha1: item for item in (CLASSIFIER_300, CLASSIFIER_500)}
 
 
 def _read_checkpoint(path) -> tuple[dict, dict | None]:
@@ -1642,8 +1701,9 @@ def _read_checkpoint(path) -> tuple[dict, dict | None]:
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder, not a checkpoint file; give the path of the .pth file")
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such checkpoint file; train one with train_fastesm.py, or give the "
-                         "published 300_model.pth / 500_model.pth with --pipeline esm2_3b")
+        raise InputError(f"{path}: no such checkpoint file; leave it out to use the installed classifier "
+                         "(`python scripts/fetch_models.py` fetches the published ones), or train one with "
+                         "train_fastesm.py")
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: the checkpoint file is empty (0 bytes): it was not written or copied "
                          "completely; copy or train it again")
@@ -1727,8 +1787,8 @@ def _check_classifier_state(path: str, state: dict, input_dim: int, pipeline: st
 
 def _check_chunk_length(path: str, metadata: dict | None, chunk_length: int) -> None:
     """Refuse a classifier trained on chunks of another length; warn when unknown."""
-    trained = metadata.get("chunk_length") if metadata is not None \
-        else PUBLISHED_CLASSIFIERS.get(git_blob_sha1(path), (None, None))[1]
+    published = PUBLISHED_BY_BLOB.get(git_blob_sha1(path)) if metadata is None else None
+    trained = metadata.get("chunk_length") if metadata is not None else published and published.chunk_length
     if trained is None:
         logger.warning(f"{path}: the checkpoint does not record the chunk length it was trained on; make sure "
                        f"it is a {chunk_length}-bp classifier")

@@ -54,17 +54,18 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def load(pipeline: units.Pipeline, model: str | None, device, dtype, random_weights: bool):
+def load(pipeline: units.Pipeline, model: str | None, device, dtype, random_weights: bool, models: str | None):
     if random_weights:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from benchmark_extraction import ESM2_3B_SHAPE, FASTESM2_650_SHAPE, random_esm
         shape = FASTESM2_650_SHAPE if pipeline.name == "fastesm650" else ESM2_3B_SHAPE
         return random_esm(shape).to(device=device, dtype=dtype), units.esm_tokenizer()
-    return pipeline.load_protein(model, device, dtype)
+    return pipeline.load_protein(units.model_folder(pipeline.protein, model, models), device, dtype)
 
 
-def time_extraction(pipeline, model_source, fasta, device, dtype, runs, toks_per_batch, random_weights) -> dict:
-    model, tokenizer = load(pipeline, model_source, device, dtype, random_weights)
+def time_extraction(pipeline, model_source, fasta, device, dtype, runs, toks_per_batch, random_weights,
+                    models) -> dict:
+    model, tokenizer = load(pipeline, model_source, device, dtype, random_weights, models)
     sequences = [record.sequence for record in units.read_fasta(fasta, alphabet="protein")]
 
     def extract():
@@ -103,6 +104,7 @@ def time_end_to_end(args, device) -> list[dict]:
             model = args.fastesm_model if name == "fastesm650" else args.esm2_3b_model
             argv += ["--protein-model", model] if model else []
             argv += ["--dna-model", args.dna_model] if args.dna_model else []
+            argv += ["--models-dir", args.models_dir] if args.models_dir else []
             synchronize(device)
             started = time.perf_counter()
             prediction.main(argv)
@@ -165,6 +167,8 @@ def main(argv=None):
     parser.add_argument("--fastesm-model", help=f"FastESM2_650 id or folder (default {units.FASTESM2_650.hub_id})")
     parser.add_argument("--esm2-3b-model", help=f"ESM2-3B id or folder (default {units.ESM2_3B.hub_id})")
     parser.add_argument("--dna-model", help="DNABERT-S id or folder, for --end-to-end")
+    parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
+                                             f"${units.MODELS_ENV}, else {units.DEFAULT_MODELS_DIR})")
     parser.add_argument("--random-weights", action="store_true", help="random models of the real shapes")
     parser.add_argument("--end-to-end", action="store_true", help="time the whole prediction per pipeline")
     parser.add_argument("--checkpoint", help="FastESM2_650 classifier, for --end-to-end")
@@ -194,7 +198,8 @@ def main(argv=None):
         settings = [(fastesm, args.fastesm_model, half), (esm2_3b, args.esm2_3b_model, half)]
         if device.type == "cuda":
             settings.append((esm2_3b, args.esm2_3b_model, torch.float32))        # as published
-        rows = [time_extraction(p, m, fasta, device, dtype, args.runs, args.toks_per_batch, args.random_weights)
+        rows = [time_extraction(p, m, fasta, device, dtype, args.runs, args.toks_per_batch, args.random_weights,
+                                args.models_dir)
                 for p, m, dtype in settings]
     comparisons = [("same precision", rows[0]["mean_s"] / rows[1]["mean_s"])]
     if device.type == "cuda":

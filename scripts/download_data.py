@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import time
 from html.parser import HTMLParser
 from urllib.parse import urljoin
 
@@ -27,14 +26,13 @@ import requests
 from tqdm import tqdm
 
 import units
+from fetcher import download, with_retries
 
 RELEASE_URL = "https://ftp.ncbi.nlm.nih.gov/refseq/release/"
 VIRAL_FILES = ("viral/viral.1.1.genomic.fna.gz", "viral/viral.1.genomic.gbff.gz")
 # Published order: the random draws follow it.
 HOST_COUNTS = {"bacteria": 1, "archaea": 1, "fungi": 1, "protozoa": 1,
                "plant": 10, "invertebrate": 10, "vertebrate_mammalian": 10, "vertebrate_other": 10}
-RETRIES = 5
-BLOCK = 1 << 20
 
 
 class _Links(HTMLParser):
@@ -46,28 +44,6 @@ class _Links(HTMLParser):
         href = dict(attrs).get("href") if tag == "a" else None
         if href:
             self.links.append(href)
-
-
-def with_retries(request, what: str, retries: int = RETRIES, backoff: float = 2.0):
-    """Call ``request()``; on a network error or a 5xx answer wait 1, 2, 4, ...
-    x ``backoff`` / 2 seconds and try again."""
-    for attempt in range(retries):
-        try:
-            response = request()
-            if response.status_code < 500:
-                response.raise_for_status()
-                return response
-            error = f"HTTP {response.status_code}"
-        except requests.HTTPError as failure:
-            raise units.InputError(f"{what}: {failure}") from None
-        except requests.RequestException as failure:
-            error = failure.__class__.__name__
-        if attempt + 1 < retries:
-            delay = backoff ** attempt * backoff / 2
-            units.logger.warning(f"{what}: {error}; retrying in {delay:.0f} s")
-            time.sleep(delay)
-    raise units.InputError(f"{what}: still failing after {retries} attempts ({error}); check the network and "
-                           "run again: finished files are kept and partial ones resume")
 
 
 def list_genome_pairs(session, base_url: str, category: str) -> list[str]:
@@ -96,43 +72,6 @@ def plan_downloads(session, base_url: str, counts: dict[str, int], seed: int) ->
 def remote_size(session, url: str) -> int:
     response = with_retries(lambda: session.head(url, timeout=60, allow_redirects=True), f"size of {url}")
     return int(response.headers.get("content-length", 0))
-
-
-def download(session, url: str, data_dir: str, size: int) -> str:
-    """Fetch ``url`` into ``data_dir`` unless a complete copy is there; resume a
-    partial ``.part`` file with an HTTP range request."""
-    path = os.path.join(data_dir, url.rsplit("/", 1)[1])
-    if os.path.exists(path) and os.path.getsize(path) == size:
-        return "present"
-    partial = path + ".part"
-    for _ in range(RETRIES):
-        done = os.path.getsize(partial) if os.path.exists(partial) else 0
-        if done > size:
-            os.remove(partial)
-            done = 0
-        if done == size:
-            break
-        headers = {"Range": f"bytes={done}-"} if done else {}
-        response = with_retries(lambda: session.get(url, headers=headers, stream=True, timeout=60),
-                                f"downloading {url}")
-        if done and response.status_code != 206:      # the server ignored the range: start over
-            done = 0
-        try:
-            with open(partial, "ab" if done else "wb") as out, \
-                    tqdm(total=size, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc=os.path.basename(path), leave=False) as progress:
-                for block in response.iter_content(chunk_size=BLOCK):
-                    out.write(block)
-                    progress.update(len(block))
-        except requests.RequestException as failure:
-            units.logger.warning(f"{url}: interrupted ({failure.__class__.__name__}); resuming")
-            continue
-        if os.path.getsize(partial) == size:
-            break
-    else:
-        raise units.InputError(f"{url}: the download does not reach the server's size ({size} bytes); run again")
-    os.replace(partial, path)
-    return "downloaded"
 
 
 def parse_counts(values: list[str]) -> dict[str, int]:
@@ -175,7 +114,7 @@ def main(argv=None):
         os.makedirs(args.data_dir, exist_ok=True)
         outcome = {"present": 0, "downloaded": 0}
         for url in tqdm(urls, desc="files", unit="file"):
-            outcome[download(session, url, args.data_dir, sizes[url])] += 1
+            outcome[download(session, url, os.path.join(args.data_dir, url.rsplit("/", 1)[1]), sizes[url])] += 1
     units.logger.info(f"{outcome['downloaded']} files downloaded, {outcome['present']} already present, "
                       f"in {args.data_dir}/")
     return 0

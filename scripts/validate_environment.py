@@ -49,9 +49,9 @@ def check_transformers() -> tuple[bool, str]:
                 + ("" if ok else " is older than 4.57: pip install -U 'transformers>=4.57'"))
 
 
-def check_fastesm(model, device) -> tuple[bool, str]:
+def check_fastesm(model, models, device) -> tuple[bool, str]:
     try:
-        network, _ = units.load_fast_esm(model, device)
+        network, _ = units.load_fast_esm(units.model_folder(units.FASTESM2_650, model, models), device)
     except units.InputError as error:
         return False, str(error)
     parameters = sum(p.numel() for p in network.parameters()) / 1e6
@@ -96,12 +96,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
     parser.add_argument("--protein-model", help=f"FastESM2_650 id or folder (default {units.FASTESM2_650.hub_id})")
+    parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
+                                             f"${units.MODELS_ENV}, else {units.DEFAULT_MODELS_DIR})")
     args = parser.parse_args(argv)
     device = units.resolve_device(args.device)
     checks = [("ENV-01", "PyTorch with CUDA", lambda: check_torch(device)),
               ("ENV-02", "fair-esm absent", check_fair_esm),
               ("ENV-03", "transformers version", check_transformers),
-              ("ENV-04", "FastESM2_650 loads", lambda: check_fastesm(args.protein_model, device)),
+              ("ENV-04", "FastESM2_650 loads", lambda: check_fastesm(args.protein_model, args.models_dir, device)),
               ("ENV-05", "SDPA attention", lambda: check_sdpa(device))]
     failures = 0
     for code, title, check in checks:

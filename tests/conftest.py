@@ -1,5 +1,6 @@
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import pytest
 # The tests never touch the network: models are tiny ones the tests build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# and never see a models folder of the user's: each test run starts from an empty one
+os.environ["VIRNUCPRO_MODELS"] = tempfile.mkdtemp(prefix="virnucpro-test-models-")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -145,7 +145,8 @@ CASES = [
     # ---- the classifier checkpoint
     ("missing checkpoint", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=SAMPLE,
                                                             checkpoint=str(tmp / "none.pth")),
-     "none.pth: no such checkpoint file; train one with train_fastesm.py"),
+     "none.pth: no such checkpoint file; leave it out to use the installed classifier "
+     "(`python scripts/fetch_models.py` fetches the published ones)"),
     ("checkpoint is a folder", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=SAMPLE,
                                                                 checkpoint=str(tmp)),
      "is a folder, not a checkpoint file"),
@@ -253,8 +254,8 @@ def test_a_user_mistake_is_one_line_on_the_terminal(tmp_path):
     result = run_script("prediction.py", SAMPLE, "300", tmp_path / "missing.pth", "-o", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'missing.pth'}: no such checkpoint file; train one with train_fastesm.py, or give "
-        "the published 300_model.pth / 500_model.pth with --pipeline esm2_3b"]
+        f"error: {tmp_path / 'missing.pth'}: no such checkpoint file; leave it out to use the installed classifier "
+        "(`python scripts/fetch_models.py` fetches the published ones), or train one with train_fastesm.py"]
     assert not (tmp_path / "out").exists()
 
 

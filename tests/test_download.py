@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import fetcher
 import units
 from conftest import load_script
 
@@ -76,7 +77,7 @@ class Server:
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(fetcher.time, "sleep", lambda seconds: None)
     running = Server()
     yield running
     running.httpd.shutdown()

@@ -108,12 +108,15 @@ def test_loader_without_network_or_cache_names_model_and_fix(tmp_path, monkeypat
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv(units.MODELS_ENV, str(tmp_path / "models"))
     with pytest.raises(units.InputError) as error:
         units.load_fast_esm(device="cpu")
     message = str(error.value)
-    assert message.startswith("FastESM2_650: cannot get Synthyra/FastESM2_650")
-    assert str(tmp_path / "empty-cache") in message and "huggingface-cli download Synthyra/FastESM2_650" in message
+    assert message.startswith(f"FastESM2_650: Synthyra/FastESM2_650 is not in the models folder ({tmp_path / 'models'})")
+    assert str(tmp_path / "empty-cache") in message and "python scripts/fetch_models.py fastesm650" in message
     assert "--protein-model" in message and "\n" not in message
+    with pytest.raises(units.InputError, match="huggingface-cli download someone/fine-tuned"):
+        units.load_fast_esm("someone/fine-tuned", device="cpu")
     with pytest.raises(units.InputError, match="neither a folder nor a Hugging Face id"):
         units.load_dnabert_s("./no/such/folder", device="cpu")
 

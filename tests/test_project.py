@@ -77,4 +77,7 @@ def test_docker_compose_services_run_existing_scripts_on_the_gpu():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
     assert 'pip install --no-cache-dir -e ".[test]"' in dockerfile
-    assert "HF_HOME=/cache/huggingface" in dockerfile
+    assert "HF_HOME=/cache/huggingface" in dockerfile and "VIRNUCPRO_MODELS=/app/models" in dockerfile
+    copied_first = re.search(r"^COPY (.*) \./$", dockerfile, re.M).group(1).split()
+    assert MODULES <= set(copied_first)                    # the editable install needs every module
+    assert compose["services"]["fetch-models"]["command"][-1] == "scripts/fetch_models.py"
