@@ -2,6 +2,7 @@
 """Train the FastESM2_650 classifier: MLPClassifier(2048, 512, 2) on merged features.
 
     python train_fastesm.py [--merge-dir data/data_merge] [--split data/test_set/test_metadata.json]
+    python train_fastesm.py --pipeline esm2_3b       # the baseline, like for like: 3328-d, same split and recipe
 
 Trains from scratch with the published hyperparameters by default (SGD, lr
 2e-4, momentum 0.9, StepLR step 10 gamma 0.85, batch 32, up to 200 epochs)
@@ -12,9 +13,12 @@ genomes only.
 
 Every epoch is logged (train loss and accuracy; validation loss, accuracy,
 F1, ROC-AUC; learning rate; time) to the terminal and to
-training_log_fastesm650.txt beside the model. Saves model_fastesm650_<length>.pth
-(300 or 500: the chunk length the features record) with metadata: the final
-model, or the best validation epoch with --save-best.
+training_log_<pipeline>.txt beside the model. Saves model_<pipeline>_<length>.pth
+(300 or 500: the chunk length the features record) with metadata, including
+fingerprints of its training, validation and test record sets (evaluation
+refuses a model trained on another split): the final model, or the best
+validation epoch with --save-best. Records the split does not know (added
+after it was made) are refused.
 An interrupted run started again with the same arguments resumes at the
 next epoch and ends with the same model.
 """
@@ -35,14 +39,17 @@ STATE_SUFFIX = ".training_state.pt"
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--merge-dir", default="data/data_merge", help="merged features (default: data/data_merge)")
+    parser.add_argument("--pipeline", choices=sorted(units.PIPELINES), default="fastesm650",
+                        help="fastesm650 (default) or esm2_3b, the baseline trained on the same split")
+    parser.add_argument("--merge-dir", help="merged features (default: data/data_merge, or data/data_merge_esm2_3b "
+                                            "for --pipeline esm2_3b)")
     parser.add_argument("--split", default="data/test_set/test_metadata.json",
                         help="test split from scripts/create_test_set.py (default: %(default)s)")
     parser.add_argument("--length", type=int, choices=(300, 500),
                         help="chunk length of the training frames; needed only when the merged files do not "
                              "record it (features extracted before they did)")
     parser.add_argument("--output", help="checkpoint to write, or a folder to write it in (default: "
-                                         "model_fastesm650_<length>.pth)")
+                                         "model_<pipeline>_<length>.pth)")
     parser.add_argument("--install", action="store_true",
                         help="also install the checkpoint in the models folder, where prediction.py uses it "
                              "by default for its chunk length")
@@ -64,6 +71,10 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error("--val-fraction must be between 0 and 1")
+    if args.install and args.pipeline != "fastesm650":
+        parser.error("--install installs FastESM2_650 classifiers; the ESM2-3B baseline is for evaluation")
+    args.merge_dir = args.merge_dir or ("data/data_merge" if args.pipeline == "fastesm650" else
+                                        "data/data_merge_esm2_3b")
     return args
 
 
@@ -80,15 +91,16 @@ def chunk_length(features: units.FeatureSet, merge_dir: str, given: int | None) 
 
 
 def split_rows(features: units.FeatureSet, split_file: str, val_fraction: float, seed: int):
-    """Train and validation row indices; test genomes are left out."""
-    try:
-        with open(split_file) as handle:
-            test = set(json.load(handle)["test_accessions"])
-    except FileNotFoundError:
-        raise units.InputError(f"{split_file}: no such split file; run scripts/create_test_set.py first") from None
-    except (ValueError, KeyError):
-        raise units.InputError(f"{split_file}: not a split file from scripts/create_test_set.py") from None
+    """Train and validation row indices, and the record fingerprints to keep
+    with the model; test records are left out, unknown ones refused."""
+    split = units.read_split(split_file)
+    test = set(split["test_accessions"])
     accessions = np.array(features.accessions(), dtype=object)
+    unknown = sorted(set(accessions) - test - set(split["train_accessions"]))
+    if unknown:
+        raise units.InputError(f"{len(unknown)} records of the features are not in {split_file} (first: "
+                               f"{unknown[0]}): they were added after the split was made; run "
+                               "scripts/create_test_set.py again")
     kept = np.flatnonzero([a not in test for a in accessions])
     validation = units.genome_split(accessions[kept].tolist(), features.labels[kept], val_fraction, seed)
     is_validation = np.array([a in validation for a in accessions[kept]], dtype=bool)
@@ -96,7 +108,10 @@ def split_rows(features: units.FeatureSet, split_file: str, val_fraction: float,
     for name, rows in (("training", train), ("validation", val)):
         if len(set(features.labels[rows].tolist())) < 2:
             raise units.InputError(f"the {name} set lacks a class ({len(rows)} rows); more genomes are needed")
-    return train, val
+    records = {"file": os.path.abspath(split_file), "test_records": units.record_fingerprint(test),
+               "train_records": units.record_fingerprint(accessions[train]),
+               "validation_records": units.record_fingerprint(accessions[val])}
+    return train, val, records
 
 
 def evaluate(model, features, rows, device, batch=4096):
@@ -134,24 +149,25 @@ def train_epoch(model, optimizer, features, rows, batch_size, device, generator)
 
 
 def settings_of(args, train, val) -> dict:
-    keys = ("merge_dir", "split", "val_fraction", "epochs", "batch_size", "lr", "momentum", "step_size", "gamma",
-            "patience", "seed")
+    keys = ("pipeline", "merge_dir", "split", "val_fraction", "epochs", "batch_size", "lr", "momentum", "step_size",
+            "gamma", "patience", "seed")
     return {**{key: getattr(args, key) for key in keys}, "train_rows": int(len(train)), "val_rows": int(len(val))}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    features = units.FeatureSet(units.find_merged_files(args.merge_dir))   # checks every file is 2048-d
+    pipeline = units.PIPELINES[args.pipeline]
+    features = units.FeatureSet(units.find_merged_files(args.merge_dir), pipeline.input_dim)   # checks the width
     length = chunk_length(features, args.merge_dir, args.length)
-    args.output = units.default_checkpoint_path(args.output, length)
-    train, val = split_rows(features, args.split, args.val_fraction, args.seed)
+    args.output = units.default_checkpoint_path(args.output, length, args.pipeline)
+    train, val, records = split_rows(features, args.split, args.val_fraction, args.seed)
     device = units.resolve_device(args.device)
     settings = settings_of(args, train, val)
-    log_path = os.path.join(os.path.dirname(os.path.abspath(args.output)), "training_log_fastesm650.txt")
+    log_path = os.path.join(os.path.dirname(os.path.abspath(args.output)), f"training_log_{args.pipeline}.txt")
     state_path = args.output + STATE_SUFFIX
 
     torch.manual_seed(args.seed)
-    model = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES).to(device)
+    model = units.MLPClassifier(pipeline.input_dim, units.HIDDEN_DIM, units.NUM_CLASSES).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma)
     progress = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "since_best": 0, "best_state": None,
@@ -205,7 +221,8 @@ def main(argv=None):
     if precision and any(value.startswith("mixed") for value in precision.values()):
         units.logger.warning(f"{args.merge_dir}: the features were made by encoders of different precisions "
                              f"(DNABERT-S {precision['dna']}, protein model {precision['protein']})")
-    units.save_checkpoint(model, args.output, chunk_length=length, encoder_precision=precision,
+    units.save_checkpoint(model, args.output, args.pipeline, chunk_length=length, encoder_precision=precision,
+                          split=records,
                           epochs_trained=progress["epoch"], best_epoch=progress["best_epoch"],
                           saved_epoch=progress["best_epoch"] if args.save_best else progress["epoch"],
                           saved=saved, stopped_early=stopped_early,

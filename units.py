@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import lzma
+import math
 import os
 import shutil
 import socket
@@ -1582,6 +1583,87 @@ def classification_metrics(labels, probabilities) -> dict:
     }
 
 
+def read_split(path) -> dict:
+    """A split file of scripts/create_test_set.py: the records it holds out
+    (``test_accessions``) and all the others it knows (``train_accessions``)."""
+    try:
+        with open(path) as handle:
+            split = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such split file; run scripts/create_test_set.py first") from None
+    except (ValueError, UnicodeDecodeError):
+        split = None
+    if not isinstance(split, dict) or "test_accessions" not in split:
+        raise InputError(f"{path}: not a split file from scripts/create_test_set.py")
+    if "train_accessions" not in split:
+        raise InputError(f"{path}: made by an older scripts/create_test_set.py that did not list every record; "
+                         "run it again")
+    return split
+
+
+def record_fingerprint(records: Iterable[str]) -> str:
+    """SHA-256 of a set of record ids: what a checkpoint records of the records
+    it was trained, validated and tested on."""
+    return hashlib.sha256("\n".join(sorted(set(records))).encode()).hexdigest()
+
+
+BOOTSTRAP_METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+def _confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"accuracy": (tp + tn) / (tp + fp + fn + tn), "precision": tp / (tp + fp),
+                "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn)}
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles; NaN where no replicate defines the metric (precision without calls)."""
+    defined = values[~np.isnan(values)]
+    return tuple(float(v) for v in np.percentile(defined, [2.5, 97.5])) if len(defined) else (math.nan, math.nan)
+
+
+def group_bootstrap(groups: Sequence[str], labels: np.ndarray, predicted: dict[str, np.ndarray],
+                    replicates: int = 2000, seed: int = 0) -> dict:
+    """95% percentile intervals of accuracy, precision, recall and F1 by
+    resampling held-out groups (records), not rows, with replacement within
+    each class: rows of one record are not independent evidence.
+
+    ``predicted`` maps a classifier's name to its 0/1 calls per row. Returns
+    ``{name: {metric: (low, high)}}`` and, with two classifiers ``a``, ``b``
+    (in that order), ``'difference'``: the interval of each metric of ``a``
+    minus ``b`` on the same resamples."""
+    rng = np.random.default_rng(seed)
+    group_ids, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    group_label = np.zeros(len(group_ids), dtype=np.int64)
+    group_label[group_of] = labels
+    weights = np.zeros((replicates, len(group_ids)))
+    for label in (0, 1):
+        members = np.flatnonzero(group_label == label)
+        if len(members):
+            weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)),
+                                                  size=replicates)
+    replicated = {}
+    for name, calls in predicted.items():
+        outcome = np.zeros((len(group_ids), 4))           # tp, fp, fn, tn per group
+        for column, (label, call) in enumerate(((1, 1), (0, 1), (1, 0), (0, 0))):
+            np.add.at(outcome[:, column], group_of, (labels == label) & (calls == call))
+        replicated[name] = _confusion_metrics(*(weights @ outcome).T)
+    result = {name: {metric: _interval(values[metric]) for metric in BOOTSTRAP_METRICS}
+              for name, values in replicated.items()}
+    if len(predicted) == 2:
+        first, second = (replicated[name] for name in predicted)
+        result["difference"] = {metric: _interval(first[metric] - second[metric]) for metric in BOOTSTRAP_METRICS}
+    return result
+
+
+def precision_at_prevalence(recall: float, specificity: float, prevalence: float) -> float:
+    """Precision (positive predictive value) when a fraction ``prevalence`` of
+    the sequences is viral: sensitivity and specificity do not depend on the
+    class balance of the test set, precision does."""
+    true_calls, false_calls = recall * prevalence, (1 - specificity) * (1 - prevalence)
+    return true_calls / (true_calls + false_calls) if true_calls + false_calls else float("nan")
+
+
 # =============================================================================
 # 10. Classifier, checkpoints and prediction
 # =============================================================================
@@ -1673,14 +1755,14 @@ def install_classifier(checkpoint: str, chunk_length: int, models: str | None = 
     return target
 
 
-def default_checkpoint_path(given: str | None, chunk_length: int | None) -> str:
-    """``given`` itself, or ``model_fastesm650_<length>.pth`` when it is a folder or not given."""
+def default_checkpoint_path(given: str | None, chunk_length: int | None, pipeline: str = "fastesm650") -> str:
+    """``given`` itself, or ``model_<pipeline>_<length>.pth`` when it is a folder or not given."""
     if given and not os.path.isdir(given):
         return given
     if chunk_length is None:
         raise InputError("the features do not record their chunk length, so the classifier's name is unknown; "
                          "give the checkpoint's path")
-    return os.path.join(given or "", f"model_fastesm650_{chunk_length}.pth")
+    return os.path.join(given or "", f"model_{pipeline}_{chunk_length}.pth")
 
 
 class _PublishedMLP(torch.nn.Module):

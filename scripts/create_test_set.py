@@ -9,8 +9,11 @@ genome contributes to both sides. The published random per-frame split put
 frames of one chunk, and overlapping chunks of one genome, on both sides.
 
 Writes data/test_set/test_metadata.json: the seed, the test accessions (a row
-is a test row when its accession is listed), rows per file and side, per-class
-counts and the frame-length distribution; prints a report.
+is a test row when its accession is listed), every other record it saw
+(train_accessions: training refuses records the split does not know), rows per
+file and side, per-class counts and the frame-length distribution; prints a
+report. --merge-dir may be the FastESM2_650 or the ESM2-3B features: both hold
+the same frames.
 """
 from __future__ import annotations
 
@@ -50,9 +53,7 @@ def build_split(features: units.FeatureSet, fraction: float, seed: int, lengths:
                       "rows": int(end - start), "test_rows": int(in_test[start:end].sum())})
     return {"seed": seed, "test_fraction": fraction, "rule": "a row is a test row when its accession "
             "(frame id before '_chunk_') is in test_accessions", "test_accessions": sorted(test_accessions),
-            "classes": classes, "files": files,
-            "train_files": [f["path"] for f in files if f["test_rows"] < f["rows"]],
-            "test_files": [f["path"] for f in files if f["test_rows"]]}
+            "train_accessions": sorted(set(accessions) - test_accessions), "classes": classes, "files": files}
 
 
 def report(split: dict) -> str:

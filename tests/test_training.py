@@ -1,13 +1,16 @@
 """Test split, training, evaluation, speed benchmark and environment checks on synthetic features."""
 import json
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import units
-from conftest import load_script
+from conftest import ROOT, load_script
 
 create_test_set = load_script("scripts/create_test_set.py")
 trainer = load_script("train_fastesm.py")
@@ -20,11 +23,12 @@ PRECISION = {"dna": "float32", "protein": "float16"}      # as features_extract.
 
 
 def make_merged(merge_dir, dim=units.MERGED_DIM, accessions=30, seed=0, rows_per_file=50):
-    """Separable synthetic features: viral rows shifted up in the first dims, host rows down."""
-    rng = np.random.default_rng(seed)
+    """Separable synthetic features: viral rows shifted up in the first dims, host rows down. The frames
+    (ids) depend on the seed only, so both pipelines' features hold the same frames, as real ones do."""
+    frames, values = np.random.default_rng(seed), np.random.default_rng([seed, dim])
     for label, stem in CLASSES:
-        ids = [f"{stem}_ACC{a:03d}.1_chunk_{c + 1}F1" for a in range(accessions) for c in range(rng.integers(3, 12))]
-        data = rng.normal(size=(len(ids), dim)).astype(np.float32)
+        ids = [f"{stem}_ACC{a:03d}.1_chunk_{c + 1}F1" for a in range(accessions) for c in range(frames.integers(3, 12))]
+        data = values.normal(size=(len(ids), dim)).astype(np.float32)
         data[:, :16] += 1.5 if label else -1.5
         folder = merge_dir / f"{stem}_merged"
         folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +77,8 @@ def test_split_keeps_genomes_whole_and_holds_out_a_tenth_per_class(workspace, tm
         assert split["classes"][name]["test"]["rows"] == test_rows
         assert split["classes"][name]["train"]["rows"] == mine.sum() - test_rows
     assert sum(f["test_rows"] for f in split["files"]) == sum(c["test"]["rows"] for c in split["classes"].values())
-    assert split["seed"] == 42 and split["test_files"] and split["train_files"]
+    assert split["seed"] == 42 and "test_files" not in split                 # files mostly hold training rows
+    assert set(split["train_accessions"]) == set(features.accessions()) - test
 
     again = tmp_path / "again.json"
     create_test_set.main(["--merge-dir", str(workspace / "data_merge"), "--output", str(again)])
@@ -204,43 +209,123 @@ def test_metrics_equal_scikit_learn():
     assert result["confusion_matrix"] == [[3, 1], [1, 3]]
 
 
-def test_evaluation_report_against_the_baseline(workspace, trained, tmp_path, capsys):
-    make_merged(tmp_path / "baseline_merge", dim=units.PIPELINES["esm2_3b"].input_dim)   # same ids, 3328-d
-    torch.manual_seed(0)
-    units.save_checkpoint(units.MLPClassifier(3328, 512, 2), tmp_path / "esm2_3b.pth", pipeline="esm2_3b")
+@pytest.fixture(scope="module")
+def baseline(workspace):
+    """The ESM2-3B baseline trained like for like: the same records (3328-d features), split and recipe."""
+    make_merged(workspace / "data_merge_esm2_3b", dim=units.PIPELINES["esm2_3b"].input_dim)
+    model = workspace / "model_esm2_3b_300.pth"
+    assert trainer.main(["--pipeline", "esm2_3b", "--merge-dir", str(workspace / "data_merge_esm2_3b"), "--split",
+                         str(workspace / "test_metadata.json"), "--output", str(model), "--device", "cpu",
+                         "--lr", "0.01", "--epochs", "4"]) == 0
+    return model
+
+
+def evaluate_args(workspace, model, reports, *extra):
+    return ["--model", str(model), "--merge-dir", str(workspace / "data_merge"), "--split",
+            str(workspace / "test_metadata.json"), "--baseline-merge-dir", str(workspace / "data_merge_esm2_3b"),
+            "--report-dir", str(reports), "--device", "cpu", "--replicates", "500", *extra]
+
+
+def test_evaluation_against_a_baseline_trained_like_for_like(workspace, trained, baseline, tmp_path, capsys):
+    metadata = units.load_checkpoint(baseline, "esm2_3b")[1]
+    assert metadata["embedding_model"] == "esm2_3b" and metadata["merged_dim"] == 3328
+    assert metadata["split"] == units.load_checkpoint(trained)[1]["split"]          # one split for both
     reports = tmp_path / "reports"
-    assert evaluate.main(["--model", str(trained), "--merge-dir", str(workspace / "data_merge"),
-                          "--split", str(workspace / "test_metadata.json"), "--baseline-model",
-                          str(tmp_path / "esm2_3b.pth"), "--baseline-merge-dir", str(tmp_path / "baseline_merge"),
-                          "--report-dir", str(reports), "--device", "cpu"]) == 0
+    assert evaluate.main(evaluate_args(workspace, trained, reports, "--baseline-model", str(baseline))) == 0
     report = (reports / "validation_report.md").read_text()
-    for section in ("**Result: PASSED**", "## Metrics", "| ROC-AUC |", "## Confusion matrices", "## ROC curves",
-                    "## By frame length", "Accuracy drop"):
-        assert section in report
-    assert (reports / "roc_curves.png").read_bytes()[:4] == b"\x89PNG"
+    for section in ("**Result: PASSED**", "## Metrics", "| ROC-AUC |", "ESM2-3B minus FastESM2_650",
+                    "## Precision at other viral prevalences", "| FastESM2_650 | 1% |", "## Confusion matrices",
+                    "## ROC curves", "## By frame length", "Accuracy drop", "grouped by record",
+                    "trained on this split with the same recipe"):
+        assert section in report, section
+    accuracy_row = next(line for line in report.splitlines() if line.startswith("| Accuracy |"))
+    assert accuracy_row.count("[") == 3                           # both classifiers and their difference
     saved = json.loads((reports / "metrics_fastesm650.json").read_text())
-    assert saved["accuracy"] > 0.9 and "confusion_matrix" in saved
+    assert saved["accuracy"] > 0.9 and len(saved["intervals_95"]["accuracy"]) == 2
     assert json.loads((reports / "metrics_esm2_3b.json").read_text())["n"] == saved["n"]
-    assert "PASSED" in capsys.readouterr().out
+    assert "-> PASSED" in capsys.readouterr().out
 
 
-def test_evaluation_fails_below_the_threshold_and_says_when_there_is_no_baseline(workspace, tmp_path):
+def test_a_published_baseline_is_reported_apart_and_never_decides(workspace, trained, baseline, tmp_path):
+    published = tmp_path / "500_model.pth"
+    subprocess.run([sys.executable, str(ROOT / "tests/helpers/make_published_checkpoint.py"), str(published)],
+                   check=True)
+    reports = tmp_path / "reports"
+    assert evaluate.main(evaluate_args(workspace, trained, reports, "--baseline-model", str(published))) == 0
+    report = (reports / "validation_report.md").read_text()
+    assert "**Result: NO LIKE-FOR-LIKE BASELINE**" in report
+    assert "## The published ESM2-3B classifier: an optimistic bound, not in the verdict" in report
+    assert evaluate.main(evaluate_args(workspace, trained, tmp_path / "alone")) == 0
+    assert "No baseline given" in (tmp_path / "alone/validation_report.md").read_text()
+
+
+def test_models_of_another_split_and_records_the_split_does_not_know_are_refused(workspace, trained, tmp_path):
+    other = tmp_path / "other_split.json"
+    assert create_test_set.main(["--merge-dir", str(workspace / "data_merge"), "--output", str(other),
+                                 "--seed", "7"]) == 0
+    with pytest.raises(units.InputError, match="trained with another split than .*other_split.json"):
+        evaluate.main(evaluate_args(workspace, trained, tmp_path / "r")[:4] + ["--split", str(other), "--device",
+                                                                              "cpu"])
+    leaky = tmp_path / "leaky_esm2_3b.pth"                  # a baseline trained on the other split saw test records
+    assert trainer.main(["--pipeline", "esm2_3b", "--merge-dir", str(workspace / "data_merge_esm2_3b"), "--split",
+                         str(other), "--output", str(leaky), "--device", "cpu", "--epochs", "1"]) == 0
+    with pytest.raises(units.InputError, match="leaky_esm2_3b.pth: trained with another split"):
+        evaluate.main(evaluate_args(workspace, trained, tmp_path / "r", "--baseline-model", str(leaky)))
+    unrecorded = tmp_path / "unrecorded.pth"
+    units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, 512, 2), unrecorded, chunk_length=300)
+    with pytest.raises(units.InputError, match="does not record the split it was trained on"):
+        evaluate.main(evaluate_args(workspace, unrecorded, tmp_path / "r"))
+
+    merge = tmp_path / "grown"
+    shutil.copytree(workspace / "data_merge", merge)
+    content = torch.load(merge / "viral.1.1_merged/output_1_merged.pt", weights_only=True)
+    content["ids"] = [i.replace("ACC", "NEW") for i in content["ids"]]          # records added after the split
+    torch.save(content, merge / "viral.1.1_merged/output_99_merged.pt")
+    with pytest.raises(units.InputError, match="records of the features are not in .*test_metadata.json"):
+        trainer.main(["--merge-dir", str(merge), "--split", str(workspace / "test_metadata.json"), "--output",
+                      str(tmp_path / "m.pth"), "--device", "cpu"])
+
+
+def test_evaluation_fails_when_the_drop_is_surely_over_the_threshold(workspace, trained, baseline, tmp_path):
     torch.manual_seed(3)
-    untrained = tmp_path / "untrained.pth"
+    untrained = tmp_path / "always_others.pth"
     model = units.MLPClassifier(units.MERGED_DIM, 512, 2)
     with torch.no_grad():
         model.output_layer.bias[:] = torch.tensor([5.0, 0.0])           # always 'others'
-    units.save_checkpoint(model, untrained)
-    (tmp_path / "baseline.json").write_text(json.dumps({"accuracy": 0.99, "precision": 0.99, "recall": 0.99,
-                                                        "f1": 0.99, "roc_auc": 0.999, "n": 100}))
-    common = ["--model", str(untrained), "--merge-dir", str(workspace / "data_merge"), "--split",
-              str(workspace / "test_metadata.json"), "--device", "cpu"]
-    assert evaluate.main(common + ["--baseline-metrics", str(tmp_path / "baseline.json"),
-                                   "--report-dir", str(tmp_path / "failed")]) == 1
-    report = (tmp_path / "failed/validation_report.md").read_text()
+    units.save_checkpoint(model, untrained, chunk_length=300, split=units.load_checkpoint(trained)[1]["split"])
+    reports = tmp_path / "failed"
+    assert evaluate.main(evaluate_args(workspace, untrained, reports, "--baseline-model", str(baseline))) == 1
+    report = (reports / "validation_report.md").read_text()
     assert "**Result: FAILED**" in report and "## Next steps" in report
-    assert evaluate.main(common + ["--report-dir", str(tmp_path / "alone")]) == 0
-    assert "No baseline given" in (tmp_path / "alone/validation_report.md").read_text()
+
+
+def test_three_way_verdict_from_the_interval():
+    assert evaluate.verdict_of((-0.01, 0.03), 0.05) == "PASSED"
+    assert evaluate.verdict_of((0.02, 0.09), 0.05) == "INCONCLUSIVE"
+    assert evaluate.verdict_of((0.05, 0.12), 0.05) == "FAILED"
+
+
+def test_group_bootstrap_covers_a_known_difference_at_about_the_nominal_rate():
+    """Records of 20 frames whose accuracies vary by record (so frames are not
+    independent); classifier B is 5 points worse than A in expectation."""
+    rng = np.random.default_rng(0)
+    covered, trials = 0, 200
+    for _ in range(trials):
+        groups = np.repeat(np.arange(40), 20)
+        labels = (groups % 2).astype(np.int64)
+        accuracy = np.repeat(rng.beta(8, 2, size=40), 20)
+        right_a = rng.random(len(groups)) < accuracy
+        right_b = rng.random(len(groups)) < accuracy - 0.05
+        calls = {name: np.where(right, labels, 1 - labels) for name, right in (("A", right_a), ("B", right_b))}
+        low, high = units.group_bootstrap(groups.astype(str), labels, calls, replicates=400,
+                                          seed=int(rng.integers(1 << 30)))["difference"]["accuracy"]
+        covered += low <= 0.05 <= high
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_precision_at_a_prevalence():
+    assert units.precision_at_prevalence(0.9, 0.95, 0.01) == pytest.approx(0.009 / (0.009 + 0.0495))
+    assert units.precision_at_prevalence(0.9, 0.95, 0.5) == pytest.approx(0.45 / (0.45 + 0.025))
 
 
 # ------------------------------------------------------------ speed benchmark and environment
