@@ -652,20 +652,29 @@ def identify_seq(seqid, sequence, refseq_pro_list=None, istraindata=False):
             for frame_id, nucleotide, protein in select_frames([(seqid, sequence)], reference)]
 
 
-def create_refseq_pro_list(gbff_file):
-    """Map each GenBank record id to the ``/translation`` of each of its CDS
-    features ('' for a CDS without one), as published. Reads plain or gzip."""
+def read_genbank(gbff_file) -> tuple[dict[str, list[str]], dict[str, dict]]:
+    """One pass over a GenBank file (plain or compressed): the ``/translation``
+    of each CDS per record id ('' for a CDS without one, as published), and
+    each record's ``{'organism', 'taxonomy'}`` (its lineage, as GenBank lists it)."""
     from Bio import SeqIO
 
-    proteins = {}
+    proteins, lineages = {}, {}
     with open_text(gbff_file) as handle:
         try:
             for record in SeqIO.parse(handle, "genbank"):
                 proteins[record.id] = [feature.qualifiers.get("translation", [""])[0]
                                        for feature in record.features if feature.type == "CDS"]
+                lineages[record.id] = {"organism": record.annotations.get("organism", ""),
+                                       "taxonomy": list(record.annotations.get("taxonomy", []))}
         except ValueError as error:
             raise InputError(f"{os.fspath(gbff_file)}: not a readable GenBank file ({error})") from None
-    return proteins
+    return proteins, lineages
+
+
+def create_refseq_pro_list(gbff_file):
+    """Map each GenBank record id to the ``/translation`` of each of its CDS
+    features ('' for a CDS without one), as published. Reads plain or gzip."""
+    return read_genbank(gbff_file)[0]
 
 
 class IdentifiedWriter:
@@ -1520,10 +1529,33 @@ class FeatureSet:
                 in zip(self.files, self._starts[:-1], self._starts[1:])]
 
 
+GROUP_LEVELS = ("organism", "genus", "family", "record")
+_FAMILY_ENDINGS = ("viridae", "aceae", "idae")      # virus, bacterial/plant/fungal and animal family names
+
+
+def related_group(record: str, lineage: dict | None, level: str) -> str | None:
+    """The group a record is held out with: its organism (segments, plasmids
+    and chromosomes of one organism together), its genus (the last rank of
+    its GenBank lineage), its family (the last lineage name with a family
+    ending), or the record alone; ``None`` when the lineage does not say."""
+    if level == "record":
+        return record
+    if not lineage or not lineage.get("organism"):
+        return None
+    taxonomy = lineage.get("taxonomy") or []
+    if level == "organism":
+        return lineage["organism"]
+    if level == "genus":
+        return taxonomy[-1] if taxonomy else None
+    return next((name for name in reversed(taxonomy) if name.endswith(_FAMILY_ENDINGS)), None)
+
+
 def genome_split(accessions: Sequence[str], labels: np.ndarray, fraction: float, seed: int) -> set[str]:
-    """Accessions held out so that about ``fraction`` of each class's rows are
-    held out, whole genomes only: frames of one chunk and overlapping chunks
-    of one genome are near-duplicates and must not sit on both sides."""
+    """Groups held out so that about ``fraction`` of each class's rows are
+    held out, whole groups only (``accessions`` holds each row's group: a
+    genome record, or a group of related records): frames of one chunk,
+    overlapping chunks of one genome and relatives are near-duplicates and
+    must not sit on both sides."""
     import random
 
     rng = random.Random(seed)

@@ -51,8 +51,10 @@ NEXT_STEPS = [
 ]
 
 
-def test_rows(features: units.FeatureSet, test_accessions: set) -> np.ndarray:
-    return np.flatnonzero([units.accession_of(i) in test_accessions for i in features.ids])
+def test_rows(features: units.FeatureSet, split: dict) -> np.ndarray:
+    """Rows of held-out records, less the frames identical to a training frame."""
+    test, excluded = set(split["test_accessions"]), set(split.get("excluded_test_frames", ()))
+    return np.flatnonzero([units.accession_of(i) in test and i not in excluded for i in features.ids])
 
 
 PREVALENCES = (0.01, 0.10, 0.50)
@@ -242,7 +244,7 @@ def main(argv=None):
     features = units.FeatureSet(units.find_merged_files(args.merge_dir))
     model_path = units.default_checkpoint_path(args.model, features.chunk_length())
     model, _ = load_model(model_path, "fastesm650", features, device, args.split, test)
-    rows = test_rows(features, test)
+    rows = test_rows(features, split)
     like_for_like = False
     if args.baseline_model:
         baseline = units.FeatureSet(units.find_merged_files(args.baseline_merge_dir),
@@ -267,9 +269,11 @@ def main(argv=None):
         verdict = verdict_of(intervals["difference"]["accuracy"], args.threshold)
     else:
         verdict = "NO LIKE-FOR-LIKE BASELINE" if args.baseline_model else "NO BASELINE"
-    notes = [f"Split {args.split}: {len(test)} held-out records, grouped by record (accession); "
-             f"{len(set(groups))} of them have test frames here ({int(labels.sum())} viral and "
-             f"{int(len(labels) - labels.sum())} host frames).",
+    grouping = split.get("grouping", {"level": "record"})
+    notes = [f"Split {args.split}: {len(test)} held-out records in {len(split.get('test_groups', test))} groups, "
+             f"held out by {grouping['level']}; {len(set(groups))} records have test frames here "
+             f"({int(labels.sum())} viral and {int(len(labels) - labels.sum())} host frames); "
+             f"{len(split.get('excluded_test_frames', ()))} test frames identical to training frames left out.",
              f"FastESM2_650: {model_path}, trained on this split."]
     if like_for_like:
         notes.append(f"ESM2-3B: {args.baseline_model}, trained on this split with the same recipe; both are scored "

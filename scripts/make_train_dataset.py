@@ -6,7 +6,8 @@ under the data folder, cuts the genomes into chunks of --length bases and keeps
 each stop-free frame whose protein is part of an annotated CDS of the same
 record. Writes, beside each ``.fna.gz``, the published files
 ``<name>.<n>.identified_nucleotide.fa`` and ``<name>.<n>.identified_protein.fa``
-plus ``<name>.<n>.identified.json`` (chunk length and counts), which marks the
+plus ``<name>.<n>.identified.json`` (chunk length, counts, each record's organism and
+taxonomy from the GenBank file), which marks the
 pair as done: a re-run skips finished pairs. Files are read straight from gzip.
 
 One script replaces the published make_train_dataset_300.py / _500.py and
@@ -96,7 +97,7 @@ def is_done(pair: GenomePair, chunk_size: int) -> bool:
 def build_pair(pair: GenomePair, chunk_size: int) -> dict:
     """Write the identified files of one genome pair; return its counts."""
     started = time.time()
-    proteins_by_record = units.create_refseq_pro_list(pair.gbff)
+    proteins_by_record, lineages = units.read_genbank(pair.gbff)
     records = chunks = 0
     with units.IdentifiedWriter(pair.nucleotide_file, pair.protein_file) as writer:
         for record in units.read_fasta(pair.fna, alphabet="dna"):
@@ -109,7 +110,8 @@ def build_pair(pair: GenomePair, chunk_size: int) -> dict:
                 writer.write(units.select_frames(batch, reference))
     summary = {"chunk_length": chunk_size, "gbff": os.path.basename(pair.gbff),
                "fna": os.path.basename(pair.fna), "records": records, "chunks": chunks,
-               "frames": writer.frames, "seconds": round(time.time() - started, 1)}
+               "frames": writer.frames, "seconds": round(time.time() - started, 1),
+               "lineages": lineages}          # organism and taxonomy per record: the test split groups by them
     with units.atomic_write(pair.manifest_file) as handle:
         json.dump(summary, handle, indent=1)
     return summary

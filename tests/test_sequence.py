@@ -1,5 +1,6 @@
 """The sequence layer: byte parity with the published VirNucPro, and input handling."""
 import gzip
+import json
 import logging
 import random
 import shutil
@@ -58,6 +59,12 @@ def test_make_train_dataset_matches_golden_and_resumes(tmp_path, length):
     assert sorted(p.name for p in data.iterdir()) == [
         "genomes.genomic.fna.gz", "genomes.genomic.gbff.gz", "genomes.identified.json",
         "genomes.identified_nucleotide.fa", "genomes.identified_protein.fa"]   # no decompressed copies
+    from Bio import SeqIO                    # each record's organism and lineage, for the test split's groups
+    with gzip.open(data / "genomes.genomic.gbff.gz", "rt") as handle:
+        expected = {r.id: {"organism": r.annotations["organism"], "taxonomy": r.annotations["taxonomy"]}
+                    for r in SeqIO.parse(handle, "genbank")}
+    lineages = json.loads((data / "genomes.identified.json").read_text())["lineages"]
+    assert lineages == expected and all(entry["organism"] for entry in lineages.values())
 
     # a second run skips the finished pair
     pair = script.GenomePair(str(data / "genomes.genomic.gbff.gz"), str(data / "genomes.genomic.fna.gz"))

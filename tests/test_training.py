@@ -89,6 +89,59 @@ def test_split_keeps_genomes_whole_and_holds_out_a_tenth_per_class(workspace, tm
     assert "| viral | test |" in capsys.readouterr().out
 
 
+def lineage_records(data_dir, accessions=30):
+    """make_train_dataset.py's records: viral records two by two of one organism (segments), host ones three
+    by three (chromosomes); five viral families and two host families."""
+    lineages = {}
+    for label, stem in CLASSES:
+        for a in range(accessions):
+            organism = f"virus {a // 2}" if label else f"host {a // 3}"
+            family = f"Family{a % 5}viridae" if label else f"Family{a % 2}aceae"
+            lineages[f"{stem}_ACC{a:03d}.1"] = {"organism": organism, "taxonomy": ["Root", family, f"Genus{a % 7}"]}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "all.identified.json").write_text(json.dumps({"chunk_length": 300, "lineages": lineages}))
+    return lineages
+
+
+@pytest.mark.parametrize("level", ["organism", "family"])
+def test_related_records_are_held_out_together(tmp_path, level):
+    merge = make_merged(tmp_path / "data_merge")
+    lineages = lineage_records(tmp_path / "data")
+    output = tmp_path / "split.json"
+    assert create_test_set.main(["--merge-dir", str(merge), "--data-dir", str(tmp_path / "data"), "--output",
+                                 str(output), "--group-by", level]) == 0
+    split = json.loads(output.read_text())
+    assert split["grouping"] == {"level": level, "groups": len({units.related_group(a, l, level)
+                                                                 for a, l in lineages.items()}),
+                                 "records_without_lineage": 0}
+    test = set(split["test_accessions"])
+    sides = {}
+    for accession, lineage in lineages.items():
+        sides.setdefault(units.related_group(accession, lineage, level), set()).add(accession in test)
+    assert all(len(on) == 1 for on in sides.values())                       # no group on both sides
+    assert test and set(split["test_groups"]) == {g for g, on in sides.items() if on == {True}}
+
+
+def test_test_frames_identical_to_training_frames_are_left_out(workspace, trained, tmp_path):
+    merge = tmp_path / "data_merge"
+    shutil.copytree(workspace / "data_merge", merge)
+    split = json.loads((workspace / "test_metadata.json").read_text())
+    test = set(split["test_accessions"])
+    features = units.FeatureSet(units.find_merged_files(merge))
+    train_row = next(k for k, i in enumerate(features.ids) if units.accession_of(i) not in test)
+    test_row = next(k for k, i in enumerate(features.ids) if units.accession_of(i) in test)
+    path, start, _ = next(span for span in features.spans() if span[1] <= test_row < span[2])
+    content = torch.load(path, weights_only=True)
+    content["data"][test_row - start] = features.rows([train_row])[0]        # the same frame in two records
+    torch.save(content, path)
+    output = tmp_path / "split.json"
+    assert create_test_set.main(["--merge-dir", str(merge), "--output", str(output), "--group-by", "record"]) == 0
+    again = json.loads(output.read_text())
+    assert again["test_accessions"] == split["test_accessions"]
+    assert again["excluded_test_frames"] == [features.ids[test_row]]
+    assert features.ids[test_row] not in {features.ids[r] for r in evaluate.test_rows(features, again)}
+
+
 def test_length_distribution_comes_from_the_split_fasta(tmp_path):
     merge_dir = make_merged(tmp_path / "data_merge", accessions=8)
     features = units.FeatureSet(units.find_merged_files(merge_dir))
@@ -235,7 +288,7 @@ def test_evaluation_against_a_baseline_trained_like_for_like(workspace, trained,
     report = (reports / "validation_report.md").read_text()
     for section in ("**Result: PASSED**", "## Metrics", "| ROC-AUC |", "ESM2-3B minus FastESM2_650",
                     "## Precision at other viral prevalences", "| FastESM2_650 | 1% |", "## Confusion matrices",
-                    "## ROC curves", "## By frame length", "Accuracy drop", "grouped by record",
+                    "## ROC curves", "## By frame length", "Accuracy drop", "held out by organism",
                     "trained on this split with the same recipe"):
         assert section in report, section
     accuracy_row = next(line for line in report.splitlines() if line.startswith("| Accuracy |"))
