@@ -1657,8 +1657,9 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 def group_bootstrap(groups: Sequence[str], labels: np.ndarray, predicted: dict[str, np.ndarray],
                     replicates: int = 2000, seed: int = 0) -> dict:
     """95% percentile intervals of accuracy, precision, recall and F1 by
-    resampling held-out groups (records), not rows, with replacement within
-    each class: rows of one record are not independent evidence.
+    resampling held-out groups (records, or groups of related records), not
+    rows, with replacement within each class: rows of one group are not
+    independent evidence.
 
     ``predicted`` maps a classifier's name to its 0/1 calls per row. Returns
     ``{name: {metric: (low, high)}}`` and, with two classifiers ``a``, ``b``
@@ -1667,7 +1668,7 @@ def group_bootstrap(groups: Sequence[str], labels: np.ndarray, predicted: dict[s
     rng = np.random.default_rng(seed)
     group_ids, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
     group_label = np.zeros(len(group_ids), dtype=np.int64)
-    group_label[group_of] = labels
+    np.maximum.at(group_label, group_of, labels)      # a group holding viral rows is resampled with the viral ones
     weights = np.zeros((replicates, len(group_ids)))
     for label in (0, 1):
         members = np.flatnonzero(group_label == label)

@@ -99,6 +99,7 @@ def build_split(features: units.FeatureSet, fraction: float, seed: int, lengths:
             "rule": "a row is a test row when its accession (frame id before '_chunk_') is in test_accessions "
                     "and its id is not in excluded_test_frames",
             "test_groups": sorted(held_out), "test_accessions": sorted(test_accessions),
+            "test_group_of": {a: groups[a] for a in sorted(test_accessions)},
             "train_accessions": sorted(set(accessions) - test_accessions),
             "excluded_test_frames": excluded, "classes": classes, "files": files}
 

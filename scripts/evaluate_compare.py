@@ -14,8 +14,8 @@ random per-frame split over all records, so they have seen the test genomes:
 given as --baseline-model they are reported in a section of their own, as an
 optimistic bound, and never enter the verdict.
 
-Every metric comes with a 95% interval from a bootstrap over test records
-(groups), not frames; the verdict uses the interval of the paired accuracy
+Every metric comes with a 95% interval from a bootstrap over the split's
+held-out groups (organisms by default), not frames; the verdict uses the interval of the paired accuracy
 drop (ESM2-3B minus FastESM2_650): PASSED when its upper bound is under
 --threshold (5 points), FAILED when its lower bound is at or above it,
 INCONCLUSIVE otherwise (exit status 1 for FAILED). Precision and FDR are also
@@ -256,7 +256,8 @@ def main(argv=None):
         raise units.InputError("no test frames to evaluate: check --split against --merge-dir "
                                "(and --baseline-merge-dir)")
     labels = features.labels[rows]
-    groups = [units.accession_of(features.ids[r]) for r in rows]
+    group_of = split.get("test_group_of", {})            # resample the split's groups, e.g. organisms
+    groups = [group_of.get(a, a) for a in (units.accession_of(features.ids[r]) for r in rows)]
     probabilities = {"FastESM2_650": score(model, features, rows)}
     if args.baseline_model:
         probabilities["ESM2-3B"] = score(baseline_model, baseline,
@@ -271,7 +272,7 @@ def main(argv=None):
         verdict = "NO LIKE-FOR-LIKE BASELINE" if args.baseline_model else "NO BASELINE"
     grouping = split.get("grouping", {"level": "record"})
     notes = [f"Split {args.split}: {len(test)} held-out records in {len(split.get('test_groups', test))} groups, "
-             f"held out by {grouping['level']}; {len(set(groups))} records have test frames here "
+             f"held out by {grouping['level']}; {len(set(groups))} of the groups have test frames here "
              f"({int(labels.sum())} viral and {int(len(labels) - labels.sum())} host frames); "
              f"{len(split.get('excluded_test_frames', ()))} test frames identical to training frames left out.",
              f"FastESM2_650: {model_path}, trained on this split."]

@@ -120,6 +120,7 @@ def test_related_records_are_held_out_together(tmp_path, level):
         sides.setdefault(units.related_group(accession, lineage, level), set()).add(accession in test)
     assert all(len(on) == 1 for on in sides.values())                       # no group on both sides
     assert test and set(split["test_groups"]) == {g for g, on in sides.items() if on == {True}}
+    assert split["test_group_of"] == {a: units.related_group(a, lineages[a], level) for a in sorted(test)}
 
 
 def test_test_frames_identical_to_training_frames_are_left_out(workspace, trained, tmp_path):
