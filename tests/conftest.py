@@ -89,3 +89,18 @@ def predict_args(models, output_dir, *extra, input_fasta=GOLDEN / "prediction/in
     """prediction.py's arguments for a CPU run on the tiny models."""
     return [str(input_fasta), "300", checkpoint or models["checkpoint"], "-o", str(output_dir), "--device", "cpu",
             "--dna-model", models["dna"], "--protein-model", models["protein"], "--chunks-per-shard", "100", *extra]
+
+
+def interrupt_after(monkeypatch, name, calls):
+    """Make ``units.<name>`` stop the run (as Ctrl-C would) when called for the ``calls + 1``-th time."""
+    import units
+
+    original, made = getattr(units, name), []
+
+    def interrupted(*args, **kwargs):
+        made.append(1)
+        if len(made) > calls:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(units, name, interrupted)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import units
-from conftest import ROOT, load_script
+from conftest import ROOT, interrupt_after, load_script
 
 features = load_script("features_extract.py")
 validate = load_script("scripts/validate_features.py")
@@ -126,18 +126,10 @@ def test_resuming_with_another_model_is_refused_until_restart(tiny_models, tmp_p
     dna = tmp_path / "dnabert"
     shutil.copytree(tiny_models["dna"], dna)
     models = {**tiny_models, "dna": str(dna)}
-    original, calls = units.merge_data, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[2])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(units, "merge_data", interrupted)
+    interrupt_after(monkeypatch, "merge_data", 2)
     with pytest.raises(KeyboardInterrupt):
         features.main(extract_args(models, data))
-    monkeypatch.setattr(units, "merge_data", original)
+    monkeypatch.undo()
     state = torch.load(dna / "pytorch_model.bin", weights_only=True)
     state["encoder.layer.0.mlp.wo.bias"] += 0.5
     torch.save(state, dna / "pytorch_model.bin")                    # the DNA model changed in between

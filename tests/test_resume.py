@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import units
-from conftest import ROOT, load_script, predict_args
+from conftest import ROOT, interrupt_after, load_script, predict_args
 
 prediction = load_script("prediction.py")
 SAMPLE = ROOT / "data/sample.fasta"          # 10 reads, 10 chunks: 4 shards of 3 chunks
@@ -35,19 +35,6 @@ def classifier_file(path, seed):
     return str(path)
 
 
-def interrupt_after_shards(monkeypatch, shards):
-    """Make the next run stop (as Ctrl-C would) once ``shards`` shards are done."""
-    original, calls = units.extract_protein, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > shards:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(units, "extract_protein", interrupted)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
@@ -61,7 +48,7 @@ def test_a_checkpoint_swapped_for_one_of_equal_size_is_refused(models, checkpoin
     checkpoint = tmp_path / "model_fastesm650_300.pth"
     shutil.copy(first, checkpoint)
     output = tmp_path / "out"
-    interrupt_after_shards(monkeypatch, 2)
+    interrupt_after(monkeypatch, "extract_protein", 2)      # after two shards
     with pytest.raises(KeyboardInterrupt):
         prediction.main(sample_args(models, output, checkpoint=str(checkpoint)))
     monkeypatch.undo()
@@ -81,7 +68,7 @@ def test_a_model_folder_whose_weights_changed_is_refused(models, tmp_path, monke
     shutil.copytree(models["protein"], protein)
     args = sample_args(models, tmp_path / "out")
     args[args.index("--protein-model") + 1] = str(protein)
-    interrupt_after_shards(monkeypatch, 1)
+    interrupt_after(monkeypatch, "extract_protein", 1)
     with pytest.raises(KeyboardInterrupt):
         prediction.main(args)
     monkeypatch.undo()
