@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+import evaluation
 import units
 
 STATE_SUFFIX = ".training_state.pt"
@@ -93,7 +94,7 @@ def chunk_length(features: units.FeatureSet, merge_dir: str, given: int | None) 
 def split_rows(features: units.FeatureSet, split_file: str, val_fraction: float, seed: int):
     """Train and validation row indices, and the record fingerprints to keep
     with the model; test records are left out, unknown ones refused."""
-    split = units.read_split(split_file)
+    split = evaluation.read_split(split_file)
     test = set(split["test_accessions"])
     accessions = np.array(features.accessions(), dtype=object)
     unknown = sorted(set(accessions) - test - set(split["train_accessions"]))
@@ -102,15 +103,15 @@ def split_rows(features: units.FeatureSet, split_file: str, val_fraction: float,
                                f"{unknown[0]}): they were added after the split was made; run "
                                "scripts/create_test_set.py again")
     kept = np.flatnonzero([a not in test for a in accessions])
-    validation = units.genome_split(accessions[kept].tolist(), features.labels[kept], val_fraction, seed)
+    validation = evaluation.genome_split(accessions[kept].tolist(), features.labels[kept], val_fraction, seed)
     is_validation = np.array([a in validation for a in accessions[kept]], dtype=bool)
     train, val = kept[~is_validation], kept[is_validation]
     for name, rows in (("training", train), ("validation", val)):
         if len(set(features.labels[rows].tolist())) < 2:
             raise units.InputError(f"the {name} set lacks a class ({len(rows)} rows); more genomes are needed")
-    records = {"file": os.path.abspath(split_file), "test_records": units.record_fingerprint(test),
-               "train_records": units.record_fingerprint(accessions[train]),
-               "validation_records": units.record_fingerprint(accessions[val])}
+    records = {"file": os.path.abspath(split_file), "test_records": evaluation.record_fingerprint(test),
+               "train_records": evaluation.record_fingerprint(accessions[train]),
+               "validation_records": evaluation.record_fingerprint(accessions[val])}
     return train, val, records
 
 
@@ -124,7 +125,7 @@ def evaluate(model, features, rows, device, batch=4096):
             targets = torch.from_numpy(features.labels[chosen]).to(device)
             loss += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
             probabilities.append(torch.softmax(logits, dim=1).float().cpu().numpy())
-    metrics = units.classification_metrics(features.labels[rows], np.concatenate(probabilities))
+    metrics = evaluation.classification_metrics(features.labels[rows], np.concatenate(probabilities))
     return loss / len(rows), metrics
 
 

@@ -16,7 +16,7 @@ Sections:
   6. Language models: sources, devices, loading with weight verification
   7. Embedding extraction (DNABERT-S, FastESM2_650, ESM2-3B baseline)
   8. Merging DNA and protein features
-  9. Merged feature sets, genome-level splits and metrics
+  9. Merged feature sets
  10. Classifier, checkpoints and prediction
  11. Plots
 """
@@ -32,7 +32,6 @@ import itertools
 import json
 import logging
 import lzma
-import math
 import os
 import shutil
 import socket
@@ -1415,7 +1414,7 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
 
 
 # =============================================================================
-# 9. Merged feature sets, genome-level splits and metrics
+# 9. Merged feature sets
 # =============================================================================
 
 def load_merged_file(path, expected_dim: int = MERGED_DIM) -> dict:
@@ -1527,174 +1526,6 @@ class FeatureSet:
         """``(file, first row, end row)`` of each file."""
         return [(path, int(start), int(end)) for path, start, end
                 in zip(self.files, self._starts[:-1], self._starts[1:])]
-
-
-GROUP_LEVELS = ("organism", "genus", "family", "record")
-_FAMILY_ENDINGS = ("viridae", "aceae", "idae")      # virus, bacterial/plant/fungal and animal family names
-
-
-def related_group(record: str, lineage: dict | None, level: str) -> str | None:
-    """The group a record is held out with: its organism (segments, plasmids
-    and chromosomes of one organism together), its genus (the last rank of
-    its GenBank lineage), its family (the last lineage name with a family
-    ending), or the record alone; ``None`` when the lineage does not say."""
-    if level == "record":
-        return record
-    if not lineage or not lineage.get("organism"):
-        return None
-    taxonomy = lineage.get("taxonomy") or []
-    if level == "organism":
-        return lineage["organism"]
-    if level == "genus":
-        return taxonomy[-1] if taxonomy else None
-    return next((name for name in reversed(taxonomy) if name.endswith(_FAMILY_ENDINGS)), None)
-
-
-def genome_split(accessions: Sequence[str], labels: np.ndarray, fraction: float, seed: int) -> set[str]:
-    """Groups held out so that about ``fraction`` of each class's rows are
-    held out, whole groups only (``accessions`` holds each row's group: a
-    genome record, or a group of related records): frames of one chunk,
-    overlapping chunks of one genome and relatives are near-duplicates and
-    must not sit on both sides."""
-    import random
-
-    rng = random.Random(seed)
-    held_out = set()
-    for label in sorted(set(labels.tolist())):
-        rows: dict[str, int] = {}
-        for accession, row_label in zip(accessions, labels):
-            if row_label == label:
-                rows[accession] = rows.get(accession, 0) + 1
-        order = sorted(rows)
-        rng.shuffle(order)
-        target, taken = fraction * sum(rows.values()), 0
-        for accession in order:
-            if abs(taken + rows[accession] - target) < abs(taken - target):
-                held_out.add(accession)
-                taken += rows[accession]
-    return held_out
-
-
-def frame_lengths(merged_files: Sequence[str], data_dir) -> dict[str, int]:
-    """Nucleotide length of the frames of merged files, read from the split
-    FASTA files features_extract.py worked on (``<name>.identified_nucleotide/
-    output_N.fa`` under ``data_dir``); frames whose file is gone are left out."""
-    split_dirs = {}
-    for root, folders, _ in os.walk(data_dir):
-        for folder in folders:
-            if folder.endswith(".identified_nucleotide"):
-                split_dirs[folder[:-len(".identified_nucleotide")]] = os.path.join(root, folder)
-    lengths = {}
-    for path in merged_files:
-        stem = os.path.basename(os.path.dirname(path))[:-len("_merged")]
-        fasta = os.path.join(split_dirs.get(stem, ""), os.path.basename(path)[:-len("_merged.pt")] + ".fa")
-        if stem in split_dirs and os.path.exists(fasta):
-            lengths.update((record.id, len(record.sequence)) for record in read_fasta(fasta, alphabet=None))
-    return lengths
-
-
-def classification_metrics(labels, probabilities) -> dict:
-    """Accuracy, precision, recall, F1 (viral = positive), ROC-AUC and the
-    confusion matrix ``[[TN, FP], [FN, TP]]`` from ``[others, virus]``
-    probabilities; the predicted class is the arg-max ('others' on a tie, as
-    published)."""
-    from sklearn import metrics
-
-    labels = np.asarray(labels)
-    probabilities = np.asarray(probabilities)
-    predicted = (probabilities[:, 1] > probabilities[:, 0]).astype(int)
-    both_classes = len(set(labels.tolist())) == 2
-    return {
-        "n": int(len(labels)),
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
-        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
-        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
-        "roc_auc": float(metrics.roc_auc_score(labels, probabilities[:, 1])) if both_classes else float("nan"),
-        "confusion_matrix": metrics.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
-    }
-
-
-def read_split(path) -> dict:
-    """A split file of scripts/create_test_set.py: the records it holds out
-    (``test_accessions``) and all the others it knows (``train_accessions``)."""
-    try:
-        with open(path) as handle:
-            split = json.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such split file; run scripts/create_test_set.py first") from None
-    except (ValueError, UnicodeDecodeError):
-        split = None
-    if not isinstance(split, dict) or "test_accessions" not in split:
-        raise InputError(f"{path}: not a split file from scripts/create_test_set.py")
-    if "train_accessions" not in split:
-        raise InputError(f"{path}: made by an older scripts/create_test_set.py that did not list every record; "
-                         "run it again")
-    return split
-
-
-def record_fingerprint(records: Iterable[str]) -> str:
-    """SHA-256 of a set of record ids: what a checkpoint records of the records
-    it was trained, validated and tested on."""
-    return hashlib.sha256("\n".join(sorted(set(records))).encode()).hexdigest()
-
-
-BOOTSTRAP_METRICS = ("accuracy", "precision", "recall", "f1")
-
-
-def _confusion_metrics(tp, fp, fn, tn) -> dict[str, np.ndarray]:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {"accuracy": (tp + tn) / (tp + fp + fn + tn), "precision": tp / (tp + fp),
-                "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn)}
-
-
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    """The 2.5th and 97.5th percentiles; NaN where no replicate defines the metric (precision without calls)."""
-    defined = values[~np.isnan(values)]
-    return tuple(float(v) for v in np.percentile(defined, [2.5, 97.5])) if len(defined) else (math.nan, math.nan)
-
-
-def group_bootstrap(groups: Sequence[str], labels: np.ndarray, predicted: dict[str, np.ndarray],
-                    replicates: int = 2000, seed: int = 0) -> dict:
-    """95% percentile intervals of accuracy, precision, recall and F1 by
-    resampling held-out groups (records, or groups of related records), not
-    rows, with replacement within each class: rows of one group are not
-    independent evidence.
-
-    ``predicted`` maps a classifier's name to its 0/1 calls per row. Returns
-    ``{name: {metric: (low, high)}}`` and, with two classifiers ``a``, ``b``
-    (in that order), ``'difference'``: the interval of each metric of ``a``
-    minus ``b`` on the same resamples."""
-    rng = np.random.default_rng(seed)
-    group_ids, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
-    group_label = np.zeros(len(group_ids), dtype=np.int64)
-    np.maximum.at(group_label, group_of, labels)      # a group holding viral rows is resampled with the viral ones
-    weights = np.zeros((replicates, len(group_ids)))
-    for label in (0, 1):
-        members = np.flatnonzero(group_label == label)
-        if len(members):
-            weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)),
-                                                  size=replicates)
-    replicated = {}
-    for name, calls in predicted.items():
-        outcome = np.zeros((len(group_ids), 4))           # tp, fp, fn, tn per group
-        for column, (label, call) in enumerate(((1, 1), (0, 1), (1, 0), (0, 0))):
-            np.add.at(outcome[:, column], group_of, (labels == label) & (calls == call))
-        replicated[name] = _confusion_metrics(*(weights @ outcome).T)
-    result = {name: {metric: _interval(values[metric]) for metric in BOOTSTRAP_METRICS}
-              for name, values in replicated.items()}
-    if len(predicted) == 2:
-        first, second = (replicated[name] for name in predicted)
-        result["difference"] = {metric: _interval(first[metric] - second[metric]) for metric in BOOTSTRAP_METRICS}
-    return result
-
-
-def precision_at_prevalence(recall: float, specificity: float, prevalence: float) -> float:
-    """Precision (positive predictive value) when a fraction ``prevalence`` of
-    the sequences is viral: sensitivity and specificity do not depend on the
-    class balance of the test set, precision does."""
-    true_calls, false_calls = recall * prevalence, (1 - specificity) * (1 - prevalence)
-    return true_calls / (true_calls + false_calls) if true_calls + false_calls else float("nan")
 
 
 # =============================================================================

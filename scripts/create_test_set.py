@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+import evaluation
 import units
 
 CLASSES = {1: "viral", 0: "host"}
@@ -74,10 +75,10 @@ def identical_test_frames(features: units.FeatureSet, in_test: np.ndarray) -> li
 def build_split(features: units.FeatureSet, fraction: float, seed: int, lengths: dict, lineages: dict,
                 level: str) -> dict:
     accessions = features.accessions()
-    groups = {a: units.related_group(a, lineages.get(a), level) for a in set(accessions)}
+    groups = {a: evaluation.related_group(a, lineages.get(a), level) for a in set(accessions)}
     ungrouped = sorted(a for a, group in groups.items() if group is None)
     groups.update({a: f"record {a}" for a in ungrouped})
-    held_out = units.genome_split([groups[a] for a in accessions], features.labels, fraction, seed)
+    held_out = evaluation.genome_split([groups[a] for a in accessions], features.labels, fraction, seed)
     test_accessions = {a for a, group in groups.items() if group in held_out}
     in_test = np.array([a in test_accessions for a in accessions], dtype=bool)
     excluded = identical_test_frames(features, in_test)
@@ -121,7 +122,7 @@ def main(argv=None):
     parser.add_argument("--merge-dir", default="data/data_merge", help="merged features (default: data/data_merge)")
     parser.add_argument("--data-dir", default="data", help="where the split FASTA files are, for frame lengths")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each class held out (default 0.1)")
-    parser.add_argument("--group-by", choices=units.GROUP_LEVELS, default="organism",
+    parser.add_argument("--group-by", choices=evaluation.GROUP_LEVELS, default="organism",
                         help="what is held out together (default: organism)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default="data/test_set/test_metadata.json",
@@ -130,7 +131,7 @@ def main(argv=None):
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must be between 0 and 1")
     features = units.FeatureSet(units.find_merged_files(args.merge_dir))
-    lengths = units.frame_lengths(features.files, args.data_dir)
+    lengths = evaluation.frame_lengths(features.files, args.data_dir)
     split = build_split(features, args.test_fraction, args.seed, lengths, read_lineages(args.data_dir),
                         args.group_by)
     split["merge_dir"] = os.path.abspath(args.merge_dir)

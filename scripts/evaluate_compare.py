@@ -36,6 +36,7 @@ import os
 
 import numpy as np
 
+import evaluation
 import units
 
 METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
@@ -71,7 +72,7 @@ def load_model(model_path, pipeline, features, device, split_file, test: set):
     if not isinstance(recorded, dict):
         raise units.InputError(f"{model_path}: does not record the split it was trained on, so it may have been "
                                f"trained on test records; retrain it with train_fastesm.py --split {split_file}")
-    if recorded.get("test_records") != units.record_fingerprint(test):
+    if recorded.get("test_records") != evaluation.record_fingerprint(test):
         raise units.InputError(f"{model_path}: trained with another split than {split_file} (its held-out records "
                                "differ), so some test records may be its training data; evaluate it with the split "
                                "it was trained with, or retrain it on this one")
@@ -100,7 +101,7 @@ def prevalence_rows(metrics: dict) -> list[tuple[float, float, float]]:
     specificity = tn / (tn + fp) if tn + fp else float("nan")
     rows = []
     for prevalence in PREVALENCES:
-        precision = units.precision_at_prevalence(metrics["recall"], specificity, prevalence)
+        precision = evaluation.precision_at_prevalence(metrics["recall"], specificity, prevalence)
         rows.append((prevalence, precision, 1 - precision))
     return rows
 
@@ -110,7 +111,7 @@ def length_breakdown(ids, labels, probabilities, lengths) -> list[dict]:
     for low, high in LENGTH_BINS:
         chosen = [k for k, i in enumerate(ids) if i in lengths and low <= lengths[i] < high]
         if chosen:
-            metrics = units.classification_metrics(labels[chosen], probabilities[chosen])
+            metrics = evaluation.classification_metrics(labels[chosen], probabilities[chosen])
             breakdown.append({"bin": f"{low}-{high if high < 10_000 else ''} bp", **metrics})
     return breakdown
 
@@ -238,7 +239,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    split = units.read_split(args.split)
+    split = evaluation.read_split(args.split)
     test = set(split["test_accessions"])
     device = units.resolve_device(args.device)
     features = units.FeatureSet(units.find_merged_files(args.merge_dir))
@@ -262,9 +263,9 @@ def main(argv=None):
     if args.baseline_model:
         probabilities["ESM2-3B"] = score(baseline_model, baseline,
                                          np.array([baseline_index[features.ids[r]] for r in rows], dtype=np.int64))
-    results = {name: units.classification_metrics(labels, p) for name, p in probabilities.items()}
+    results = {name: evaluation.classification_metrics(labels, p) for name, p in probabilities.items()}
     ordered = sorted(probabilities, key=lambda name: name != "ESM2-3B")          # difference: ESM2-3B minus ours
-    intervals = units.group_bootstrap(groups, labels, {name: calls(probabilities[name]) for name in ordered},
+    intervals = evaluation.group_bootstrap(groups, labels, {name: calls(probabilities[name]) for name in ordered},
                                       args.replicates, args.seed)
     if like_for_like:
         verdict = verdict_of(intervals["difference"]["accuracy"], args.threshold)
@@ -292,7 +293,7 @@ def main(argv=None):
     roc_file = os.path.join(args.report_dir, "roc_curves.png")
     roc_png({name: (labels, p) for name, p in probabilities.items()}, roc_file)
     breakdown = length_breakdown([features.ids[r] for r in rows], labels, probabilities["FastESM2_650"],
-                                 units.frame_lengths(features.files, args.data_dir))
+                                 evaluation.frame_lengths(features.files, args.data_dir))
     report = os.path.join(args.report_dir, "validation_report.md")
     write_report(report, results, like_for_like, verdict, intervals, args.threshold, breakdown, roc_file, notes)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import evaluation
 import units
 from conftest import ROOT, load_script
 
@@ -111,16 +112,16 @@ def test_related_records_are_held_out_together(tmp_path, level):
     assert create_test_set.main(["--merge-dir", str(merge), "--data-dir", str(tmp_path / "data"), "--output",
                                  str(output), "--group-by", level]) == 0
     split = json.loads(output.read_text())
-    assert split["grouping"] == {"level": level, "groups": len({units.related_group(a, l, level)
+    assert split["grouping"] == {"level": level, "groups": len({evaluation.related_group(a, l, level)
                                                                  for a, l in lineages.items()}),
                                  "records_without_lineage": 0}
     test = set(split["test_accessions"])
     sides = {}
     for accession, lineage in lineages.items():
-        sides.setdefault(units.related_group(accession, lineage, level), set()).add(accession in test)
+        sides.setdefault(evaluation.related_group(accession, lineage, level), set()).add(accession in test)
     assert all(len(on) == 1 for on in sides.values())                       # no group on both sides
     assert test and set(split["test_groups"]) == {g for g, on in sides.items() if on == {True}}
-    assert split["test_group_of"] == {a: units.related_group(a, lineages[a], level) for a in sorted(test)}
+    assert split["test_group_of"] == {a: evaluation.related_group(a, lineages[a], level) for a in sorted(test)}
 
 
 def test_test_frames_identical_to_training_frames_are_left_out(workspace, trained, tmp_path):
@@ -151,7 +152,7 @@ def test_length_distribution_comes_from_the_split_fasta(tmp_path):
     with open(fasta_dir / "output_1.fa", "w") as handle:
         for i in torch.load(merge_dir / "viral.1.1_merged/output_1_merged.pt", weights_only=True)["ids"]:
             handle.write(f">{i}\n{'A' * 300}\n")
-    lengths = units.frame_lengths(features.files, tmp_path / "data")
+    lengths = evaluation.frame_lengths(features.files, tmp_path / "data")
     assert set(lengths.values()) == {300} and len(lengths) == min(50, sum(features.labels == 1))
 
 
@@ -254,7 +255,7 @@ def test_metrics_equal_scikit_learn():
     virus = np.array([0.9, 0.6, 0.4, 0.2, 0.7, 0.5, 0.8, 0.1])       # 0.5: a tie, called 'others'
     probabilities = np.stack([1 - virus, virus], axis=1)
     predicted = np.array([1, 1, 0, 0, 1, 0, 1, 0])
-    result = units.classification_metrics(labels, probabilities)
+    result = evaluation.classification_metrics(labels, probabilities)
     assert result["accuracy"] == metrics.accuracy_score(labels, predicted) == 0.75
     assert result["precision"] == metrics.precision_score(labels, predicted)
     assert result["recall"] == metrics.recall_score(labels, predicted)
@@ -371,15 +372,15 @@ def test_group_bootstrap_covers_a_known_difference_at_about_the_nominal_rate():
         right_a = rng.random(len(groups)) < accuracy
         right_b = rng.random(len(groups)) < accuracy - 0.05
         calls = {name: np.where(right, labels, 1 - labels) for name, right in (("A", right_a), ("B", right_b))}
-        low, high = units.group_bootstrap(groups.astype(str), labels, calls, replicates=400,
+        low, high = evaluation.group_bootstrap(groups.astype(str), labels, calls, replicates=400,
                                           seed=int(rng.integers(1 << 30)))["difference"]["accuracy"]
         covered += low <= 0.05 <= high
     assert 0.88 <= covered / trials <= 0.99
 
 
 def test_precision_at_a_prevalence():
-    assert units.precision_at_prevalence(0.9, 0.95, 0.01) == pytest.approx(0.009 / (0.009 + 0.0495))
-    assert units.precision_at_prevalence(0.9, 0.95, 0.5) == pytest.approx(0.45 / (0.45 + 0.025))
+    assert evaluation.precision_at_prevalence(0.9, 0.95, 0.01) == pytest.approx(0.009 / (0.009 + 0.0495))
+    assert evaluation.precision_at_prevalence(0.9, 0.95, 0.5) == pytest.approx(0.45 / (0.45 + 0.025))
 
 
 # ------------------------------------------------------------ speed benchmark and environment
