@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Group-disjoint cross-validation: K splits, both classifiers trained and evaluated on each.
+
+    python scripts/cross_validate.py --folds 5 [--group-by organism] [--frames-only]
+
+The groups of related records (--group-by, as scripts/create_test_set.py) are
+dealt into K folds of about equal size per class; for each fold k, fold k is
+held out, the FastESM2_650 classifier and the ESM2-3B baseline (when
+--baseline-merge-dir holds features) are trained on the rest with the same
+recipe (train_fastesm.py), and scripts/evaluate_compare.py scores both. Every
+held-out record is tested exactly once across the folds.
+
+Writes reports/cross_validation.md: per level, each metric's mean and
+standard deviation over the folds for each classifier and for the paired
+difference (ESM2-3B minus FastESM2_650), and each fold's result. Each fold's
+split, models, evaluation and report are kept in --work-dir/fold_<k>/; a
+re-run reuses the finished ones (a work folder holding another
+cross-validation's settings is refused).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import evaluation
+import units
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+           ("roc_auc", "ROC-AUC"))
+NAMES = (("fastesm650", "FastESM2_650"), ("esm2_3b", "ESM2-3B"))
+SETTINGS_FILE = "cross_validation.json"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=5, help="number of folds (default %(default)s)")
+    parser.add_argument("--group-by", choices=evaluation.GROUP_LEVELS, default="organism",
+                        help="what is held out together (default: organism)")
+    parser.add_argument("--merge-dir", default="data/data_merge", help="FastESM2_650 merged features")
+    parser.add_argument("--baseline-merge-dir", default="data/data_merge_esm2_3b",
+                        help="ESM2-3B merged features; without them, FastESM2_650 alone")
+    parser.add_argument("--data-dir", default="data", help="genomes and lineages (default: data)")
+    parser.add_argument("--work-dir", default="data/cross_validation",
+                        help="each fold's split, models and evaluation (default: %(default)s)")
+    parser.add_argument("--report", default="reports/cross_validation.md", help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=42, help="fold assignment seed (default 42)")
+    parser.add_argument("--frames-only", action="store_true",
+                        help="evaluate the frames of annotated CDS only (no prediction runs)")
+    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
+    for option in ("--models-dir", "--dna-model", "--protein-model", "--baseline-protein-model"):
+        parser.add_argument(option, help="passed to scripts/evaluate_compare.py")
+    parser.add_argument("--epochs", type=int, help="passed to train_fastesm.py (default: its own)")
+    parser.add_argument("--lr", type=float, help="passed to train_fastesm.py")
+    parser.add_argument("--patience", type=int, help="passed to train_fastesm.py")
+    parser.add_argument("--batch-size", type=int, help="passed to train_fastesm.py")
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error("--folds must be at least 2")
+    return args
+
+
+def options(args, names) -> list[str]:
+    """``--name value`` for each of ``names`` the user gave."""
+    given = []
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value is not False:
+            given += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return given
+
+
+def run(script: str, *arguments, allowed=(0,)) -> None:
+    command = [sys.executable, os.path.join(ROOT, script), *map(str, arguments)]
+    status = subprocess.run(command).returncode
+    if status not in allowed:
+        raise units.InputError(f"{script} stopped (exit status {status}; its message is above)")
+
+
+def check_settings(args) -> None:
+    """One cross-validation per work folder: finished folds are reused only for the same settings."""
+    keys = ("folds", "group_by", "merge_dir", "baseline_merge_dir", "data_dir", "seed", "frames_only", "epochs",
+            "lr", "patience", "batch_size")
+    settings = {key: getattr(args, key) for key in keys}
+    path = os.path.join(args.work_dir, SETTINGS_FILE)
+    if os.path.exists(path):
+        with open(path) as handle:
+            if json.load(handle) != settings:
+                raise units.InputError(f"{args.work_dir} holds a cross-validation with other settings; give another "
+                                       "--work-dir, or delete that one")
+    os.makedirs(args.work_dir, exist_ok=True)
+    with units.atomic_write(path) as handle:
+        json.dump(settings, handle, indent=1)
+
+
+def run_fold(args, fold: int, baseline: bool) -> str:
+    """Split, train and evaluate one fold; its report folder."""
+    folder = os.path.join(args.work_dir, f"fold_{fold}")
+    split, reports = os.path.join(folder, "test_metadata.json"), os.path.join(folder, "report")
+    units.logger.info(f"fold {fold} of {args.folds}")
+    if not os.path.exists(split):
+        run("scripts/create_test_set.py", "--merge-dir", args.merge_dir, "--data-dir", args.data_dir, "--group-by",
+            args.group_by, "--folds", args.folds, "--fold", fold, "--seed", args.seed, "--output", split)
+    models = {}
+    for pipeline, merge_dir in (("fastesm650", args.merge_dir), ("esm2_3b", args.baseline_merge_dir)):
+        if pipeline == "esm2_3b" and not baseline:
+            continue
+        models[pipeline] = os.path.join(folder, f"model_{pipeline}.pth")
+        if not os.path.exists(models[pipeline]):
+            run("train_fastesm.py", "--pipeline", pipeline, "--merge-dir", merge_dir, "--split", split, "--output",
+                models[pipeline], "--device", args.device, *options(args, ("epochs", "lr", "patience", "batch_size")))
+    arguments = ["--model", models["fastesm650"], "--merge-dir", args.merge_dir, "--split", split, "--data-dir",
+                 args.data_dir, "--work-dir", os.path.join(folder, "evaluation"), "--report-dir", reports,
+                 "--device", args.device,
+                 *options(args, ("frames_only", "models_dir", "dna_model", "protein_model", "baseline_protein_model"))]
+    if baseline:
+        arguments += ["--baseline-model", models["esm2_3b"], "--baseline-merge-dir", args.baseline_merge_dir]
+    if not os.path.exists(os.path.join(reports, "validation_summary.json")):
+        run("scripts/evaluate_compare.py", *arguments, allowed=(0, 1))        # 1: this fold FAILED
+    return reports
+
+
+def read_fold(reports: str, baseline: bool) -> dict:
+    with open(os.path.join(reports, "validation_summary.json")) as handle:
+        fold = {"summary": json.load(handle)}
+    for pipeline, name in NAMES[:1 + baseline]:
+        with open(os.path.join(reports, f"metrics_{pipeline}.json")) as handle:
+            fold[name] = json.load(handle)
+    return fold
+
+
+def mean_sd(values) -> str:
+    values = np.array([v for v in values if v is not None and not np.isnan(v)], dtype=float)
+    if not len(values):
+        return "n/a"
+    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0:.4f}"
+
+
+def write_report(path: str, args, folds: list[dict], baseline: bool) -> None:
+    titles = dict(evaluation.LEVELS)
+    names = [name for _, name in NAMES[:1 + baseline]]
+    lines = ["# Cross-validation: FastESM2_650 against the ESM2-3B baseline", "",
+             f"{args.folds} group-disjoint folds, records held out by {args.group_by} (seed {args.seed}); in each "
+             "fold both classifiers were trained on the other folds with the same recipe and scored on the held-out "
+             "one, so every record was tested once. Mean ± standard deviation over the folds.", ""]
+    for level in titles:
+        if level not in folds[0][names[0]]:
+            continue
+        header = "| metric | " + " | ".join(names) + (" | ESM2-3B minus FastESM2_650 | range |" if baseline else " |")
+        lines += [f"## {titles[level]}", "", header, "|---|" + "---:|" * (len(names) + 2 * baseline)]
+        for key, label in METRICS:
+            cells = [mean_sd(fold[name][level][key] for fold in folds) for name in names]
+            if baseline:
+                differences = [fold["ESM2-3B"][level][key] - fold["FastESM2_650"][level][key] for fold in folds]
+                cells += [mean_sd(differences), f"{min(differences):.4f} to {max(differences):.4f}"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Folds", "", "| fold | result | " + " | ".join(titles[level].split(" (")[0] for level in titles
+                                                              if level in folds[0][names[0]]) + " |"]
+    levels = [level for level in titles if level in folds[0][names[0]]]
+    lines.append("|---|---|" + "---|" * len(levels))
+    for k, fold in enumerate(folds, start=1):
+        verdicts = fold["summary"]["verdicts"]
+        lines.append(f"| {k} | {fold['summary']['result']} | " + " | ".join(
+            f"{fold[names[0]][level]['n']} rows" + (f", {verdicts[level]}" if level in verdicts else "")
+            for level in levels) + " |")
+    lines += ["", f"Each fold's report: {args.work_dir}/fold_<k>/report/validation_report.md."]
+    with units.atomic_write(path) as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    baseline = os.path.isdir(args.baseline_merge_dir)
+    if not baseline:
+        units.logger.warning(f"{args.baseline_merge_dir}: no ESM2-3B features; FastESM2_650 alone")
+    check_settings(args)
+    folds = [read_fold(run_fold(args, fold, baseline), baseline) for fold in range(1, args.folds + 1)]
+    os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+    write_report(args.report, args, folds, baseline)
+    results = [fold["summary"]["result"] for fold in folds]
+    print(f"{args.folds} folds: " + ", ".join(f"{results.count(r)} {r}" for r in sorted(set(results)))
+          + f"; report: {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    units.run_cli(main)
