@@ -23,8 +23,19 @@ Outputs, in the output folder (default: <input without extension>_merged/):
                                        stop-free frame, viral chunks, best viral score, call
                                        (virus, others, or why it was not scored: no_frames,
                                        not_scored, too_short, no_sequence)
-  prediction.png                       with --plot: chunk scores along the sequences
-  run.json                             the settings, the run's state and its counts
+  viral_regions.tsv                    per viral region: sequence, 1-based start and end, length,
+                                       chunks, mean and max of the chunks' best viral scores
+  viral_regions.bed                    the same regions as BED (0-based start), name seq|start-end
+  viral_regions.fna                    the regions' sequences, ids seq|start-end
+  viral_sequences.fna                  the whole sequences called viral
+  prediction.png                       with --plot: chunk scores and viral regions along the
+                                       sequences with the highest viral scores
+  run.json                             the settings, the run's state, its counts and thresholds
+
+A viral region is a run of viral chunks along a sequence, gaps of one chunk
+(not viral, or without a stop-free frame) bridged, from its first chunk's
+start to its last chunk's end; regions shorter than --min-region (default:
+the chunk length) are left out. A sequence viral end to end is one region.
 
 The input is processed in shards of whole sequences, so memory stays flat as
 the input grows; an interrupted run, re-run with the same arguments, resumes
@@ -38,6 +49,7 @@ import argparse
 import contextlib
 import csv
 import hashlib
+import heapq
 import itertools
 import json
 import os
@@ -51,7 +63,11 @@ import torch
 import units
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt")
-RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv")
+HIT_FILES = ("viral_regions.tsv", "viral_regions.bed", "viral_regions.fna", "viral_sequences.fna")
+RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_summary.tsv",
+                *HIT_FILES)
+REGION_COLUMNS = ["sequence_id", "start", "end", "length", "chunks", "mean_score", "max_score"]
+FASTA_WIDTH = 80
 RUN_FILE = "run.json"
 PLOT_FILE = "prediction.png"
 SPOOL_FILE = ".input.spool"          # input read from a pipe, while the run lasts
@@ -234,14 +250,55 @@ def summarize(record_rows) -> tuple[str, str]:
             f"{'NA' if best is None else format_score(best)}\t{call}\n"), call
 
 
-def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, plot: bool) -> dict:
-    """Assemble the final files from the shards (each written atomically);
-    returns how many sequences got each call."""
+class Hits:
+    """The files of what was called viral: regions (TSV, BED, FASTA) and whole viral sequences (FASTA)."""
+
+    def __init__(self, output_dir: str):
+        self._stack = contextlib.ExitStack()
+        self.tsv, self.bed, self.regions_fasta, self.sequences_fasta = (
+            self._stack.enter_context(units.atomic_write(f"{output_dir}/{name}")) for name in HIT_FILES)
+        self.tsv.write("\t".join(REGION_COLUMNS) + "\n")
+        self.regions = self.viral_sequences = 0
+
+    def add(self, record: units.FastaRecord, call: str, regions: list[units.ViralRegion]) -> None:
+        if call == "virus":
+            units.write_fasta_record(self.sequences_fasta, record.id, record.sequence, width=FASTA_WIDTH)
+            self.viral_sequences += 1
+        for region in regions:
+            name = f"{record.id}|{region.start}-{region.end}"
+            self.tsv.write(f"{record.id}\t{region.start}\t{region.end}\t{region.length}\t{region.chunks}\t"
+                           f"{region.mean_score:.4f}\t{region.max_score:.4f}\n")
+            self.bed.write(f"{record.id}\t{region.start - 1}\t{region.end}\t{name}\t"
+                           f"{round(region.mean_score * 1000)}\t.\n")
+            units.write_fasta_record(self.regions_fasta, name, record.sequence[region.start - 1:region.end],
+                                     width=FASTA_WIDTH)
+            self.regions += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._stack.__exit__(*exc_info)
+
+
+def chunk_track(record_rows) -> list[tuple[int, int, float | None, bool]]:
+    """``(start, end, best viral score or None, viral)`` of each chunk of a sequence."""
+    return [(int(r["start"]), int(r["end"]), float(r["best_virus"]) if r["scored"] else None, bool(r["viral"]))
+            for r in record_rows]
+
+
+def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], chunk_size: int, min_region: int,
+                  plot: bool) -> dict:
+    """Assemble the final files from the shards and the input's sequences (each
+    file written atomically); returns the run's counts: sequences per call,
+    chunks, viral sequences and regions."""
     calls: dict[str, int] = {}
-    plotted = []
+    chunks = 0
+    plotted: list = []                      # a heap of the sequences with the highest viral scores
+    sequences = units.read_fasta(input_path, alphabet="dna", keep_empty=True)
     with units.atomic_write(f"{output_dir}/prediction_results.txt") as frames_out, \
             units.atomic_write(f"{output_dir}/prediction_results_highestscore.csv") as chunks_out, \
-            units.atomic_write(f"{output_dir}/prediction_summary.tsv") as summary_out:
+            units.atomic_write(f"{output_dir}/prediction_summary.tsv") as summary_out, Hits(output_dir) as hits:
         frames_out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
         chunks_out.write("Modified_ID\tIs_Virus\n")
         summary_out.write(SUMMARY_HEADER)
@@ -250,32 +307,45 @@ def write_outputs(output_dir: str, shard_folders: list[str], chunk_size: int, pl
                 shutil.copyfileobj(handle, frames_out)
             scored = itertools.groupby(read_chunk_table(folder), key=lambda row: row["record_id"])
             for record in read_records(folder):
+                sequence = next(sequences)
                 if record["skipped"]:
                     summary_out.write(f"{record['record_id']}\t{record['length']}\t0\t0\t0\tNA\t{record['skipped']}\n")
                     calls[record["skipped"]] = calls.get(record["skipped"], 0) + 1
                     continue
                 record_id, group = next(scored)
                 record_rows = list(group)
+                chunks += len(record_rows)
                 chunks_out.writelines(f"{row['chunk_id']}\t{row['viral']}\n" for row in record_rows if row["scored"])
                 line, call = summarize(record_rows)
                 summary_out.write(line)
                 calls[call] = calls.get(call, 0) + 1
-                if plot and len(plotted) < PLOTTED_SEQUENCES:
-                    plotted.append((record_id, int(record_rows[0]["record_length"]),
-                                    [(int(r["start"]), int(r["end"]),
-                                      float(r["best_virus"]) if r["scored"] else None, r["viral"])
-                                     for r in record_rows]))
+                track = chunk_track(record_rows)
+                regions = units.viral_regions(track, min_region)
+                hits.add(sequence, call, regions)
+                best = max((score for _, _, score, _ in track if score is not None), default=-1.0)
+                if plot and (len(plotted) < PLOTTED_SEQUENCES or best > plotted[0][0]):
+                    entry = (best, -sum(calls.values()), (record_id, len(sequence.sequence), track),
+                             regions)
+                    (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
+    counts = {"sequences": sum(calls.values()), "calls": calls, "chunks": chunks,
+              "viral_sequences": hits.viral_sequences, "viral_regions": hits.regions}
     if plot and plotted:
-        units.plot_chunk_scores(plotted, f"{output_dir}/{PLOT_FILE}", chunk_size)
-    return calls
+        shown = sorted(plotted, reverse=True)
+        title = (f"the {len(shown)} of {counts['sequences']} sequences with the highest viral scores"
+                 if counts["sequences"] > len(shown) else "")
+        units.plot_chunk_scores([entry[2] for entry in shown], f"{output_dir}/{PLOT_FILE}", chunk_size,
+                                [entry[3] for entry in shown], title)
+    return counts
 
 
-def report(calls: dict, min_length: int, output_dir: str) -> str:
-    """The run's last line: how many sequences got each call."""
+def report(counts: dict, min_length: int, output_dir: str) -> str:
+    """The run's last line: how many sequences got each call, and the viral regions."""
+    calls = counts["calls"]
     reasons = (("no_frames", "without a stop-free frame"), ("not_scored", "whose frames all failed to embed"),
                ("too_short", f"shorter than {min_length} bp"), ("no_sequence", "without sequence"))
     skipped = [f"{calls[call]} {words}" for call, words in reasons if calls.get(call)]
     return (f"{sum(calls.values())} sequences: {calls.get('virus', 0)} called viral, {calls.get('others', 0)} not"
+            + f"; {counts['viral_regions']} viral regions"
             + (f"; not scored: {', '.join(skipped)} (listed in prediction_summary.tsv)" if skipped else "")
             + f"; results in {output_dir}/")
 
@@ -295,6 +365,7 @@ def warn_on_precision_change(model_path: str, metadata: dict, models: Models) ->
 def run_settings(args, input_identity: dict, dna_folder: str, protein_folder: str) -> dict:
     """What the results depend on, by content; a resumed run must match it."""
     return {"input": input_identity, "chunk_length": args.expect_length, "min_length": args.min_length,
+            "min_region": args.min_region,
             "classifier": {"path": os.path.abspath(args.model_path), "sha256": units.file_sha256(args.model_path)},
             "pipeline": args.pipeline, "dna_model": units.model_fingerprint(dna_folder),
             "protein_model": units.model_fingerprint(protein_folder), "chunks_per_shard": args.chunks_per_shard}
@@ -381,9 +452,13 @@ def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
     return "resume"
 
 
-def write_run(output_dir: str, settings: dict, status: str, calls: dict | None = None) -> None:
+def write_run(output_dir: str, settings: dict, status: str, counts: dict | None = None) -> None:
+    """run.json: the settings, the state, and once complete the counts (sequences per call, chunks, viral
+    sequences, regions) and the thresholds that made them."""
+    thresholds = {"min_length": settings["min_length"], "min_region": settings["min_region"]}
     with units.atomic_write(f"{output_dir}/{RUN_FILE}") as handle:
-        json.dump({"settings": settings, "status": status, "calls": calls or {}}, handle, indent=1)
+        json.dump({"settings": settings, "status": status, **(counts or {"calls": {}}), "thresholds": thresholds},
+                  handle, indent=1)
 
 
 def start_over(output_dir: str) -> None:
@@ -407,6 +482,8 @@ def parse_args(argv):
     parser.add_argument("--min-length", type=int,
                         help="shortest sequence scored, in bp (default: half the chunk length, 150 or 250); "
                              "shorter ones are listed as too_short")
+    parser.add_argument("--min-region", type=int,
+                        help="shortest viral region reported, in bp (default: the chunk length)")
     parser.add_argument("--pipeline", choices=sorted(units.PIPELINES),
                         help="embedding pipeline (default: the one the checkpoint was trained for; "
                              "esm2_3b runs the published baseline and its 300_model.pth / 500_model.pth)")
@@ -426,7 +503,8 @@ def parse_args(argv):
     parser.add_argument("--keep-intermediate", action="store_true",
                         help="keep each shard's frames and feature files under <output>/shards/")
     parser.add_argument("--plot", action="store_true",
-                        help=f"also draw prediction.png: chunk scores along the first {PLOTTED_SEQUENCES} sequences")
+                        help=f"also draw prediction.png: chunk scores and viral regions along the {PLOTTED_SEQUENCES} "
+                             "sequences with the highest viral scores")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over: redo a finished run, replace a run of other settings or the result "
                              "files of something else in the output folder")
@@ -434,6 +512,10 @@ def parse_args(argv):
     for option in ("dna_batch_tokens", "protein_batch_tokens", "chunks_per_shard"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.min_region is None:
+        args.min_region = args.expect_length
+    elif args.min_region < 1:
+        parser.error("--min-region must be at least 1")
     if args.min_length is None:
         args.min_length = args.expect_length // 2
     elif args.min_length < 1:
@@ -452,9 +534,9 @@ def main(argv=None):
     output_dir = args.output_dir or default_output_dir(args.input_fasta)
     check_writable(output_dir)
     with units.folder_lock(output_dir), readable_input(args.input_fasta, output_dir) as (input_path, input_identity):
-        calls = predict(args, input_path, input_identity, classifier, metadata, output_dir)
-    if calls is not None:
-        units.logger.info(report(calls, args.min_length, output_dir))
+        counts = predict(args, input_path, input_identity, classifier, metadata, output_dir)
+    if counts is not None:
+        units.logger.info(report(counts, args.min_length, output_dir))
     return 0
 
 
@@ -493,11 +575,11 @@ def predict(args, input_path: str, input_identity: dict, classifier, metadata: d
             process_shard(folder, records, args.expect_length, args.min_length, models, args.keep_intermediate)
             folders.append(folder)
             progress.update(chunk_count)
-    calls = write_outputs(output_dir, folders, args.expect_length, args.plot)
+    counts = write_outputs(output_dir, input_path, folders, args.expect_length, args.min_region, args.plot)
     if not args.keep_intermediate:
         shutil.rmtree(f"{output_dir}/shards")
-    write_run(output_dir, settings, "complete", calls)
-    return calls
+    write_run(output_dir, settings, "complete", counts)
+    return counts
 
 
 if __name__ == "__main__":

@@ -1785,24 +1785,66 @@ def predict_probabilities(model: MLPClassifier, features: torch.Tensor, batch_si
     return torch.cat(parts) if parts else torch.empty(0, NUM_CLASSES)
 
 
+@dataclass(frozen=True)
+class ViralRegion:
+    """A stretch of a sequence called viral: 1-based inclusive coordinates."""
+    start: int
+    end: int
+    chunks: int
+    mean_score: float
+    max_score: float
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def viral_regions(chunks: Sequence[tuple[int, int, float | None, bool]], min_length: int = 0,
+                  max_gap: int = 1) -> list[ViralRegion]:
+    """The viral regions along one sequence from its chunks, in order, as
+    ``(start (0-based), end, best viral score or None, viral)``: runs of viral
+    chunks, bridging gaps of at most ``max_gap`` chunks (not viral, or without
+    a scored frame); a region runs from its first viral chunk's start to its
+    last one's end, its scores are those of the scored chunks it spans.
+    Regions shorter than ``min_length`` bp are left out."""
+    runs: list[list[int]] = []
+    for k in (k for k, chunk in enumerate(chunks) if chunk[3]):
+        if runs and k - runs[-1][-1] - 1 <= max_gap:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    regions = []
+    for run in runs:
+        spanned = chunks[run[0]:run[-1] + 1]
+        scores = [chunk[2] for chunk in spanned if chunk[2] is not None]
+        region = ViralRegion(spanned[0][0] + 1, max(chunk[1] for chunk in spanned), len(spanned),
+                             float(np.mean(scores)), float(max(scores)))
+        if region.length >= min_length:
+            regions.append(region)
+    return regions
+
+
 # =============================================================================
 # 11. Plots
 # =============================================================================
 
 def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float | None, bool]]]], out_png,
-                      chunk_size: int) -> None:
+                      chunk_size: int, regions: list[list[ViralRegion]] | None = None, title: str = "") -> None:
     """One panel per sequence, spanning its length: each chunk drawn at its
     position with its best viral score, red when the chunk is called viral,
     light grey along the bottom when it has no scored frame (the published
-    drew_fig.py, with real coordinates). ``sequences`` holds ``(sequence id,
-    length, [(start, end, best viral score or None, viral)])``."""
+    drew_fig.py, with real coordinates), and each sequence's viral regions
+    shaded. ``sequences`` holds ``(sequence id, length, [(start, end, best
+    viral score or None, viral)])``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(nrows=len(sequences), ncols=1, figsize=(14, 1.9 * len(sequences)),
                                 squeeze=False)
-    for axis, (sequence_id, length, chunks) in zip(axes[:, 0], sequences):
+    for number, (axis, (sequence_id, length, chunks)) in enumerate(zip(axes[:, 0], sequences)):
+        for region in (regions[number] if regions else ()):
+            axis.axvspan(region.start - 1, region.end, color="mistyrose", zorder=0)
         for start, end, score, viral in chunks:
             if score is None:
                 axis.plot([start, end], [0, 0], color="lightgray", linewidth=5, solid_capstyle="butt")
@@ -1815,7 +1857,9 @@ def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float
         axis.set_ylabel("viral score")
         axis.spines[["top", "right"]].set_visible(False)
     axes[-1, 0].set_xlabel(f"position (bp); {chunk_size}-bp chunks: red viral, blue not viral, "
-                           "grey no stop-free frame")
+                           "grey no stop-free frame; shaded: viral regions")
+    if title:
+        figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     with atomic_write(out_png, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)

@@ -39,15 +39,16 @@ def genome(rng: random.Random, length: int, gc: float) -> str:
     return "".join(parts)[:length]
 
 
-def make_genomes(data_dir, organisms: int = 10, seed: int = 0) -> dict[str, dict]:
+def make_genomes(data_dir, organisms: int = 10, seed: int = 0, viral_gc: float = VIRAL_GC,
+                 host_gc: float = HOST_GC) -> dict[str, dict]:
     """``viral.1.1.genomic.fna.gz`` and ``bacteria.1.1.genomic.fna.gz`` under
     ``data_dir``: per class ``organisms`` organisms of one or two records (segments,
     chromosomes), and the lineages make_train_dataset.py would record.
     Returns ``{record: {"label", "sequence", "stem"}}``."""
     rng = random.Random(seed)
     records, lineages = {}, {}
-    for label, stem, gc, family in ((1, "viral.1.1", VIRAL_GC, "Synthoviridae"),
-                                    (0, "bacteria.1.1", HOST_GC, "Synthobacteraceae")):
+    for label, stem, gc, family in ((1, "viral.1.1", viral_gc, "Synthoviridae"),
+                                    (0, "bacteria.1.1", host_gc, "Synthobacteraceae")):
         with gzip.open(data_dir / f"{stem}.genomic.fna.gz", "wt") as out:
             for o in range(organisms):
                 organism = f"{stem.split('.')[0]} organism {o}"

@@ -317,7 +317,7 @@ def test_every_record_has_a_summary_row_with_its_reason(models, tmp_path, caplog
     frames = (output / "prediction_results.txt").read_text()
     assert "tiny_chunk" not in frames and "edge_chunk_1" in frames
     run = json.loads((output / "run.json").read_text())
-    assert run["status"] == "complete" and run["calls"]["too_short"] == 1
+    assert run["status"] == "complete" and run["calls"]["too_short"] == 1 and run["thresholds"]["min_length"] == 150
     longer = run_prediction(models, tmp_path, "strict", path, "--min-length", "200")
     assert "edge\t150\t0\t0\t0\tNA\ttoo_short" in (longer / "prediction_summary.tsv").read_text()
 

@@ -111,7 +111,8 @@ def test_plot_run_folder_and_intermediates(reference_run):
     assert (reference_run / "prediction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in reference_run.iterdir()) == [
         "prediction.png", "prediction_results.txt", "prediction_results_highestscore.csv",
-        "prediction_summary.tsv", "run.json"]
+        "prediction_summary.tsv", "run.json", "viral_regions.bed", "viral_regions.fna", "viral_regions.tsv",
+        "viral_sequences.fna"]
 
 
 def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_path):

@@ -1,0 +1,125 @@
+"""Viral regions along sequences, and the hit files prediction.py writes for the next tool."""
+import csv
+
+import pytest
+import torch
+
+import units
+from conftest import GOLDEN, load_script, predict_args
+import synthetic
+
+predictor = load_script("prediction.py")
+
+
+def chunk(start, score, viral, size=300):
+    return (start, start + size, score, viral)
+
+
+def track(pattern: str, size=300):
+    """'V' viral, 'o' not viral, '-' no stop-free frame; chunks back to back."""
+    return [(k * size, (k + 1) * size, None if c == "-" else (0.9 if c == "V" else 0.2), c == "V")
+            for k, c in enumerate(pattern)]
+
+
+def spans(pattern, **options):
+    return [(r.start, r.end, r.chunks) for r in units.viral_regions(track(pattern), **options)]
+
+
+def test_regions_bridge_gaps_of_one_chunk():
+    assert spans("oVVoVVo") == [(301, 1800, 5)]                 # one chunk not viral: bridged
+    assert spans("oVV-VVo") == [(301, 1800, 5)]                 # one chunk without frames: bridged
+    assert spans("oVVooVVo") == [(301, 900, 2), (1501, 2100, 2)]  # two: not bridged
+    assert spans("oVVooVVo", max_gap=2) == [(301, 2100, 6)]
+
+
+def test_regions_at_the_edges_single_chunks_and_whole_sequences():
+    assert spans("VVoo") == [(1, 600, 2)] and spans("ooVV") == [(601, 1200, 2)]
+    assert spans("V") == [(1, 300, 1)] and spans("o") == [] and spans("-") == []
+    assert spans("VVVVV") == [(1, 1500, 5)]                     # viral end to end: one region
+    assert spans("VooooV", min_length=301) == []                # single-chunk regions below the minimum
+    assert spans("VVoooV", min_length=301) == [(1, 600, 2)]
+
+
+def test_region_scores_and_overlapping_last_chunk():
+    chunks = [chunk(0, 0.9, True), chunk(300, 0.3, False), chunk(550, 0.6, True)]   # a 850-bp sequence
+    (region,) = units.viral_regions(chunks)
+    assert (region.start, region.end, region.length) == (1, 850, 850)
+    assert region.mean_score == pytest.approx(0.6) and region.max_score == pytest.approx(0.9)
+
+
+def read_tsv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def test_region_files_follow_the_chunking_and_the_input(models, tmp_path):
+    output = tmp_path / "out"
+    assert predictor.main(predict_args(models, output, "--min-region", "1")) == 0
+    inputs = {r.id: r.sequence for r in units.read_fasta(GOLDEN / "prediction/input.fasta")}
+    summary = {row["Sequence_ID"]: row for row in read_tsv(output / "prediction_summary.tsv")}
+    regions = read_tsv(output / "viral_regions.tsv")
+    assert regions, "the tiny classifier calls some chunks viral"
+    for row in regions:
+        starts = units.chunk_starts(len(inputs[row["sequence_id"]]), 300)
+        ends = [min(s + 300, len(inputs[row["sequence_id"]])) for s in starts]
+        assert int(row["start"]) - 1 in starts and int(row["end"]) in ends
+        assert int(row["length"]) == int(row["end"]) - int(row["start"]) + 1
+    bed = [line.split("\t") for line in (output / "viral_regions.bed").read_text().splitlines()]
+    assert [(b[0], int(b[1]) + 1, int(b[2])) for b in bed] == [
+        (r["sequence_id"], int(r["start"]), int(r["end"])) for r in regions]
+    fasta = list(units.read_fasta(output / "viral_regions.fna"))
+    for record, row in zip(fasta, regions, strict=True):
+        assert record.id == f"{row['sequence_id']}|{row['start']}-{row['end']}"
+        assert record.sequence == inputs[row["sequence_id"]][int(row["start"]) - 1:int(row["end"])]
+    viral = [r.id for r in units.read_fasta(output / "viral_sequences.fna")]
+    assert viral == [i for i, row in summary.items() if row["Call"] == "virus"]
+    assert all(inputs[r.id] == r.sequence for r in units.read_fasta(output / "viral_sequences.fna"))
+    run = predictor.json.loads((output / "run.json").read_text())
+    assert run["viral_regions"] == len(regions) and run["viral_sequences"] == len(viral)
+    assert run["sequences"] == len(summary) and run["thresholds"]["min_region"] == 1
+    assert run["chunks"] == sum(int(row["Chunks"]) for row in summary.values())
+
+
+def test_min_region_leaves_short_regions_out(models, tmp_path):
+    assert predictor.main(predict_args(models, tmp_path / "all", "--min-region", "1")) == 0
+    assert predictor.main(predict_args(models, tmp_path / "long", "--min-region", "700")) == 0
+    every = read_tsv(tmp_path / "all/viral_regions.tsv")
+    assert read_tsv(tmp_path / "long/viral_regions.tsv") == [r for r in every if int(r["length"]) >= 700]
+
+
+@pytest.fixture(scope="module")
+def two_source_classifier(tiny_models, tmp_path_factory):
+    """A classifier trained on the tiny models' features to tell GC-rich (viral) from AT-rich (host) genomes."""
+    root = tmp_path_factory.mktemp("sources")
+    records = synthetic.make_genomes(root, organisms=6, seed=3, viral_gc=0.64, host_gc=0.36)
+    synthetic.extract_merged(records, root / "work", root / "merge", "fastesm650", tiny_models["dna"],
+                             tiny_models["protein"])
+    features = units.FeatureSet(units.find_merged_files(root / "merge"))
+    inputs, labels = features.rows(range(len(features))), torch.from_numpy(features.labels)
+    torch.manual_seed(0)
+    model = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    units.save_checkpoint(model, root / "model_fastesm650_300.pth", chunk_length=300)
+    return str(root / "model_fastesm650_300.pth")
+
+
+def test_a_viral_stretch_inserted_in_a_host_contig_is_found(models, two_source_classifier, tmp_path):
+    rng = synthetic.random.Random(11)
+    left, insert, right = (synthetic.genome(rng, 2150, 0.36), synthetic.genome(rng, 2500, 0.64),
+                           synthetic.genome(rng, 2350, 0.36))
+    contig = tmp_path / "contig.fasta"
+    contig.write_text(f">contig_with_insert\n{left + insert + right}\n>host_only\n{synthetic.genome(rng, 4000, 0.36)}\n")
+    output = tmp_path / "out"
+    assert predictor.main(predict_args(models, output, "--plot", input_fasta=contig,
+                                       checkpoint=two_source_classifier)) == 0
+    regions = read_tsv(output / "viral_regions.tsv")
+    assert [r["sequence_id"] for r in regions] == ["contig_with_insert"], regions
+    (region,) = regions
+    assert abs(int(region["start"]) - 2151) <= 300 and abs(int(region["end"]) - 4650) <= 300, region
+    (found,) = units.read_fasta(output / "viral_regions.fna")
+    assert found.sequence == (left + insert + right)[int(region["start"]) - 1:int(region["end"])]
+    assert (output / "prediction.png").stat().st_size > 0
