@@ -13,8 +13,6 @@ import json
 import math
 import random
 
-import torch
-
 import units
 
 VIRAL_GC, HOST_GC = 0.54, 0.46
@@ -88,6 +86,3 @@ def extract_merged(records: dict[str, dict], work_dir, merge_dir, pipeline: str,
                          data_type="viral" if stem.startswith("viral") else "host", protein_dim=spec.protein.dim,
                          chunk_length=chunk_length)
 
-
-def frame_count(merge_dir) -> int:
-    return sum(len(torch.load(path, weights_only=True)["ids"]) for path in units.find_merged_files(merge_dir))
