@@ -6,6 +6,7 @@ Sections:
   2. Split files and record fingerprints
   3. Metrics, group-bootstrap intervals, prevalence
   4. Held-out sequences scored by prediction.py, read back per level
+  5. Score calibration
 """
 from __future__ import annotations
 
@@ -72,6 +73,15 @@ def genome_split(accessions: Sequence[str], labels: np.ndarray, fraction: float,
                 held_out.add(accession)
                 taken += rows[accession]
     return held_out
+
+
+def validation_records(accessions: Sequence[str], labels: np.ndarray, test: set[str], fraction: float,
+                       seed: int) -> set[str]:
+    """The records train_fastesm.py validates on (early stopping) and
+    evaluation calibrates on: a share of the non-test groups (``accessions``:
+    each row's record)."""
+    kept = [k for k, accession in enumerate(accessions) if accession not in test]
+    return genome_split([accessions[k] for k in kept], labels[kept], fraction, seed)
 
 
 ANI_PERCENT = 95.0          # the field's species-level convention
@@ -383,3 +393,52 @@ def sequence_of(level: str, row_id: str) -> str:
     if level == "frames":
         row_id = row_id[:-2]
     return row_id if level == "sequences" else _sequence_of_chunk(row_id)
+
+
+# =============================================================================
+# 5. Score calibration
+# =============================================================================
+
+CALIBRATION_BINS = 10
+
+
+def calibration_scores(folder: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """From a prediction run (its output folder): each scored chunk's best
+    viral score, and each scored sequence's chunk scores."""
+    chunks: dict[str, float] = {}
+    by_sequence: dict[str, list[float]] = {}
+    with open(f"{folder}/prediction_results_highestscore.csv") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            chunks[row["Modified_ID"]] = float(row["Viral_score"])
+            by_sequence.setdefault(_sequence_of_chunk(row["Modified_ID"]), []).append(float(row["Viral_score"]))
+    return chunks, by_sequence
+
+
+def _isotonic_knots(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.isotonic import IsotonicRegression
+
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, labels)
+    return fitted.X_thresholds_.astype(np.float64), fitted.y_thresholds_.astype(np.float64)
+
+
+def fit_calibration(chunk_scores, chunk_labels, sequence_chunk_scores: Sequence[Sequence[float]],
+                    sequence_labels) -> units.Calibration:
+    """Isotonic regression of the label on the chunks' best viral scores, then
+    on the mean of each sequence's calibrated chunk probabilities."""
+    chunk = _isotonic_knots(np.asarray(chunk_scores, dtype=np.float64), np.asarray(chunk_labels))
+    means = [float(np.mean(np.interp(scores, *chunk))) for scores in sequence_chunk_scores]
+    return units.Calibration(chunk, _isotonic_knots(np.asarray(means), np.asarray(sequence_labels)))
+
+
+def reliability(probabilities, labels, bins: int = CALIBRATION_BINS) -> list[tuple[float, float, int]]:
+    """``(mean probability, share viral, rows)`` of each non-empty bin of equal width."""
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    return [(float(probabilities[index == k].mean()), float(labels[index == k].mean()), int((index == k).sum()))
+            for k in range(bins) if (index == k).any()]
+
+
+def expected_calibration_error(probabilities, labels, bins: int = CALIBRATION_BINS) -> float:
+    """The rows' weighted mean of |share viral - mean probability| over bins of equal width."""
+    return sum(count * abs(share - mean) for mean, share, count in reliability(probabilities, labels, bins)) \
+        / max(len(probabilities), 1)

@@ -18,11 +18,13 @@ as T.
 
 Outputs, in the output folder (default: <input without extension>_merged/):
   prediction_results.txt               per frame: Sequence_ID, Prediction, score1, score2
-  prediction_results_highestscore.csv  per chunk: Modified_ID, Is_Virus (tab-separated, as published)
+  prediction_results_highestscore.csv  per chunk: Modified_ID, Is_Virus (tab-separated, as published),
+                                       Viral_score (best viral score), Viral_probability
   prediction_summary.tsv               per input sequence: length, chunks, chunks without a
                                        stop-free frame, viral chunks, best viral score, call
-                                       (virus, others, or why it was not scored: no_frames,
-                                       not_scored, too_short, no_sequence)
+                                       (virus, others, below_threshold, or why it was not
+                                       scored: no_frames, not_scored, too_short, no_sequence),
+                                       Viral_probability and FDR
   viral_regions.tsv                    per viral region: sequence, 1-based start and end, length,
                                        chunks, mean and max of the chunks' best viral scores
   viral_regions.bed                    the same regions as BED (0-based start), name seq|start-end
@@ -31,6 +33,14 @@ Outputs, in the output folder (default: <input without extension>_merged/):
   prediction.png                       with --plot: chunk scores and viral regions along the
                                        sequences with the highest viral scores
   run.json                             the settings, the run's state, its counts and thresholds
+
+A sequence is called viral when at least half of its scored chunks are.
+With a calibrated classifier (scripts/evaluate_compare.py writes
+<classifier>.calibration.json beside it), Viral_probability is the
+probability of being viral learnt on labelled validation sequences, and FDR
+is the expected share of false calls among the virus calls whose probability
+is at least this one's; --min-score and --max-fdr then filter the virus calls.
+Without one, both columns say "uncalibrated".
 
 A viral region is a run of viral chunks along a sequence, gaps of one chunk
 (not viral, or without a stop-free frame) bridged, from its first chunk's
@@ -73,7 +83,10 @@ PLOT_FILE = "prediction.png"
 SPOOL_FILE = ".input.spool"          # input read from a pipe, while the run lasts
 CHUNK_COLUMNS = ["chunk_id", "record_id", "record_length", "start", "end", "frames", "best_others", "best_virus"]
 RECORD_COLUMNS = ["record_id", "length", "skipped"]     # skipped: "", too_short or no_sequence
-SUMMARY_HEADER = "Sequence_ID\tLength\tChunks\tChunks_without_frames\tViral_chunks\tBest_viral_score\tCall\n"
+SUMMARY_HEADER = ("Sequence_ID\tLength\tChunks\tChunks_without_frames\tViral_chunks\tBest_viral_score\tCall\t"
+                  "Viral_probability\tFDR\n")
+CHUNK_HEADER = "Modified_ID\tIs_Virus\tViral_score\tViral_probability\n"
+UNCALIBRATED = "uncalibrated"
 PLOTTED_SEQUENCES = 20
 
 
@@ -220,13 +233,18 @@ def process_shard(folder: str, records, chunk_size: int, min_length: int, models
 
 
 # ---------------------------------------------------------------- final outputs
-def read_chunk_table(folder: str):
+def read_chunk_table(folder: str, calibration: units.Calibration | None):
     with open(f"{folder}/chunks.tsv") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            scored = row["best_virus"] != "NA"
-            row["viral"] = scored and np.float32(row["best_virus"]) >= np.float32(row["best_others"])
-            row["scored"] = scored
-            yield row
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    scored = [row for row in rows if row["best_virus"] != "NA"]
+    probabilities = calibration.chunk_probabilities([float(row["best_virus"]) for row in scored]) \
+        if calibration else [None] * len(scored)
+    for row in rows:
+        row["scored"], row["viral"], row["probability"] = False, False, None
+    for row, probability in zip(scored, probabilities):
+        row["scored"], row["probability"] = True, probability
+        row["viral"] = np.float32(row["best_virus"]) >= np.float32(row["best_others"])
+    return rows
 
 
 def read_records(folder: str):
@@ -234,20 +252,79 @@ def read_records(folder: str):
         yield from csv.DictReader(handle, delimiter="\t")
 
 
-def summarize(record_rows) -> tuple[str, str]:
-    """The summary line of one sequence from its chunk rows, and its call."""
-    chunks = len(record_rows)
-    without_frames = sum(row["frames"] == "0" for row in record_rows)
+def input_sequences(shard_folders: list[str], calibration: units.Calibration | None):
+    """``(record row, its chunk rows)`` of every input sequence, in input order
+    (no chunk rows for a sequence that was not scored)."""
+    for folder in shard_folders:
+        scored = itertools.groupby(read_chunk_table(folder, calibration), key=lambda row: row["record_id"])
+        for record in read_records(folder):
+            yield record, ([] if record["skipped"] else list(next(scored)[1]))
+
+
+def chunk_rule_call(record_rows) -> str:
+    """The sequence's call from its chunks: viral when at least half of its scored chunks are."""
     scored = [row for row in record_rows if row["scored"]]
-    viral = sum(row["viral"] for row in scored)
-    best = max((np.float32(row["best_virus"]) for row in scored), default=None)
     if not scored:
-        call = "no_frames" if without_frames == chunks else "not_scored"
-    else:
-        call = "virus" if 2 * viral >= len(scored) else "others"
+        return "no_frames" if all(row["frames"] == "0" for row in record_rows) else "not_scored"
+    return "virus" if 2 * sum(row["viral"] for row in scored) >= len(scored) else "others"
+
+
+def sequence_probability(record_rows, calibration: units.Calibration | None) -> float | None:
+    scored = [row["probability"] for row in record_rows if row["scored"]]
+    return calibration.sequence_probability(scored) if calibration and scored else None
+
+
+@dataclass
+class Calls:
+    """The final calls: the chunk rule's, then, with a calibrated classifier,
+    ``--min-score`` and ``--max-fdr`` (virus calls that miss them become
+    ``below_threshold``). ``fdr`` holds the FDR of each virus call of the
+    chunk rule, in input order."""
+    calibration: units.Calibration | None
+    min_score: float | None
+    max_fdr: float | None
+    fdr: np.ndarray
+    taken: int = 0
+
+    @classmethod
+    def of(cls, shard_folders, calibration, min_score, max_fdr) -> Calls:
+        """A first pass over the chunk tables: the FDR needs every virus call's probability."""
+        probabilities = [sequence_probability(rows, calibration) for _, rows in input_sequences(
+            shard_folders, calibration) if calibration and chunk_rule_call(rows) == "virus"]
+        return cls(calibration, min_score, max_fdr, units.false_discovery_rates(probabilities))
+
+    def final(self, record_rows) -> tuple[str, float | None, float | None]:
+        """``(call, probability, FDR)`` of one scored sequence, taken in input order."""
+        call, probability = chunk_rule_call(record_rows), sequence_probability(record_rows, self.calibration)
+        if call != "virus" or not self.calibration:
+            return call, probability, None
+        fdr = float(self.fdr[self.taken])
+        self.taken += 1
+        missed = ((self.min_score is not None and probability < self.min_score)
+                  or (self.max_fdr is not None and fdr > self.max_fdr))
+        return ("below_threshold" if missed else call), probability, fdr
+
+
+def probability_cells(scored: bool, calibrated: bool, probability: float | None, fdr: float | None) -> str:
+    """The Viral_probability and FDR cells: NA where there is nothing to
+    score (FDR: for virus calls only), ``uncalibrated`` without a calibration."""
+    if not scored:
+        return "NA\tNA"
+    if not calibrated:
+        return f"{UNCALIBRATED}\t{UNCALIBRATED}"
+    return f"{format_score(probability)}\t{'NA' if fdr is None else format_score(fdr)}"
+
+
+def summary_line(record_rows, calls: Calls) -> tuple[str, str]:
+    """The summary line of one scored sequence, and its final call."""
+    call, probability, fdr = calls.final(record_rows)
+    scored = [row for row in record_rows if row["scored"]]
+    best = max((np.float32(row["best_virus"]) for row in scored), default=None)
     first = record_rows[0]
-    return (f"{first['record_id']}\t{first['record_length']}\t{chunks}\t{without_frames}\t{viral}\t"
-            f"{'NA' if best is None else format_score(best)}\t{call}\n"), call
+    return (f"{first['record_id']}\t{first['record_length']}\t{len(record_rows)}\t"
+            f"{sum(row['frames'] == '0' for row in record_rows)}\t{sum(row['viral'] for row in scored)}\t"
+            f"{'NA' if best is None else format_score(best)}\t{call}\t"
+            f"{probability_cells(bool(scored), calls.calibration is not None, probability, fdr)}\n"), call
 
 
 class Hits:
@@ -287,47 +364,49 @@ def chunk_track(record_rows) -> list[tuple[int, int, float | None, bool]]:
             for r in record_rows]
 
 
-def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], chunk_size: int, min_region: int,
-                  plot: bool) -> dict:
+def chunk_line(row) -> str:
+    probability = UNCALIBRATED if row["probability"] is None else format_score(row["probability"])
+    return f"{row['chunk_id']}\t{row['viral']}\t{row['best_virus']}\t{probability}\n"
+
+
+def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], calls: Calls, chunk_size: int,
+                  min_region: int, plot: bool) -> dict:
     """Assemble the final files from the shards and the input's sequences (each
     file written atomically); returns the run's counts: sequences per call,
     chunks, viral sequences and regions."""
-    calls: dict[str, int] = {}
+    counted: dict[str, int] = {}
     chunks = 0
     plotted: list = []                      # a heap of the sequences with the highest viral scores
-    sequences = units.read_fasta(input_path, alphabet="dna", keep_empty=True)
-    with units.atomic_write(f"{output_dir}/prediction_results.txt") as frames_out, \
-            units.atomic_write(f"{output_dir}/prediction_results_highestscore.csv") as chunks_out, \
-            units.atomic_write(f"{output_dir}/prediction_summary.tsv") as summary_out, Hits(output_dir) as hits:
+    with units.atomic_write(f"{output_dir}/prediction_results.txt") as frames_out:
         frames_out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-        chunks_out.write("Modified_ID\tIs_Virus\n")
-        summary_out.write(SUMMARY_HEADER)
         for folder in shard_folders:
             with open(f"{folder}/frames.tsv") as handle:
                 shutil.copyfileobj(handle, frames_out)
-            scored = itertools.groupby(read_chunk_table(folder), key=lambda row: row["record_id"])
-            for record in read_records(folder):
-                sequence = next(sequences)
-                if record["skipped"]:
-                    summary_out.write(f"{record['record_id']}\t{record['length']}\t0\t0\t0\tNA\t{record['skipped']}\n")
-                    calls[record["skipped"]] = calls.get(record["skipped"], 0) + 1
-                    continue
-                record_id, group = next(scored)
-                record_rows = list(group)
-                chunks += len(record_rows)
-                chunks_out.writelines(f"{row['chunk_id']}\t{row['viral']}\n" for row in record_rows if row["scored"])
-                line, call = summarize(record_rows)
-                summary_out.write(line)
-                calls[call] = calls.get(call, 0) + 1
-                track = chunk_track(record_rows)
-                regions = units.viral_regions(track, min_region)
-                hits.add(sequence, call, regions)
-                best = max((score for _, _, score, _ in track if score is not None), default=-1.0)
-                if plot and (len(plotted) < PLOTTED_SEQUENCES or best > plotted[0][0]):
-                    entry = (best, -sum(calls.values()), (record_id, len(sequence.sequence), track),
-                             regions)
-                    (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
-    counts = {"sequences": sum(calls.values()), "calls": calls, "chunks": chunks,
+    sequences = units.read_fasta(input_path, alphabet="dna", keep_empty=True)
+    with units.atomic_write(f"{output_dir}/prediction_results_highestscore.csv") as chunks_out, \
+            units.atomic_write(f"{output_dir}/prediction_summary.tsv") as summary_out, Hits(output_dir) as hits:
+        chunks_out.write(CHUNK_HEADER)
+        summary_out.write(SUMMARY_HEADER)
+        for record, record_rows in input_sequences(shard_folders, calls.calibration):
+            sequence = next(sequences)
+            if record["skipped"]:
+                summary_out.write(f"{record['record_id']}\t{record['length']}\t0\t0\t0\tNA\t{record['skipped']}"
+                                  "\tNA\tNA\n")
+                counted[record["skipped"]] = counted.get(record["skipped"], 0) + 1
+                continue
+            chunks += len(record_rows)
+            chunks_out.writelines(chunk_line(row) for row in record_rows if row["scored"])
+            line, call = summary_line(record_rows, calls)
+            summary_out.write(line)
+            counted[call] = counted.get(call, 0) + 1
+            track = chunk_track(record_rows)
+            regions = units.viral_regions(track, min_region)
+            hits.add(sequence, call, regions)
+            best = max((score for _, _, score, _ in track if score is not None), default=-1.0)
+            if plot and (len(plotted) < PLOTTED_SEQUENCES or best > plotted[0][0]):
+                entry = (best, -sum(counted.values()), (record["record_id"], len(sequence.sequence), track), regions)
+                (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
+    counts = {"sequences": sum(counted.values()), "calls": counted, "chunks": chunks,
               "viral_sequences": hits.viral_sequences, "viral_regions": hits.regions}
     if plot and plotted:
         shown = sorted(plotted, reverse=True)
@@ -344,7 +423,9 @@ def report(counts: dict, min_length: int, output_dir: str) -> str:
     reasons = (("no_frames", "without a stop-free frame"), ("not_scored", "whose frames all failed to embed"),
                ("too_short", f"shorter than {min_length} bp"), ("no_sequence", "without sequence"))
     skipped = [f"{calls[call]} {words}" for call, words in reasons if calls.get(call)]
+    below = calls.get("below_threshold", 0)
     return (f"{sum(calls.values())} sequences: {calls.get('virus', 0)} called viral, {calls.get('others', 0)} not"
+            + (f", {below} viral by the chunk rule but below --min-score or over --max-fdr" if below else "")
             + f"; {counts['viral_regions']} viral regions"
             + (f"; not scored: {', '.join(skipped)} (listed in prediction_summary.tsv)" if skipped else "")
             + f"; results in {output_dir}/")
@@ -362,10 +443,13 @@ def warn_on_precision_change(model_path: str, metadata: dict, models: Models) ->
             "differ slightly from those of the training precision")
 
 
-def run_settings(args, input_identity: dict, dna_folder: str, protein_folder: str) -> dict:
+def run_settings(args, input_identity: dict, dna_folder: str, protein_folder: str, calibrated: bool) -> dict:
     """What the results depend on, by content; a resumed run must match it."""
+    calibration = units.calibration_path(args.model_path)
     return {"input": input_identity, "chunk_length": args.expect_length, "min_length": args.min_length,
-            "min_region": args.min_region,
+            "min_region": args.min_region, "min_score": args.min_score, "max_fdr": args.max_fdr,
+            "calibration": {"path": os.path.abspath(calibration), "sha256": units.file_sha256(calibration)}
+            if calibrated else None,
             "classifier": {"path": os.path.abspath(args.model_path), "sha256": units.file_sha256(args.model_path)},
             "pipeline": args.pipeline, "dna_model": units.model_fingerprint(dna_folder),
             "protein_model": units.model_fingerprint(protein_folder), "chunks_per_shard": args.chunks_per_shard}
@@ -455,7 +539,8 @@ def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
 def write_run(output_dir: str, settings: dict, status: str, counts: dict | None = None) -> None:
     """run.json: the settings, the state, and once complete the counts (sequences per call, chunks, viral
     sequences, regions) and the thresholds that made them."""
-    thresholds = {"min_length": settings["min_length"], "min_region": settings["min_region"]}
+    thresholds = {key: settings[key] for key in ("min_length", "min_region", "min_score", "max_fdr")}
+    thresholds["scores"] = "calibrated" if settings["calibration"] else UNCALIBRATED
     with units.atomic_write(f"{output_dir}/{RUN_FILE}") as handle:
         json.dump({"settings": settings, "status": status, **(counts or {"calls": {}}), "thresholds": thresholds},
                   handle, indent=1)
@@ -484,6 +569,15 @@ def parse_args(argv):
                              "shorter ones are listed as too_short")
     parser.add_argument("--min-region", type=int,
                         help="shortest viral region reported, in bp (default: the chunk length)")
+    parser.add_argument("--min-score", type=float,
+                        help="a sequence the chunk rule calls viral stays a virus call only when its calibrated "
+                             "Viral_probability is at least this (0-1; needs a calibrated classifier); "
+                             "else its call is below_threshold")
+    parser.add_argument("--max-fdr", type=float,
+                        help="keep as virus calls only those with an FDR of at most this (0-1; needs a calibrated "
+                             "classifier), e.g. 0.05; the others are called below_threshold")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="ignore the classifier's calibration: the raw scores only (evaluation uses this)")
     parser.add_argument("--pipeline", choices=sorted(units.PIPELINES),
                         help="embedding pipeline (default: the one the checkpoint was trained for; "
                              "esm2_3b runs the published baseline and its 300_model.pth / 500_model.pth)")
@@ -516,6 +610,12 @@ def parse_args(argv):
         args.min_region = args.expect_length
     elif args.min_region < 1:
         parser.error("--min-region must be at least 1")
+    for option in ("min_score", "max_fdr"):
+        value = getattr(args, option)
+        if value is not None and not 0 <= value <= 1:
+            parser.error(f"--{option.replace('_', '-')} must be between 0 and 1")
+    if args.uncalibrated and (args.min_score is not None or args.max_fdr is not None):
+        parser.error("--min-score and --max-fdr filter on calibrated probabilities; leave out --uncalibrated")
     if args.min_length is None:
         args.min_length = args.expect_length // 2
     elif args.min_length < 1:
@@ -531,16 +631,25 @@ def main(argv=None):
         units.logger.info(f"classifier {args.model_path}, {args.pipeline} pipeline: {why}")
     classifier, metadata = units.load_checkpoint(args.model_path, args.pipeline, chunk_length=args.expect_length)
     args.pipeline = metadata["embedding_model"]
+    calibration = None if args.uncalibrated else units.load_calibration(args.model_path)
+    if calibration is None and (args.min_score is not None or args.max_fdr is not None):
+        raise units.InputError(f"{args.model_path}: the classifier is not calibrated, so there is no probability for "
+                               "--min-score or --max-fdr; calibrate it with scripts/evaluate_compare.py (it writes "
+                               f"{os.path.basename(units.calibration_path(args.model_path))} beside the classifier)")
+    if calibration is None and not args.uncalibrated:
+        units.logger.info(f"{args.model_path}: not calibrated, so Viral_probability and FDR say "
+                          f"'{UNCALIBRATED}' (scripts/evaluate_compare.py calibrates a classifier it evaluates)")
     output_dir = args.output_dir or default_output_dir(args.input_fasta)
     check_writable(output_dir)
     with units.folder_lock(output_dir), readable_input(args.input_fasta, output_dir) as (input_path, input_identity):
-        counts = predict(args, input_path, input_identity, classifier, metadata, output_dir)
+        counts = predict(args, input_path, input_identity, classifier, metadata, calibration, output_dir)
     if counts is not None:
         units.logger.info(report(counts, args.min_length, output_dir))
     return 0
 
 
-def predict(args, input_path: str, input_identity: dict, classifier, metadata: dict, output_dir: str) -> dict | None:
+def predict(args, input_path: str, input_identity: dict, classifier, metadata: dict,
+            calibration: units.Calibration | None, output_dir: str) -> dict | None:
     """The run, once this process holds the output folder: check the input and
     the folder, then score shard by shard; ``None`` when the run was complete."""
     from tqdm import tqdm
@@ -549,7 +658,7 @@ def predict(args, input_path: str, input_identity: dict, classifier, metadata: d
     n_records, n_chunks = count_chunks(input_path, args.expect_length)
     dna_folder = units.model_folder(units.DNABERT_S, args.dna_model, args.models_dir)
     protein_folder = units.model_folder(pipeline.protein, args.protein_model, args.models_dir)
-    settings = run_settings(args, input_identity, dna_folder, protein_folder)
+    settings = run_settings(args, input_identity, dna_folder, protein_folder, calibration is not None)
     state = run_state(output_dir, settings, args.overwrite)
     if state == "complete":
         units.logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
@@ -575,7 +684,8 @@ def predict(args, input_path: str, input_identity: dict, classifier, metadata: d
             process_shard(folder, records, args.expect_length, args.min_length, models, args.keep_intermediate)
             folders.append(folder)
             progress.update(chunk_count)
-    counts = write_outputs(output_dir, input_path, folders, args.expect_length, args.min_region, args.plot)
+    calls = Calls.of(folders, calibration, args.min_score, args.max_fdr)
+    counts = write_outputs(output_dir, input_path, folders, calls, args.expect_length, args.min_region, args.plot)
     if not args.keep_intermediate:
         shutil.rmtree(f"{output_dir}/shards")
     write_run(output_dir, settings, "complete", counts)

@@ -103,7 +103,7 @@ def split_rows(features: units.FeatureSet, split_file: str, val_fraction: float,
                                f"{unknown[0]}): they were added after the split was made; run "
                                "scripts/create_test_set.py again")
     kept = np.flatnonzero([a not in test for a in accessions])
-    validation = evaluation.genome_split(accessions[kept].tolist(), features.labels[kept], val_fraction, seed)
+    validation = evaluation.validation_records(accessions.tolist(), features.labels, test, val_fraction, seed)
     is_validation = np.array([a in validation for a in accessions[kept]], dtype=bool)
     train, val = kept[~is_validation], kept[is_validation]
     for name, rows in (("training", train), ("validation", val)):

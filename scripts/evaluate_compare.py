@@ -32,6 +32,16 @@ the worst level's (exit status 1 for FAILED). Precision and FDR are also given
 at viral prevalences of 1%, 10% and 50%: the test set is balanced, metagenomes
 are not.
 
+Calibration (not with --frames-only): each classifier trained on this split
+is calibrated on its validation records (the genomes training held out for
+early stopping, found again from its recorded settings), cut into reads and
+contigs the same way and run through prediction.py: isotonic regression of
+the label on the chunk scores, saved as <classifier>.calibration.json beside
+it (and beside its installed copy in the models folder), where prediction.py
+reads it for its Viral_probability and FDR columns. The report gives the
+expected calibration error before and after on the test sequences, with a
+reliability plot (reliability.png).
+
 Writes reports/validation_report.md (per level: metrics with intervals and
 the paired difference; prevalence table, confusion matrices, ROC curves as
 PNG, breakdowns by sequence and frame length), reports/metrics_<pipeline>.json
@@ -71,6 +81,7 @@ FRAME_LENGTH_BINS = ((0, 150), (150, 300), (300, 450), (450, 10_000))
 VERDICT_ORDER = ("PASSED", "INCONCLUSIVE", "FAILED")
 PREVALENCES = (0.01, 0.10, 0.50)
 SUMMARY_FILE = "validation_summary.json"
+FEW_CALIBRATION_SEQUENCES = 200
 NEXT_STEPS = [
     "Check the training log: a validation loss still falling at the last epoch calls for more epochs "
     "or a larger --patience.",
@@ -98,16 +109,17 @@ class Classifier:
     model: units.MLPClassifier
     features: units.FeatureSet
     like_for_like: bool
+    metadata: dict
 
 
 # ---------------------------------------------------------------- models and CDS frames
 def load_model(model_path, pipeline, features, device, split_file, test: set):
-    """The classifier and whether it was trained on this split (``False``
-    for a published classifier, which records no split); a model trained on
-    another split is refused."""
+    """The classifier, whether it was trained on this split (``False``
+    for a published classifier, which records no split) and its metadata; a
+    model trained on another split is refused."""
     model, metadata = units.load_checkpoint(model_path, pipeline, device, chunk_length=features.chunk_length())
     if metadata.get("checkpoint_version") == "published":
-        return model, False
+        return model, False, metadata
     recorded = metadata.get("split")
     if not isinstance(recorded, dict):
         raise units.InputError(f"{model_path}: does not record the split it was trained on, so it may have been "
@@ -116,7 +128,7 @@ def load_model(model_path, pipeline, features, device, split_file, test: set):
         raise units.InputError(f"{model_path}: trained with another split than {split_file} (its held-out records "
                                "differ), so some test records may be its training data; evaluate it with the split "
                                "it was trained with, or retrain it on this one")
-    return model, True
+    return model, True, metadata
 
 
 def test_rows(features: units.FeatureSet, split: dict) -> np.ndarray:
@@ -148,17 +160,18 @@ def cds_frames(classifiers: list[Classifier], split: dict, data_dir: str) -> Lev
 
 
 # ---------------------------------------------------------------- held-out sequences through prediction.py
-def run_prediction(args, classifier: Classifier, fasta: str, chunk_length: int) -> str:
-    """prediction.py on the held-out sequences with one classifier; its output folder."""
-    output = os.path.join(args.work_dir, f"prediction_{classifier.pipeline}")
+def run_prediction(args, classifier: Classifier, fasta: str, chunk_length: int, run: str = "prediction") -> str:
+    """prediction.py on held-out sequences with one classifier, its raw
+    scores (uncalibrated); its output folder, ``<run>_<pipeline>``."""
+    output = os.path.join(args.work_dir, f"{run}_{classifier.pipeline}")
     protein_model = args.protein_model if classifier.pipeline == "fastesm650" else args.baseline_protein_model
     command = [sys.executable, os.path.join(ROOT, "prediction.py"), fasta, str(chunk_length), classifier.path,
-               "-o", output, "--device", args.device]
+               "-o", output, "--device", args.device, "--uncalibrated"]
     for option, value in (("--dna-model", args.dna_model), ("--protein-model", protein_model),
                           ("--models-dir", args.models_dir)):
         if value:
             command += [option, value]
-    units.logger.info(f"{classifier.name}: prediction.py on the held-out sequences -> {output}")
+    units.logger.info(f"{classifier.name}: prediction.py on {fasta} -> {output}")
     status = subprocess.run(command).returncode
     if status:
         raise units.InputError(f"prediction.py stopped on the held-out sequences {fasta} with {classifier.name} "
@@ -166,26 +179,34 @@ def run_prediction(args, classifier: Classifier, fasta: str, chunk_length: int) 
     return output
 
 
-def held_out_levels(args, classifiers: list[Classifier], split: dict, chunk_length: int) -> dict[str, Level]:
-    """Sequences, chunks and every stop-free frame of reads and contigs cut
-    from the held-out records, as prediction.py calls them."""
-    features = classifiers[0].features
-    test = set(split["test_accessions"])
-    label_of = {a: int(label) for a, label in zip(features.accessions(), features.labels) if a in test}
+def labelled_sequences(args, features: units.FeatureSet, records: set[str], group_of: dict, chunk_length: int,
+                       name: str) -> tuple[str, dict[str, dict]]:
+    """Reads and contigs cut from ``records`` (labelled by their features),
+    written to ``<work-dir>/<name>.fasta`` with their table; ``(FASTA, rows by sequence id)``."""
+    label_of = {a: int(label) for a, label in zip(features.accessions(), features.labels) if a in records}
     lengths = args.fragment_lengths or [chunk_length, 1000, 3000]
     fragments = evaluation.held_out_sequences(evaluation.genome_records(args.data_dir, set(label_of)), label_of,
-                                              split.get("test_group_of", {}), lengths, args.fragments_per_record)
+                                              group_of, lengths, args.fragments_per_record)
     missing = sorted(set(label_of) - {row["record"] for row, _ in fragments})
     if missing:
-        raise units.InputError(f"{len(missing)} held-out records are not in the *{evaluation.GENOME_SUFFIX} files "
-                               f"under {args.data_dir} (first: {missing[0]}); give the --data-dir the genomes were "
-                               "downloaded to, or --frames-only")
+        raise units.InputError(f"{len(missing)} {name.replace('_', '-')} records are not in the "
+                               f"*{evaluation.GENOME_SUFFIX} files under {args.data_dir} (first: {missing[0]}); give "
+                               "the --data-dir the genomes were downloaded to, or --frames-only")
     os.makedirs(args.work_dir, exist_ok=True)
-    fasta, table = os.path.join(args.work_dir, "held_out.fasta"), os.path.join(args.work_dir, "held_out.tsv")
+    fasta, table = os.path.join(args.work_dir, f"{name}.fasta"), os.path.join(args.work_dir, f"{name}.tsv")
     evaluation.write_held_out(fragments, fasta, table)
-    sequences = evaluation.read_held_out(table)
-    called = {c.name: evaluation.prediction_levels(run_prediction(args, c, fasta, chunk_length))
-              for c in classifiers}
+    return fasta, evaluation.read_held_out(table)
+
+
+def held_out_levels(args, classifiers: list[Classifier], split: dict,
+                    chunk_length: int) -> tuple[dict[str, Level], dict[str, str], dict[str, dict]]:
+    """Sequences, chunks and every stop-free frame of reads and contigs cut
+    from the held-out records, as prediction.py calls them; also each
+    classifier's prediction folder and the held-out sequences' rows."""
+    fasta, sequences = labelled_sequences(args, classifiers[0].features, set(split["test_accessions"]),
+                                          split.get("test_group_of", {}), chunk_length, "held_out")
+    folders = {c.name: run_prediction(args, c, fasta, chunk_length) for c in classifiers}
+    called = {name: evaluation.prediction_levels(folder) for name, folder in folders.items()}
     levels = {}
     for level_name in ("sequences", "chunks", "frames"):
         ids = sorted(set.intersection(*(set(c[level_name]) for c in called.values())))
@@ -196,7 +217,102 @@ def held_out_levels(args, classifiers: list[Classifier], split: dict, chunk_leng
             level.calls[name] = np.array([by_level[level_name][i][0] for i in ids], dtype=np.int64)
             level.scores[name] = np.array([by_level[level_name][i][1] for i in ids])
         levels[level_name] = level
-    return levels
+    return levels, folders, sequences
+
+
+# ---------------------------------------------------------------- calibration
+@dataclass
+class Calibrated:
+    """A classifier's calibration: where it was written, what it was fitted
+    on, and its reliability before and after on the test sequences."""
+    classifier: str
+    files: list[str]
+    fitted_on: dict
+    ece: dict[str, tuple[float, float]]
+    reliability: dict[str, dict[str, list]]
+
+
+def calibration_records(classifier: Classifier, split: dict) -> set[str]:
+    """The classifier's validation records, found again from its recorded
+    settings and checked against its fingerprint of them."""
+    hyperparameters = classifier.metadata.get("hyperparameters") or {}
+    features = classifier.features
+    records = evaluation.validation_records(features.accessions(), features.labels, set(split["test_accessions"]),
+                                            hyperparameters.get("val_fraction", 0.0), hyperparameters.get("seed", 0))
+    if evaluation.record_fingerprint(records) != classifier.metadata["split"].get("validation_records"):
+        raise units.InputError(f"{classifier.path}: its validation records cannot be found again from its features "
+                               "and settings (the features changed since it was trained?), so there is nothing it "
+                               "never trained on to calibrate it with; retrain it, or give --frames-only")
+    return records
+
+
+def level_scores(folder: str, sequences: dict[str, dict]) -> dict[str, tuple[list, np.ndarray]]:
+    """``{level: (scores, labels)}`` of a prediction run: each chunk's best
+    viral score, each sequence's list of them."""
+    chunks, by_sequence = evaluation.calibration_scores(folder)
+    label = {name: int(row["label"]) for name, row in sequences.items()}
+    return {"chunks": (list(chunks.values()), np.array([label[evaluation.sequence_of("chunks", i)] for i in chunks])),
+            "sequences": (list(by_sequence.values()), np.array([label[i] for i in by_sequence]))}
+
+
+def installed_copies(checkpoint: str, chunk_length: int, models: str | None) -> list[str]:
+    """The checkpoint itself and its installed copy in the models folder, if that one is the same classifier."""
+    installed = os.path.join(units.models_dir(models), units.CLASSIFIERS, f"model_fastesm650_{chunk_length}.pth")
+    same = (os.path.isfile(installed) and not os.path.samefile(installed, checkpoint)
+            and units.file_sha256(installed) == units.file_sha256(checkpoint))
+    return [checkpoint, installed] if same else [checkpoint]
+
+
+def calibrate(args, classifier: Classifier, split: dict, chunk_length: int, test_folder: str,
+              test_sequences: dict[str, dict]) -> Calibrated:
+    """Fit the classifier's calibration on its validation records (cut into
+    reads and contigs like the held-out ones, run through prediction.py), save
+    it beside the classifier, and measure it on the test sequences."""
+    records = calibration_records(classifier, split)
+    fasta, sequences = labelled_sequences(args, classifier.features, records, {}, chunk_length,
+                                          f"validation_{classifier.pipeline}")
+    fitted = level_scores(run_prediction(args, classifier, fasta, chunk_length, "validation"), sequences)
+    calibration = evaluation.fit_calibration(*fitted["chunks"], *fitted["sequences"])
+    fitted_on = {"records": len(records), "records_sha256": evaluation.record_fingerprint(records),
+                 "chunks": len(fitted["chunks"][1]), "sequences": len(fitted["sequences"][1]),
+                 "viral_share": {level: float(np.mean(labels)) for level, (_, labels) in fitted.items()},
+                 "fragment_lengths": args.fragment_lengths or [chunk_length, 1000, 3000]}
+    files = [units.save_calibration(path, calibration, fitted_on=fitted_on)
+             for path in installed_copies(classifier.path, chunk_length, args.models_dir)]
+    test = level_scores(test_folder, test_sequences)
+    chunk_scores, chunk_labels = test["chunks"]
+    sequence_scores, sequence_labels = test["sequences"]
+    probabilities = {
+        "chunks": (np.array(chunk_scores), calibration.chunk_probabilities(chunk_scores), chunk_labels),
+        "sequences": (np.array([np.mean(s) for s in sequence_scores]),
+                      np.array([calibration.sequence_probability(calibration.chunk_probabilities(s))
+                                for s in sequence_scores]), sequence_labels)}
+    ece = {level: (evaluation.expected_calibration_error(before, labels),
+                   evaluation.expected_calibration_error(after, labels))
+           for level, (before, after, labels) in probabilities.items()}
+    curves = {level: {"before": evaluation.reliability(before, labels), "after": evaluation.reliability(after, labels)}
+              for level, (before, after, labels) in probabilities.items()}
+    return Calibrated(classifier.name, files, fitted_on, ece, curves)
+
+
+def reliability_png(calibrated: list[Calibrated], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(8.4, 4.2), squeeze=False)
+    for axis, level in zip(axes[0], ("chunks", "sequences")):
+        for number, result in enumerate(calibrated):
+            for stage, style in (("before", "--"), ("after", "-")):
+                points = result.reliability[level][stage]
+                axis.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", markersize=3,
+                          color=f"C{number}", label=f"{result.classifier} {stage}")
+        axis.plot([0, 1], [0, 1], color="lightgray", linestyle=":")
+        axis.set_title(f"{level.capitalize()}, test set", fontsize=10)
+        axis.set_xlabel("predicted probability of being viral")
+        axis.set_ylabel("share viral")
+        axis.legend(loc="upper left", fontsize=8)
+    save_png(figure, path)
 
 
 # ---------------------------------------------------------------- verdict and report
@@ -231,6 +347,15 @@ def breakdown(level: Level, bins, unit: str) -> list[dict]:
     return rows
 
 
+def save_png(figure, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    with units.atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    plt.close(figure)
+
+
 def roc_png(levels: dict[str, Level], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -249,10 +374,7 @@ def roc_png(levels: dict[str, Level], path: str) -> None:
         axis.set_xlabel("false positive rate")
         axis.set_ylabel("true positive rate")
         axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    with units.atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def fmt(value) -> str:
@@ -278,8 +400,37 @@ def metrics_table(names, results, intervals, unit: str, difference=None) -> list
     return lines
 
 
+def calibration_lines(calibrated: list[Calibrated], classifiers: list[Classifier], png: str) -> list[str]:
+    """The report's calibration section."""
+    lines = ["## Calibration", "",
+             "Each classifier trained on this split gets a calibration: isotonic regression of the true label on a "
+             "chunk's best viral score, then on the mean of a sequence's calibrated chunk probabilities, fitted on "
+             "reads and contigs cut from its validation records (the genomes its training held out for early "
+             "stopping; never the test records) and run through prediction.py. It is saved beside the classifier, "
+             "where prediction.py reads it to write Viral_probability and FDR. Expected calibration error (ECE, 10 "
+             "bins) on the test sequences, before (the best viral score; for a sequence, the mean of its chunks') and "
+             "after:", "", "| classifier | fitted on | level | ECE before | ECE after |", "|---|---|---|---:|---:|"]
+    for result in calibrated:
+        fitted = (f"{result.fitted_on['records']} records: {result.fitted_on['chunks']} chunks, "
+                  f"{result.fitted_on['sequences']} sequences")
+        lines += [f"| {result.classifier} | {fitted} | {level} | {fmt(before)} | {fmt(after)} |"
+                  for level, (before, after) in result.ece.items()]
+    few = [result.classifier for result in calibrated if result.fitted_on["sequences"] < FEW_CALIBRATION_SEQUENCES]
+    if few:
+        lines += ["", f"{' and '.join(few)}: fitted on fewer than {FEW_CALIBRATION_SEQUENCES} sequences, too few for "
+                  "a reliable calibration; more validation genomes (train_fastesm.py --val-fraction) give a better "
+                  "one."]
+    lines += ["", "Written: " + ", ".join(f"`{file}`" for result in calibrated for file in result.files) + "."]
+    left = [c.name for c in classifiers if not c.like_for_like]
+    if left:
+        lines += ["", f"Not calibrated: {', '.join(left)} (a published classifier records no validation records; "
+                  "prediction with it says 'uncalibrated')."]
+    return lines + ["", f"![Reliability]({os.path.basename(png)})", ""]
+
+
 def write_report(path, levels: dict, results: dict, intervals: dict, verdicts: dict, like_for_like: bool,
-                 threshold: float, breakdowns: dict, roc_file: str, notes: list[str]) -> str:
+                 threshold: float, breakdowns: dict, roc_file: str, notes: list[str],
+                 calibration: list[str]) -> str:
     """The markdown report; returns the overall result."""
     titles = dict(evaluation.LEVELS)
     names = [n for n in ("FastESM2_650", "ESM2-3B") if n in results[next(iter(levels))]]
@@ -319,6 +470,7 @@ def write_report(path, levels: dict, results: dict, intervals: dict, verdicts: d
     for name in compared:
         lines += [f"| {name} | {prevalence:.0%} | {fmt(precision)} | {fmt(fdr)} |"
                   for prevalence, precision, fdr in prevalence_rows(results[prevalence_level][name])]
+    lines += [""] + calibration
     if len(names) == 2 and not like_for_like:
         lines += ["", "## The published ESM2-3B classifier: an optimistic bound, not in the verdict", "",
                   "It was trained by the published code on a random 10% per-frame split over all records, so it has "
@@ -398,14 +550,15 @@ def load_classifiers(args, split: dict) -> list[Classifier]:
     device = units.resolve_device(args.device)
     features = units.FeatureSet(units.find_merged_files(args.merge_dir))
     model_path = units.default_checkpoint_path(args.model, features.chunk_length())
-    model, _ = load_model(model_path, "fastesm650", features, device, args.split, test)
-    classifiers = [Classifier("FastESM2_650", model_path, "fastesm650", model, features, True)]
+    model, _, metadata = load_model(model_path, "fastesm650", features, device, args.split, test)
+    classifiers = [Classifier("FastESM2_650", model_path, "fastesm650", model, features, True, metadata)]
     if args.baseline_model:
         baseline = units.FeatureSet(units.find_merged_files(args.baseline_merge_dir),
                                     units.PIPELINES["esm2_3b"].input_dim)
-        baseline_model, like_for_like = load_model(args.baseline_model, "esm2_3b", baseline, device, args.split, test)
+        baseline_model, like_for_like, metadata = load_model(args.baseline_model, "esm2_3b", baseline, device,
+                                                             args.split, test)
         classifiers.append(Classifier("ESM2-3B", args.baseline_model, "esm2_3b", baseline_model, baseline,
-                                      like_for_like))
+                                      like_for_like, metadata))
     return classifiers
 
 
@@ -445,10 +598,14 @@ def main(argv=None):
     classifiers = load_classifiers(args, split)
     like_for_like = len(classifiers) == 2 and classifiers[1].like_for_like
     levels = {"frames_cds": cds_frames(classifiers, split, args.data_dir)}
+    calibrated = []
     if not args.frames_only:
         chunk_length = classifiers[0].features.chunk_length() or units.load_checkpoint(classifiers[0].path)[1].get(
             "chunk_length")
-        levels = {**held_out_levels(args, classifiers, split, chunk_length), **levels}
+        held_out, folders, test_sequences = held_out_levels(args, classifiers, split, chunk_length)
+        levels = {**held_out, **levels}
+        calibrated = [calibrate(args, c, split, chunk_length, folders[c.name], test_sequences)
+                      for c in classifiers if c.like_for_like]
 
     results, intervals, verdicts = {}, {}, {}
     ordered = [c.name for c in classifiers][::-1]              # the difference: ESM2-3B minus FastESM2_650
@@ -475,13 +632,20 @@ def main(argv=None):
         bins = list(zip([0] + edges, edges)) + [(edges[-1], 10**9)]
         breakdowns = {"sequences": ("By held-out sequence length", breakdown(levels["sequences"], bins,
                                                                              "sequences")), **breakdowns}
+    calibration = []
+    if calibrated:
+        reliability_file = os.path.join(args.report_dir, "reliability.png")
+        reliability_png(calibrated, reliability_file)
+        calibration = calibration_lines(calibrated, classifiers, reliability_file)
     report = os.path.join(args.report_dir, "validation_report.md")
     overall = write_report(report, levels, results, intervals, verdicts, like_for_like, args.threshold, breakdowns,
-                           roc_file, notes_of(args, split, classifiers, levels))
+                           roc_file, notes_of(args, split, classifiers, levels), calibration)
     with units.atomic_write(os.path.join(args.report_dir, SUMMARY_FILE)) as out:
         json.dump({"result": overall, "verdicts": verdicts, "threshold": args.threshold,
                    "accuracy_drop_95": {name: intervals[name].get("difference", {}).get("accuracy")
-                                        for name in levels}}, out, indent=1)
+                                        for name in levels},
+                   "calibration": {c.classifier: {"files": c.files, "fitted_on": c.fitted_on,
+                                                  "ece_before_after": c.ece} for c in calibrated}}, out, indent=1)
 
     titles = dict(evaluation.LEVELS)
     for name in levels:

@@ -309,10 +309,10 @@ def test_every_record_has_a_summary_row_with_its_reason(models, tmp_path, caplog
     with open(output / "prediction_summary.tsv") as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle][1:]
     assert [row[0] for row in rows] == [sequences[0][0], "empty", "tiny", "edge", "no_frame", sequences[2][0]]
-    calls = {row[0]: row[-1] for row in rows}
+    calls = {row[0]: row[6] for row in rows}
     assert calls["empty"] == "no_sequence" and calls["tiny"] == "too_short" and calls["no_frame"] == "no_frames"
     assert calls["edge"] in ("virus", "others")                         # 150 bp: the default minimum for 300
-    assert rows[2] == ["tiny", "10", "0", "0", "0", "NA", "too_short"]
+    assert rows[2] == ["tiny", "10", "0", "0", "0", "NA", "too_short", "NA", "NA"]
     assert "not scored: 1 without a stop-free frame, 1 shorter than 150 bp, 1 without sequence" in caplog.text
     frames = (output / "prediction_results.txt").read_text()
     assert "tiny_chunk" not in frames and "edge_chunk_1" in frames

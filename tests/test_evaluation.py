@@ -105,6 +105,33 @@ def test_the_levels_are_predictions_own_calls(study, evaluated, tmp_path):
     chunk_calls = [int(row["Is_Virus"] == "True") for row in chunks]
     assert saved["chunks"]["n"] == len(chunks)
     assert saved["chunks"]["accuracy"] == pytest.approx(np.mean(np.equal(chunk_labels, chunk_calls)))
+    calibration = units.load_calibration(study["root"] / "model_fastesm650_300.pth")    # the evaluation's
+    assert [float(row["Viral_probability"]) for row in chunks] == pytest.approx(
+        calibration.chunk_probabilities([float(row["Viral_score"]) for row in chunks]), abs=1e-6)
+
+
+def test_each_classifier_is_calibrated_on_its_validation_records(study, evaluated):
+    root, work = study["root"], study["root"] / "evaluation"
+    test_records = set(json.loads(study["split"].read_text())["test_accessions"])
+    summary = json.loads((evaluated / "validation_summary.json").read_text())["calibration"]
+    held_out = evaluation.read_held_out(work / "held_out.tsv")
+    for pipeline, name in (("fastesm650", "FastESM2_650"), ("esm2_3b", "ESM2-3B")):
+        checkpoint = root / f"model_{pipeline}_300.pth"
+        calibration = units.load_calibration(checkpoint)
+        table = evaluation.read_held_out(work / f"validation_{pipeline}.tsv")
+        records = {row["record"] for row in table.values()}
+        assert records and not records & test_records
+        assert evaluation.record_fingerprint(records) == units.load_checkpoint(checkpoint)[1]["split"][
+            "validation_records"]                                     # the records its training validated on
+        fitted = evaluate.level_scores(str(work / f"validation_{pipeline}"), table)
+        assert evaluation.fit_calibration(*fitted["chunks"], *fitted["sequences"]).to_json() == calibration.to_json()
+        scores, labels = evaluate.level_scores(str(work / f"prediction_{pipeline}"), held_out)["chunks"]
+        assert summary[name]["ece_before_after"]["chunks"] == pytest.approx(
+            [evaluation.expected_calibration_error(scores, labels),
+             evaluation.expected_calibration_error(calibration.chunk_probabilities(scores), labels)])
+    report = (evaluated / "validation_report.md").read_text()
+    assert "## Calibration" in report and "model_esm2_3b_300.calibration.json" in report
+    assert (evaluated / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_held_out_sequences_are_slices_of_held_out_records_only(study, evaluated):
@@ -270,6 +297,8 @@ def test_the_example_report_is_what_the_evaluation_writes(study, evaluated):
     if os.environ.get("UPDATE_EXAMPLE_REPORT") == "1":
         note = ("> Example: the synthetic run of tests/test_evaluation.py (two sources of genomes differing in GC "
                 "content, tiny random-weight encoders, 12 organisms per class), not a result about the real models.\n\n")
-        EXAMPLE_REPORT.write_text(note + fresh.replace("](roc_curves.png)", "](example_roc_curves.png)"))
-        (EXAMPLE_REPORT.parent / "example_roc_curves.png").write_bytes((evaluated / "roc_curves.png").read_bytes())
+        for name in ("roc_curves.png", "reliability.png"):
+            fresh = fresh.replace(f"]({name})", f"](example_{name})")
+            (EXAMPLE_REPORT.parent / f"example_{name}").write_bytes((evaluated / name).read_bytes())
+        EXAMPLE_REPORT.write_text(note + fresh)
     assert report_outline(EXAMPLE_REPORT.read_text()) == report_outline(fresh)

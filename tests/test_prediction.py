@@ -82,11 +82,14 @@ def test_chunk_calls_and_sequence_summary_are_consistent(reference_run):
     for row in frames:
         pair = best.setdefault(row["Sequence_ID"][:-2], [-1.0, -1.0])
         pair[0], pair[1] = max(pair[0], float(row["score1"])), max(pair[1], float(row["score2"]))
-    assert (reference_run / "prediction_results_highestscore.csv").read_text().startswith("Modified_ID\tIs_Virus\n")
+    header = (reference_run / "prediction_results_highestscore.csv").read_text().split("\n", 1)[0]
+    assert header == "Modified_ID\tIs_Virus\tViral_score\tViral_probability"    # the published two first
     chunk_calls = read_tsv(reference_run / "prediction_results_highestscore.csv")
     assert [row["Modified_ID"] for row in chunk_calls] == list(best)
     for row in chunk_calls:
         assert row["Is_Virus"] == str(best[row["Modified_ID"]][1] >= best[row["Modified_ID"]][0])
+        assert float(row["Viral_score"]) == best[row["Modified_ID"]][1]
+        assert row["Viral_probability"] == "uncalibrated"                 # the test classifier has no calibration
 
     summary = read_tsv(reference_run / "prediction_summary.tsv")
     records = list(units.read_fasta(INPUT))
@@ -102,8 +105,10 @@ def test_chunk_calls_and_sequence_summary_are_consistent(reference_run):
         if scored:
             assert float(row["Best_viral_score"]) == max(best[c][1] for c in scored)
             assert row["Call"] == ("virus" if 2 * int(row["Viral_chunks"]) >= len(scored) else "others")
+            assert (row["Viral_probability"], row["FDR"]) == ("uncalibrated", "uncalibrated")
         else:
             assert (row["Best_viral_score"], row["Call"]) == ("NA", "no_frames")
+            assert (row["Viral_probability"], row["FDR"]) == ("NA", "NA")
     assert any(row["Call"] == "no_frames" for row in summary)            # reported, not dropped
 
 
