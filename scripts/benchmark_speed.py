@@ -17,6 +17,14 @@ ESM2-3B's time at the same precision (exit status 0, else 1).
 
 --end-to-end times the whole prediction (chunking to calls) on sample reads
 with each pipeline's classifier instead. Writes reports/speed_benchmark.md.
+
+--host-ceiling times the whole prediction path, FASTA to result files, with
+both encoders replaced by zero-cost stand-ins of the right output widths and
+the real DNABERT-S tokenizer (tests/data/arch_tiny/dnabert_s/tokenizer.json),
+on --sequences synthetic 500-bp reads (one open reading frame each, half on
+the reverse strand): how many frames per second the host can feed the GPU.
+Prints a table of stages and, with --json FILE, writes
+{"frames_per_second": ..., "frames_per_core_second": ..., "stages": {...}}.
 Models: the default Hugging Face models, local folders (--fastesm-model,
 --esm2-3b-model), or random weights of the real shapes (--random-weights, no
 download). A CPU run with small sizes is a smoke test, not a measurement.
@@ -24,13 +32,18 @@ download). A CPU run with small sizes is a smoke test, not a measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+import types
+from unittest import mock
 
+import numpy as np
 import torch
 
 import units
@@ -38,6 +51,9 @@ import units
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample.fasta")
 FLOP_RATIO = 4.4
+TOKENIZER_FOLDER = os.path.join(ROOT, "tests", "data", "arch_tiny", "dnabert_s")
+PROTEIN_FOLDER = os.path.join(ROOT, "tests", "data", "arch_tiny", "fastesm650")
+READ_LENGTH = 500
 
 
 def sample_proteins(reads: str, count: int) -> list[tuple[str, str]]:
@@ -117,6 +133,105 @@ def time_end_to_end(args, device) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- host ceiling
+def synthetic_reads(path: str, count: int, seed: int = 0) -> None:
+    """500-bp reads of one open reading frame each (random sense codons), every other one reverse-complemented."""
+    rng = np.random.default_rng(seed)
+    sense = np.array([codon for codon, amino_acid in units.CODON_TABLE.items() if amino_acid != "*"])
+    with open(path, "w") as handle:
+        for number in range(count):
+            read = "".join(sense[rng.integers(0, len(sense), READ_LENGTH // 3)]) + "A" * (READ_LENGTH % 3)
+            handle.write(f">read_{number}\n{read if number % 2 == 0 else units.reverse_complement(read)}\n")
+
+
+class StandInEncoder(torch.nn.Module):
+    """A zero-cost encoder of the right output width: zeros for every token, with no memory behind them."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.config = types.SimpleNamespace(hidden_size=width)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None):
+        from transformers.modeling_outputs import BaseModelOutput
+        hidden = self.anchor.new_zeros(1, 1, self.config.hidden_size).expand(*input_ids.shape, -1)
+        return BaseModelOutput(last_hidden_state=hidden)
+
+
+class StageClock:
+    """Seconds spent in named functions, wrapped for the run."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, stage: str, function):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+        return timed
+
+
+# (stage, module name, attribute): the functions of the prediction path whose time is reported
+HOST_STAGES = (("validate and count input", "prediction", "count_chunks"),
+               ("DNABERT-S: tokenize, encode, pool", "units", "extract_DNABERT_S"),
+               ("protein: tokenize, encode, pool", "units", "extract_protein"),
+               ("merge features", "units", "merge_data"),
+               ("classifier", "units", "predict_probabilities"),
+               ("frame FASTA files", "units", "IdentifiedWriter.write"),
+               ("final outputs", "prediction", "write_outputs"))
+
+
+def host_ceiling(args) -> dict:
+    """The prediction path with stand-in encoders on synthetic reads: frames/s and the time per stage."""
+    from transformers import PreTrainedTokenizerFast
+
+    prediction = _load_prediction()
+    modules = {"units": units, "prediction": prediction}
+    clock = StageClock()
+    dna_tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_FOLDER, local_files_only=True)
+    stand_in_pipeline = units.Pipeline("fastesm650", units.FASTESM2_650,
+                                       lambda *_, **__: (StandInEncoder(units.FASTESM2_650.dim), units.esm_tokenizer()))
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as patches:
+        reads, checkpoint = os.path.join(folder, "reads.fasta"), os.path.join(folder, "classifier.pth")
+        synthetic_reads(reads, args.sequences or 20000)
+        torch.manual_seed(0)
+        units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
+                              chunk_length=READ_LENGTH)
+        patches.enter_context(mock.patch.object(units, "load_dnabert_s",
+                                                lambda *_, **__: (StandInEncoder(units.DNA_DIM), dna_tokenizer)))
+        patches.enter_context(mock.patch.dict(units.PIPELINES, {"fastesm650": stand_in_pipeline}))
+        for stage, module, name in HOST_STAGES:
+            owner = modules[module]
+            *path, attribute = name.split(".")
+            for part in path:
+                owner = getattr(owner, part, None)
+            if owner is not None and hasattr(owner, attribute):
+                patches.enter_context(mock.patch.object(owner, attribute, clock.wrap(stage, getattr(owner, attribute))))
+        started = time.perf_counter()
+        prediction.main([reads, str(READ_LENGTH), checkpoint, "-o", os.path.join(folder, "out"), "--device", "cpu",
+                         "--dna-model", TOKENIZER_FOLDER, "--protein-model", PROTEIN_FOLDER])
+        seconds = time.perf_counter() - started
+        with open(os.path.join(folder, "out", "prediction_results.txt")) as handle:
+            frames = sum(1 for _ in handle) - 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    stages = {**clock.seconds, "other": seconds - sum(clock.seconds.values())}
+    return {"frames": frames, "reads": args.sequences or 20000, "seconds": seconds, "cores": cores,
+            "frames_per_second": frames / seconds, "frames_per_core_second": frames / seconds / cores,
+            "stages": stages}
+
+
+def print_host_ceiling(result: dict) -> None:
+    print(f"{'stage':<36} {'seconds':>8} {'share':>6}")
+    for stage, seconds in result["stages"].items():
+        print(f"{stage:<36} {seconds:>8.2f} {seconds / result['seconds']:>6.1%}")
+    print(f"{result['frames']} frames of {result['reads']} reads in {result['seconds']:.2f} s: "
+          f"{result['frames_per_second']:,.0f} frames/s, {result['frames_per_core_second']:,.0f} per core-second "
+          f"({result['cores']} cores)")
+
+
 def _load_prediction():
     sys.path.insert(0, ROOT)
     import prediction
@@ -173,10 +288,21 @@ def main(argv=None):
     parser.add_argument("--end-to-end", action="store_true", help="time the whole prediction per pipeline")
     parser.add_argument("--checkpoint", help="FastESM2_650 classifier, for --end-to-end")
     parser.add_argument("--baseline-checkpoint", help="ESM2-3B classifier (e.g. 300_model.pth), for --end-to-end")
+    parser.add_argument("--host-ceiling", action="store_true",
+                        help="time the prediction path with zero-cost stand-in encoders (--sequences reads, "
+                             "default 20000)")
+    parser.add_argument("--json", help="with --host-ceiling: write the result to this JSON file")
     parser.add_argument("--report", default="reports/speed_benchmark.md", help="report path (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.host_ceiling:
+        result = host_ceiling(args)
+        print_host_ceiling(result)
+        if args.json:
+            with units.atomic_write(args.json) as handle:
+                json.dump(result, handle, indent=1)
+        return 0
     device = units.resolve_device(args.device)
     if args.end_to_end:
         rows = time_end_to_end(args, device)
