@@ -12,6 +12,6 @@ RUN python3 -m venv $VIRTUAL_ENV && pip install --no-cache-dir --upgrade pip
 # torch pinned as in CI and pixi; the rest comes from pyproject.toml
 RUN pip install --no-cache-dir torch==2.13.0
 WORKDIR /app
-COPY pyproject.toml README.md units.py dnabert_s.py fetcher.py evaluation.py ./
+COPY pyproject.toml README.md units.py dnabert_s.py fetcher.py evaluation.py engine.py ./
 RUN pip install --no-cache-dir -e ".[test]"
 COPY . .

@@ -56,8 +56,10 @@ output folder.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import csv
+import functools
 import hashlib
 import heapq
 import itertools
@@ -65,11 +67,11 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+import engine
 import units
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt")
@@ -131,17 +133,6 @@ def count_chunks(input_fasta: str, chunk_size: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- one shard
-@dataclass
-class Models:
-    pipeline: units.Pipeline
-    classifier_path: str
-    classifier: units.MLPClassifier
-    dna: tuple
-    protein: tuple
-    dna_batch_tokens: int
-    protein_batch_tokens: int
-
-
 def skip_reason(record, min_length: int) -> str:
     if not record.sequence:
         return "no_sequence"
@@ -162,74 +153,87 @@ def shard_chunks(records, chunk_size):
     return chunks, rows
 
 
-def score_frames(folder: str, frames, models: Models) -> dict[str, tuple]:
-    """Embed a shard's frames and score them: ``{frame_id: (score1, score2)}``.
-    Each step's file is reused when a resumed run finds it."""
-    nucleotide, protein = f"{folder}/identified_nucleotide.fa", f"{folder}/identified_protein.faa"
-    if not os.path.exists(nucleotide):
-        with units.IdentifiedWriter(nucleotide, protein) as writer:
-            writer.write(frames)
-    dna_model, dna_tokenizer = models.dna
-    dna = units.extract_DNABERT_S(nucleotide, f"{folder}/DNABERT_S.pt", model=dna_model, tokenizer=dna_tokenizer,
-                                  toks_per_batch=models.dna_batch_tokens)
-    protein_model, protein_tokenizer = models.protein
-    proteins = units.extract_protein(models.pipeline, protein, f"{folder}/ESM.pt", protein_model, protein_tokenizer,
-                                     toks_per_batch=models.protein_batch_tokens)
-    if not dna["nucleotide"] or not proteins["proteins"]:
-        return {}                                       # every frame failed (see extraction_failures.log)
-    merged_file = f"{folder}/merged.pt"
-    if not os.path.exists(merged_file):
-        units.merge_data(f"{folder}/DNABERT_S.pt", f"{folder}/ESM.pt", merged_file,
-                         protein_dim=models.pipeline.protein.dim)
-    merged = torch.load(merged_file, weights_only=True)
-    probabilities = units.predict_probabilities(models.classifier, merged["data"]).numpy()
-    finite = np.isfinite(probabilities).all(axis=1)
-    if not finite.all():
-        raise units.InputError(f"{models.classifier_path}: the classifier gives non-finite scores (first: frame "
-                               f"{merged['ids'][int(np.argmin(finite))]}); the checkpoint is damaged, use another one")
-    return dict(zip(merged["ids"], map(tuple, probabilities)))
+@dataclass
+class Shard:
+    """One shard after its host work: its records, chunk rows and tokenized
+    frames; ``done`` when a previous run finished it."""
+    folder: str
+    chunk_count: int
+    done: bool = False
+    records: list = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    frames: engine.Frames | None = None
 
 
-def process_shard(folder: str, records, chunk_size: int, min_length: int, models: Models,
-                  keep_intermediate: bool) -> None:
-    """Score one shard; its ``chunks.tsv`` (written last) marks it done."""
+def prepare_shard(numbered, output_dir: str, chunk_size: int, min_length: int, scorer: engine.Engine) -> Shard:
+    """Host work, run ahead in the background: chunks, stop-free frames (empty proteins are not scored), tokens."""
+    index, (records, chunk_count) = numbered
+    folder = f"{output_dir}/shards/{index:06d}"
     if os.path.exists(f"{folder}/chunks.tsv"):
-        return
-    os.makedirs(folder, exist_ok=True)
+        return Shard(folder, chunk_count, done=True)
     skipped = [skip_reason(record, min_length) for record in records]
+    chunks, rows = shard_chunks([record for record, reason in zip(records, skipped) if not reason], chunk_size)
+    frames = [frame for frame in units.select_frames(chunks) if frame[2]]
+    return Shard(folder, chunk_count, False, records, skipped, rows, scorer.tokenize(frames))
+
+
+def write_intermediates(folder: str, frames: engine.Frames, scores: engine.Scores, scorer: engine.Engine) -> None:
+    """--keep-intermediate: the shard's frames and features in the formats of features_extract.py."""
+    with units.IdentifiedWriter(f"{folder}/identified_nucleotide.fa", f"{folder}/identified_protein.faa") as writer:
+        writer.write(zip(frames.ids, frames.nucleotides, frames.proteins))
+    failed = {frame_id: encoder for frame_id, encoder, _, _ in scores.failures}
+    dna_rows = [k for k, i in enumerate(frames.ids) if failed.get(i) != "DNABERT-S"]
+    protein_rows = [k for k, i in enumerate(frames.ids) if failed.get(i) != scorer.protein_name]
+    units._save({"nucleotide": [frames.ids[k] for k in dna_rows],
+                 "data": [{"label": frames.ids[k], "mean_representation": scores.dna[k].clone()} for k in dna_rows],
+                 "precision": units.model_precision(scorer.dna_encoder.model)}, f"{folder}/DNABERT_S.pt")
+    units._save({"proteins": [frames.ids[k] for k in protein_rows], "data": [scores.protein[k].clone()
+                                                                          for k in protein_rows],
+                 "precision": units.model_precision(scorer.protein_encoder.model)}, f"{folder}/ESM.pt")
+    units.merge_data(f"{folder}/DNABERT_S.pt", f"{folder}/ESM.pt", f"{folder}/merged.pt",
+                     protein_dim=scorer.protein_encoder.width)
+
+
+def score_shard(shard: Shard, scorer: engine.Engine, classifier_path: str, keep_intermediate: bool) -> None:
+    """Device work and the shard's files; its ``chunks.tsv`` (written last) marks it done."""
+    folder = shard.folder
+    os.makedirs(folder, exist_ok=True)
     with units.atomic_write(f"{folder}/records.tsv") as out:
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
         writer.writerow(RECORD_COLUMNS)
-        writer.writerows((record.id, len(record.sequence), reason) for record, reason in zip(records, skipped))
-    chunks, rows = shard_chunks([record for record, reason in zip(records, skipped) if not reason], chunk_size)
-    frames = [frame for frame in units.select_frames(chunks) if frame[2]]   # empty proteins are not scored
-    scores = score_frames(folder, frames, models) if frames else {}
-    frames_per_chunk: dict[str, int] = {}
+        writer.writerows((record.id, len(record.sequence), reason)
+                         for record, reason in zip(shard.records, shard.skipped))
+    frames = shard.frames
+    scores = scorer.score(frames)
+    for encoder in ("DNABERT-S", scorer.protein_name):
+        units.log_failures([(i, kind, message) for i, which, kind, message in scores.failures if which == encoder],
+                           f"{folder} ({encoder})", folder)
+    finite = np.isfinite(scores.probabilities).all(axis=1)
+    if not finite.all():
+        raise units.InputError(f"{classifier_path}: the classifier gives non-finite scores (first: frame "
+                               f"{frames.ids[scores.kept[np.argmin(finite)]]}); the checkpoint is damaged, use "
+                               "another one")
+    frames_per_chunk = collections.Counter(frame_id[:-2] for frame_id in frames.ids)
     best: dict[str, list] = {}
     with units.atomic_write(f"{folder}/frames.tsv") as out:
-        for frame_id, _, _ in frames:
-            chunk_id = frame_id[:-2]
-            frames_per_chunk[chunk_id] = frames_per_chunk.get(chunk_id, 0) + 1
-            if frame_id not in scores:
-                continue
-            others, virus = scores[frame_id]
+        for row, (others, virus) in zip(scores.kept, scores.probabilities):
+            frame_id = frames.ids[row]
             # published: the arg-max class, 'others' on an exact tie
             out.write(f"{frame_id}\t{units.CLASS_NAMES[int(virus > others)]}\t"
                       f"{format_score(others)}\t{format_score(virus)}\n")
-            pair = best.setdefault(chunk_id, [others, virus])
+            pair = best.setdefault(frame_id[:-2], [others, virus])
             pair[0], pair[1] = max(pair[0], others), max(pair[1], virus)
+    if keep_intermediate:
+        write_intermediates(folder, frames, scores, scorer)
     with units.atomic_write(f"{folder}/chunks.tsv") as out:
         writer = csv.DictWriter(out, CHUNK_COLUMNS, delimiter="\t", lineterminator="\n")
         writer.writeheader()
-        for row in rows:
+        for row in shard.rows:
             others, virus = (format_score(v) for v in best[row["chunk_id"]]) if row["chunk_id"] in best \
                 else ("NA", "NA")
             writer.writerow({**row, "frames": frames_per_chunk.get(row["chunk_id"], 0),
                              "best_others": others, "best_virus": virus})
-    if not keep_intermediate:
-        for name in ("identified_nucleotide.fa", "identified_protein.faa", "DNABERT_S.pt", "ESM.pt", "merged.pt"):
-            if os.path.exists(f"{folder}/{name}"):
-                os.remove(f"{folder}/{name}")
 
 
 # ---------------------------------------------------------------- final outputs
@@ -432,10 +436,11 @@ def report(counts: dict, min_length: int, output_dir: str) -> str:
 
 
 # ---------------------------------------------------------------- run
-def warn_on_precision_change(model_path: str, metadata: dict, models: Models) -> None:
+def warn_on_precision_change(model_path: str, metadata: dict, scorer: engine.Engine) -> None:
     """Warn when the classifier was trained on features of other encoder dtypes than this run's."""
     trained = metadata.get("encoder_precision")
-    running = {"dna": units.model_precision(models.dna[0]), "protein": units.model_precision(models.protein[0])}
+    running = {"dna": units.model_precision(scorer.dna_encoder.model),
+               "protein": units.model_precision(scorer.protein_encoder.model)}
     if trained and trained != running:
         units.logger.warning(
             f"{model_path}: trained on features of DNABERT-S in {trained['dna']} and the protein model in "
@@ -667,9 +672,10 @@ def predict(args, input_path: str, input_identity: dict, classifier, metadata: d
     device = units.resolve_device(args.device)
     units.logger.info(f"{args.input_fasta}: {n_records} sequences, {n_chunks} {args.expect_length}-bp chunks; "
                       f"{pipeline.name} pipeline on {device}")
-    models = Models(pipeline, args.model_path, classifier.to(device), units.load_dnabert_s(dna_folder, device),
-                    pipeline.load_protein(protein_folder, device), args.dna_batch_tokens, args.protein_batch_tokens)
-    warn_on_precision_change(args.model_path, metadata, models)
+    scorer = engine.Engine(units.load_dnabert_s(dna_folder, device), pipeline.load_protein(protein_folder, device),
+                           classifier.to(device), args.dna_batch_tokens, args.protein_batch_tokens,
+                           pipeline.protein.name)
+    warn_on_precision_change(args.model_path, metadata, scorer)
     if state == "new":
         start_over(output_dir)
         write_run(output_dir, settings, "running")
@@ -677,13 +683,15 @@ def predict(args, input_path: str, input_identity: dict, classifier, metadata: d
         units.logger.info(f"resuming the run in {output_dir}")
 
     folders = []
+    prepare = functools.partial(prepare_shard, output_dir=output_dir, chunk_size=args.expect_length,
+                                min_length=args.min_length, scorer=scorer)
+    numbered = enumerate(shards(input_path, args.expect_length, args.chunks_per_shard), start=1)
     with tqdm(total=n_chunks, desc="chunks", unit="chunk") as progress:
-        shard_iter = shards(input_path, args.expect_length, args.chunks_per_shard)
-        for index, (records, chunk_count) in enumerate(shard_iter, start=1):
-            folder = f"{output_dir}/shards/{index:06d}"
-            process_shard(folder, records, args.expect_length, args.min_length, models, args.keep_intermediate)
-            folders.append(folder)
-            progress.update(chunk_count)
+        for shard in engine.prefetched(numbered, prepare, ahead=int(device.type != "cpu")):
+            if not shard.done:
+                score_shard(shard, scorer, args.model_path, args.keep_intermediate)
+            folders.append(shard.folder)
+            progress.update(shard.chunk_count)
     calls = Calls.of(folders, calibration, args.min_score, args.max_fdr)
     counts = write_outputs(output_dir, input_path, folders, calls, args.expect_length, args.min_region, args.plot)
     if not args.keep_intermediate:

@@ -1097,21 +1097,6 @@ FAILURE_LOG = "extraction_failures.log"
 DNA_TOKS_PER_BATCH = 16384
 
 
-def token_budget_batches(lengths: Sequence[int], toks_per_batch: int) -> list[list[int]]:
-    """Group indices, longest first, so that each padded batch (rows x longest
-    row) holds at most ``toks_per_batch`` tokens; ``lengths`` count the special
-    tokens. A sequence longer than the budget gets a batch of its own."""
-    batches, current = [], []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if current and lengths[current[0]] * (len(current) + 1) > toks_per_batch:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -1121,81 +1106,36 @@ def model_precision(model: torch.nn.Module) -> str:
     return dtype_name(next(model.parameters()).dtype)
 
 
-def _log_failures(failures: list[tuple[str, str, str]], fasta_file, out_file) -> None:
-    """Append ``time, file, id, kind, message`` lines (tab-separated) to the
-    failure log beside ``out_file``."""
+def log_failures(failures: list[tuple[str, str, str]], source, folder) -> None:
+    """Append ``time, source, id, kind, message`` lines (tab-separated) to
+    the failure log in ``folder``, and say so once."""
     if not failures:
         return
-    log_path = os.path.join(os.path.dirname(os.fspath(out_file)) if out_file else ".", FAILURE_LOG)
+    log_path = os.path.join(os.fspath(folder) or ".", FAILURE_LOG)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with open(log_path, "a") as log:
         for sequence_id, kind, message in failures:
-            log.write(f"{now}\t{os.fspath(fasta_file)}\t{sequence_id}\t{kind}\t{message}\n")
-    logger.warning(f"{fasta_file}: {len(failures)} sequences failed ({failures[0][1]}: {failures[0][0]}, ...); "
+            log.write(f"{now}\t{source}\t{sequence_id}\t{kind}\t{message}\n")
+    logger.warning(f"{source}: {len(failures)} sequences failed ({failures[0][1]}: {failures[0][0]}, ...); "
                    f"see {log_path}")
 
 
-def _embed_all(ids: list[str], batches: list[list[int]], embed_batch, desc: str):
-    """Run ``embed_batch(indices) -> [n, dim] float32`` over all batches.
+def _embed_file(fasta_file, out_file, alphabet: str, encoder, tokenize, pad_id: int, toks_per_batch: int,
+                desc: str) -> tuple[list[str], list[torch.Tensor]]:
+    """Embed every sequence of a FASTA file through the engine; log the
+    failures beside ``out_file``; ``(ids kept, their embeddings)``."""
+    import engine
 
-    A batch that runs out of GPU memory is split in two and retried; a single
-    sequence that still does not fit is recorded as a failure.
-    Returns ``({index: vector}, [(id, kind, message)])``.
-    """
-    from tqdm import tqdm
-
-    vectors, failures = {}, []
-    pending = list(reversed(batches))
-    with tqdm(total=len(ids), desc=desc, unit="seq", leave=False) as progress:
-        while pending:
-            batch = pending.pop()
-            try:
-                result = embed_batch(batch)
-            except torch.OutOfMemoryError as error:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                if len(batch) > 1:
-                    half = len(batch) // 2
-                    pending += [batch[half:], batch[:half]]
-                    continue
-                failures.append((ids[batch[0]], "out_of_memory", str(error).strip().splitlines()[0]))
-                progress.update(1)
-                continue
-            vectors.update(zip(batch, result))
-            progress.update(len(batch))
-    return vectors, failures
-
-
-def _checked_embeddings(ids, vectors, failures, dim, fasta_file):
-    """Refuse any embedding that is not ``dim`` (the model's width) finite values, and check that
-    every input sequence has exactly one embedding or one failure."""
-    kept_ids, kept = [], []
-    for index, sequence_id in enumerate(ids):
-        if index not in vectors:
-            continue
-        vector = vectors[index]
-        if tuple(vector.shape) != (dim,):
-            raise DimensionError(dim, tuple(vector.shape), sequence_id, f"{fasta_file} embeddings")
-        if not torch.isfinite(vector).all():
-            failures.append((sequence_id, "non_finite", "the embedding holds NaN or infinite values"))
-            continue
-        kept_ids.append(sequence_id)
-        kept.append(vector.clone())
-    failed = {failure[0] for failure in failures}
-    if len(kept_ids) + len(failed) != len(ids) or failed & set(kept_ids):
-        raise RuntimeError(f"{fasta_file}: {len(ids)} sequences but {len(kept_ids)} embeddings "
-                           f"and {len(failed)} failures")
-    return kept_ids, kept
-
-
-def _padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded token ids and their attention mask."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-    lengths = torch.tensor([len(row) for row in rows])
-    return input_ids, (torch.arange(width)[None, :] < lengths[:, None]).long()
+    ids, sequences = [], []
+    for record in read_fasta(fasta_file, alphabet=alphabet):
+        ids.append(record.id)
+        sequences.append(record.sequence.upper())
+    embeddings, failed = engine.embed_rows(encoder, tokenize(sequences), ids, pad_id, toks_per_batch,
+                                           f"{desc} {os.path.basename(os.fspath(fasta_file))}")
+    log_failures([(ids[row], *failed[row]) for row in sorted(failed)], os.fspath(fasta_file),
+                 os.path.dirname(os.fspath(out_file)) if out_file else ".")
+    kept = [row for row in range(len(ids)) if row not in failed]
+    return [ids[row] for row in kept], list(embeddings[kept]) if kept else []
 
 
 def _save(obj, out_file) -> None:
@@ -1204,19 +1144,12 @@ def _save(obj, out_file) -> None:
             torch.save(obj, handle)
 
 
-def _read_sequences(fasta_file, alphabet):
-    ids, sequences = [], []
-    for record in read_fasta(fasta_file, alphabet=alphabet):
-        ids.append(record.id)
-        sequences.append(record.sequence.upper())
-    return ids, sequences
-
-
 def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=None, model=None,
                       toks_per_batch=DNA_TOKS_PER_BATCH):
     """DNABERT-S embeddings of every sequence of ``input_file``: the mean over
     all tokens, [CLS] and [SEP] included, padding excluded, exactly what the
-    published one-at-a-time code computes, but in padded batches.
+    published one-at-a-time code computes, but in padded batches (through
+    ``engine``, the path prediction takes).
 
     Saves (atomically) and returns ``{'nucleotide': [ids], 'data':
     [{'label': id, 'mean_representation': tensor(768)}], 'precision':
@@ -1225,28 +1158,17 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     Without ``model``, the default DNABERT-S is loaded (``model_loaded`` is
     accepted for compatibility with the published signature).
     """
+    import engine
+
     if out_file is not None and os.path.exists(out_file):
         return torch.load(out_file, weights_only=True)
     if model is None:
         model, tokenizer = load_dnabert_s()
-    ids, sequences = _read_sequences(input_file, "dna")
-    encoded = tokenizer(sequences)["input_ids"]
-    device = _model_device(model)
-
-    def embed(batch):
-        input_ids, mask = _padded([encoded[i] for i in batch], tokenizer.pad_token_id)
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        with torch.inference_mode():
-            hidden = model(input_ids, attention_mask=mask)[0].float()
-        mask = mask.unsqueeze(-1).float()
-        return ((hidden * mask).sum(dim=1) / mask.sum(dim=1)).cpu()
-
-    batches = token_budget_batches([len(e) for e in encoded], toks_per_batch)
-    vectors, failures = _embed_all(ids, batches, embed, f"DNABERT-S {os.path.basename(input_file)}")
-    kept_ids, kept = _checked_embeddings(ids, vectors, failures, model.config.hidden_size, input_file)
-    _log_failures(failures, input_file, out_file)
+    kept_ids, kept = _embed_file(input_file, out_file, "dna", engine.DnaEncoder(model),
+                                 lambda sequences: engine.dna_tokens(tokenizer, sequences), tokenizer.pad_token_id,
+                                 toks_per_batch, "DNABERT-S")
     result = {"nucleotide": kept_ids,
-              "data": [{"label": i, "mean_representation": v} for i, v in zip(kept_ids, kept)],
+              "data": [{"label": i, "mean_representation": v.clone()} for i, v in zip(kept_ids, kept)],
               "precision": model_precision(model)}
     _save(result, out_file)
     return result
@@ -1256,33 +1178,20 @@ def _extract_protein(spec: ModelSpec, load, fasta_file, out_file, model, tokeniz
                      toks_per_batch):
     """Mean over residue positions only (no BOS/EOS, no padding) of the last
     layer, each sequence cut to ``truncation_seq_length`` residues, as the
-    published fair-esm extraction; returned in fp32. An existing ``out_file``
-    is returned before any model is loaded; without ``model``, ``load()`` gives one."""
+    published fair-esm extraction; returned in fp32. An existing ``out_file`` is
+    returned before any model is loaded; without ``model``, ``load()`` gives one."""
+    import engine
+
     if out_file is not None and os.path.exists(out_file):
         return torch.load(out_file, weights_only=True)
     if model is None:
         model, tokenizer = load()
-    ids, sequences = _read_sequences(fasta_file, "protein")
-    residues = [s[:truncation_seq_length] for s in sequences]
-    encoded = [tokenizer.build_inputs_with_special_tokens(tokenizer.convert_tokens_to_ids(list(r)))
-               for r in residues]
-    device = _model_device(model)
-
-    def embed(batch):
-        input_ids, attention = _padded([encoded[i] for i in batch], tokenizer.pad_token_id)
-        lengths = torch.tensor([len(residues[i]) for i in batch])
-        positions = torch.arange(input_ids.shape[1])
-        residue_mask = ((positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])).float()
-        with torch.inference_mode():
-            hidden = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
-        pooled = (hidden.float() * residue_mask.to(device).unsqueeze(-1)).sum(dim=1)
-        return pooled.cpu() / lengths[:, None]
-
-    batches = token_budget_batches([len(e) for e in encoded], toks_per_batch)
-    vectors, failures = _embed_all(ids, batches, embed, f"{spec.name} {os.path.basename(fasta_file)}")
-    kept_ids, kept = _checked_embeddings(ids, vectors, failures, model.config.hidden_size, fasta_file)
-    _log_failures(failures, fasta_file, out_file)
-    result = {"proteins": kept_ids, "data": kept, "precision": model_precision(model)}
+    table = engine.residue_table(tokenizer)
+    kept_ids, kept = _embed_file(fasta_file, out_file, "protein", engine.ProteinEncoder(model),
+                                 lambda sequences: engine.protein_tokens(tokenizer, table, sequences,
+                                                                         truncation_seq_length),
+                                 tokenizer.pad_token_id, toks_per_batch, spec.name)
+    result = {"proteins": kept_ids, "data": [v.clone() for v in kept], "precision": model_precision(model)}
     _save(result, out_file)
     return result
 

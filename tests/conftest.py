@@ -91,11 +91,13 @@ def predict_args(models, output_dir, *extra, input_fasta=GOLDEN / "prediction/in
             "--dna-model", models["dna"], "--protein-model", models["protein"], "--chunks-per-shard", "100", *extra]
 
 
-def interrupt_after(monkeypatch, name, calls):
-    """Make ``units.<name>`` stop the run (as Ctrl-C would) when called for the ``calls + 1``-th time."""
+def interrupt_after(monkeypatch, name, calls, module=None):
+    """Make ``<module>.<name>`` (default: units) stop the run (as Ctrl-C would) when called for the
+    ``calls + 1``-th time."""
     import units
 
-    original, made = getattr(units, name), []
+    module = module or units
+    original, made = getattr(module, name), []
 
     def interrupted(*args, **kwargs):
         made.append(1)
@@ -103,4 +105,4 @@ def interrupt_after(monkeypatch, name, calls):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(units, name, interrupted)
+    monkeypatch.setattr(module, name, interrupted)

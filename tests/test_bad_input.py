@@ -328,7 +328,7 @@ def test_a_finished_run_is_not_redone_unless_asked(models, sample_run, tmp_path,
     output = tmp_path / "out"
     shutil.copytree(sample_run, output)
     calls = []
-    monkeypatch.setattr(units, "extract_DNABERT_S", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(prediction, "score_shard", lambda *a, **k: calls.append(a))
     assert prediction.main(predict_args(models, output, input_fasta=SAMPLE)) == 0
     assert calls == [] and "this run is already complete" in caplog.text
     monkeypatch.undo()

@@ -3,9 +3,11 @@ and load through the same functions users call."""
 import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
+import engine
 import units
 from conftest import GOLDEN, TINY_FASTESM, load_script
 
@@ -187,8 +189,8 @@ def test_token_budget_is_respected(fastesm, tmp_path):
     for rows, width in recording.shapes:
         assert rows * width <= 600 or rows == 1
     lengths = [random.randint(1, 1200) for _ in range(500)]
-    batches = units.token_budget_batches(lengths, 2048)
-    assert sorted(i for batch in batches for i in batch) == list(range(500))
+    batches = engine.token_budget_batches(np.array(lengths), 2048)
+    assert sorted(int(i) for batch in batches for i in batch) == list(range(500))
     assert all(max(lengths[i] for i in b) * len(b) <= 2048 or len(b) == 1 for b in batches)
 
 

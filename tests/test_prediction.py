@@ -134,15 +134,15 @@ def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_pat
 def test_interrupted_run_resumes_to_identical_outputs(models, reference_run, tmp_path, monkeypatch):
     output_dir = tmp_path / "out"
     calls = []
-    original = units.extract_protein
+    original = prediction.score_shard
 
     def interrupted(*args, **kwargs):
-        calls.append(args[1])
+        calls.append(args[0].folder)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(units, "extract_protein", interrupted)
+    monkeypatch.setattr(prediction, "score_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prediction.main(predict_args(models, output_dir, "--plot"))
     assert not any((output_dir / name).exists() for name in prediction.RESULT_FILES)   # no partial results

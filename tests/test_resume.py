@@ -48,7 +48,7 @@ def test_a_checkpoint_swapped_for_one_of_equal_size_is_refused(models, checkpoin
     checkpoint = tmp_path / "model_fastesm650_300.pth"
     shutil.copy(first, checkpoint)
     output = tmp_path / "out"
-    interrupt_after(monkeypatch, "extract_protein", 2)      # after two shards
+    interrupt_after(monkeypatch, "score_shard", 2, prediction)      # after two shards
     with pytest.raises(KeyboardInterrupt):
         prediction.main(sample_args(models, output, checkpoint=str(checkpoint)))
     monkeypatch.undo()
@@ -68,7 +68,7 @@ def test_a_model_folder_whose_weights_changed_is_refused(models, tmp_path, monke
     shutil.copytree(models["protein"], protein)
     args = sample_args(models, tmp_path / "out")
     args[args.index("--protein-model") + 1] = str(protein)
-    interrupt_after(monkeypatch, "extract_protein", 1)
+    interrupt_after(monkeypatch, "score_shard", 1, prediction)
     with pytest.raises(KeyboardInterrupt):
         prediction.main(args)
     monkeypatch.undo()

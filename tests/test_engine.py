@@ -1,0 +1,137 @@
+"""The embedding engine: vectorised tokenization equals the tokenizers', batched embeddings equal
+one-at-a-time ones, frame scores equal the classifier on those, and host work prefetched in a
+background thread keeps its order and its errors."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+import units
+from conftest import ARCH_TINY, ROOT
+
+
+@pytest.fixture(scope="module")
+def dnabert():
+    return units.load_dnabert_s(str(ARCH_TINY / "dnabert_s"), "cpu")
+
+
+@pytest.fixture(scope="module")
+def fastesm(tiny_models):
+    return units.load_fast_esm(tiny_models["protein"], "cpu")
+
+
+def as_lists(rows: engine.TokenRows) -> list[list[int]]:
+    return [rows.ids[start:start + length].tolist() for start, length in zip(rows.starts, rows.lengths)]
+
+
+def random_dna(count, seed, lengths=(5, 600)):
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list("ACGT"), rng.integers(*lengths))) for _ in range(count)]
+
+
+def test_dna_tokens_are_the_tokenizers(dnabert):
+    _, tokenizer = dnabert
+    sequences = [r.sequence for r in units.read_fasta(ARCH_TINY / "dnabert_s/inputs.fasta")]
+    sequences += random_dna(50, seed=1) + ["ACGTNNNNACGT", "A", "NNNN"]
+    assert as_lists(engine.dna_tokens(tokenizer, sequences)) == tokenizer(sequences)["input_ids"]
+
+
+def test_protein_tokens_are_the_tokenizers_without_a_call_per_residue():
+    tokenizer = units.esm_tokenizer()
+    proteins = ["MKVLLAGG", "ACDEFGHIKLMNPQRSTVWYBZUOX", "M" * 1500, "", "XX*", "KQ.-"]
+    expected = [tokenizer.build_inputs_with_special_tokens(tokenizer.convert_tokens_to_ids(list(p[:1024])))
+                for p in proteins]
+    assert as_lists(engine.protein_tokens(tokenizer, engine.residue_table(tokenizer), proteins)) == expected
+    short = engine.protein_tokens(tokenizer, engine.residue_table(tokenizer), proteins, truncation=3)
+    assert short.lengths.tolist() == [5, 5, 5, 2, 5, 5]
+
+
+def test_padded_batches_hold_each_row_then_padding():
+    rows = engine.TokenRows.from_lengths(np.arange(1, 10), np.array([2, 4, 3]))
+    ids, mask = rows.padded(np.array([1, 2]), pad_id=0)
+    assert ids.tolist() == [[3, 4, 5, 6], [7, 8, 9, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+
+
+def test_batched_dna_embeddings_equal_one_at_a_time(dnabert):
+    model, tokenizer = dnabert
+    sequences = random_dna(30, seed=2)
+    ids = [f"s{k}" for k in range(len(sequences))]
+    batched, failures = engine.embed_rows(engine.DnaEncoder(model), engine.dna_tokens(tokenizer, sequences), ids,
+                                          tokenizer.pad_token_id, 2048, "DNABERT-S")
+    assert not failures
+    with torch.inference_mode():
+        for row, sequence in enumerate(sequences):
+            alone = model(torch.tensor([tokenizer(sequence)["input_ids"]]))[0][0].mean(dim=0)
+            assert torch.allclose(batched[row], alone, atol=1e-6, rtol=1e-6)    # fp32 rounding
+
+
+def test_batched_protein_embeddings_equal_one_at_a_time(fastesm):
+    model, tokenizer = fastesm
+    rng = np.random.default_rng(3)
+    proteins = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), rng.integers(3, 200))) for _ in range(30)]
+    ids = [f"p{k}" for k in range(len(proteins))]
+    rows = engine.protein_tokens(tokenizer, engine.residue_table(tokenizer), proteins)
+    batched, failures = engine.embed_rows(engine.ProteinEncoder(model), rows, ids, tokenizer.pad_token_id, 1024,
+                                          "FastESM2_650")
+    assert not failures
+    with torch.inference_mode():
+        for row, protein in enumerate(proteins):
+            tokens = torch.tensor([tokenizer.build_inputs_with_special_tokens(
+                tokenizer.convert_tokens_to_ids(list(protein)))])
+            alone = model(input_ids=tokens).last_hidden_state[0, 1:-1].mean(dim=0)
+            assert torch.allclose(batched[row], alone, atol=1e-6, rtol=1e-6)    # fp32 rounding
+
+
+def test_scores_are_the_classifier_on_both_embeddings(dnabert, fastesm):
+    chunks = list(units.iter_fasta_chunks(ROOT / "data/sample.fasta", 300))
+    frames = [frame for frame in units.select_frames(chunks) if frame[2]]
+    torch.manual_seed(0)
+    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES).eval()
+    scorer = engine.Engine(dnabert, fastesm, classifier, 4096, 4096, "FastESM2_650")
+    scores = scorer.score(scorer.tokenize(frames))
+    assert len(frames) > 3 and scores.kept.tolist() == list(range(len(frames))) and not scores.failures
+    features = torch.cat([scores.dna, scores.protein], dim=1)
+    with torch.inference_mode():
+        expected = torch.softmax(classifier(features), dim=1).numpy()
+    assert np.abs(scores.probabilities - expected).max() < 1e-6
+
+
+def test_frames_whose_embedding_fails_are_left_out_and_reported(dnabert, fastesm):
+    class NotFinite(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.width = model, model.config.hidden_size
+
+        def forward(self, input_ids, attention_mask):
+            pooled = torch.zeros(len(input_ids), self.width)
+            pooled[attention_mask.sum(dim=1) == attention_mask.shape[1]] = float("nan")   # the longest rows
+            return pooled
+
+    frames = [(f"c{k}_chunk_1F1", "ACGT" * (10 + k), "M" * (5 + k)) for k in range(4)]
+    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES).eval()
+    scorer = engine.Engine(dnabert, fastesm, classifier, 4096, 4096, "FastESM2_650")
+    scorer.protein_encoder = NotFinite(fastesm[0])
+    scores = scorer.score(scorer.tokenize(frames))
+    assert scores.kept.tolist() == [0, 1, 2] and len(scores.probabilities) == 3
+    assert scores.failures == [("c3_chunk_1F1", "FastESM2_650", "non_finite",
+                                "the embedding holds NaN or infinite values")]
+
+
+def test_prefetched_keeps_order_runs_in_a_background_thread_and_raises_at_the_item():
+    def prepare(item):
+        if item == 3:
+            raise units.InputError("bad record in item 3")
+        return item * 10, threading.current_thread() is threading.main_thread()
+
+    results = engine.prefetched(range(3), prepare, ahead=1)
+    assert [value for value, _ in results] == [0, 10, 20]
+    assert not any(in_main for _, in_main in engine.prefetched(range(3), prepare, ahead=2))
+    assert all(in_main for _, in_main in engine.prefetched(range(3), prepare, ahead=0))
+    seen = []
+    with pytest.raises(units.InputError, match="item 3"):
+        for value, _ in engine.prefetched(range(5), prepare):
+            seen.append(value)
+    assert seen == [0, 10, 20]
