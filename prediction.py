@@ -47,8 +47,10 @@ A viral region is a run of viral chunks along a sequence, gaps of one chunk
 start to its last chunk's end; regions shorter than --min-region (default:
 the chunk length) are left out. A sequence viral end to end is one region.
 
-The input is processed in shards of whole sequences, so memory stays flat as
-the input grows; an interrupted run, re-run with the same arguments, resumes
+The input is processed in shards of --chunks-per-shard chunks (a long record
+spread over several), so memory stays flat as the input grows; each shard is
+embedded and scored in memory, and on a GPU the next shard's frames and tokens
+are prepared in a background thread meanwhile. An interrupted run, re-run with the same arguments, resumes
 at the first unfinished shard and ends with the same outputs. A finished run
 is not redone (--overwrite starts over); one run at a time writes into an
 output folder.
@@ -111,16 +113,24 @@ def format_score(value) -> str:
 
 # ---------------------------------------------------------------- input in shards
 def shards(input_fasta: str, chunk_size: int, chunks_per_shard: int):
-    """``(records, chunk count)``: whole records holding about ``chunks_per_shard`` chunks."""
-    shard, chunks = [], 0
+    """``(pieces, chunk count)`` of ``chunks_per_shard`` chunks each (the last
+    one fewer): a piece is ``(record, first chunk, end chunk)``, so that a
+    record longer than a shard (a chromosome-sized contig) is spread over
+    several and memory stays flat whatever the records' lengths."""
+    shard, room = [], chunks_per_shard
     for record in units.read_fasta(input_fasta, alphabet="dna", keep_empty=True):
-        shard.append(record)
-        chunks += len(units.chunk_starts(len(record.sequence), chunk_size))
-        if chunks >= chunks_per_shard:
-            yield shard, chunks
-            shard, chunks = [], 0
+        total, first = len(units.chunk_starts(len(record.sequence), chunk_size)), 0
+        while True:
+            taken = min(total - first, room)
+            shard.append((record, first, first + taken))
+            first, room = first + taken, room - taken
+            if room == 0:
+                yield shard, chunks_per_shard
+                shard, room = [], chunks_per_shard
+            if first == total:
+                break
     if shard:
-        yield shard, chunks
+        yield shard, chunks_per_shard - room
 
 
 def count_chunks(input_fasta: str, chunk_size: int) -> tuple[int, int]:
@@ -139,13 +149,14 @@ def skip_reason(record, min_length: int) -> str:
     return "too_short" if len(record.sequence) < min_length else ""
 
 
-def shard_chunks(records, chunk_size):
-    """``[(chunk_id, upper-case chunk)]`` and the chunk table rows of a shard's scored records."""
+def shard_chunks(pieces, chunk_size):
+    """``[(chunk_id, upper-case chunk)]`` and the chunk table rows of a shard's pieces of scored records."""
     chunks, rows = [], []
-    for record in records:
-        sequence = record.sequence.upper()
-        for k, start in enumerate(units.chunk_starts(len(sequence), chunk_size), start=1):
-            chunk = sequence[start:start + chunk_size]
+    for record, first, end in pieces:
+        sequence = record.sequence
+        starts = units.chunk_starts(len(sequence), chunk_size)[first:end]
+        for k, start in enumerate(starts, start=first + 1):
+            chunk = sequence[start:start + chunk_size].upper()
             chunk_id = f"{record.id}_chunk_{k}"
             chunks.append((chunk_id, chunk))
             rows.append({"chunk_id": chunk_id, "record_id": record.id, "record_length": len(sequence),
@@ -155,8 +166,8 @@ def shard_chunks(records, chunk_size):
 
 @dataclass
 class Shard:
-    """One shard after its host work: its records, chunk rows and tokenized
-    frames; ``done`` when a previous run finished it."""
+    """One shard after its host work: the records that start in it, its
+    chunk rows and tokenized frames; ``done`` when a previous run finished it."""
     folder: str
     chunk_count: int
     done: bool = False
@@ -166,14 +177,18 @@ class Shard:
     frames: engine.Frames | None = None
 
 
-def prepare_shard(numbered, output_dir: str, chunk_size: int, min_length: int, scorer: engine.Engine) -> Shard:
-    """Host work, run ahead in the background: chunks, stop-free frames (empty proteins are not scored), tokens."""
-    index, (records, chunk_count) = numbered
+def prepare_shard(numbered, output_dir: str, chunk_size: int, min_length: int, scorer: engine.Engine,
+                  team: Team) -> Shard:
+    """Host work, run ahead in the background: chunks, stop-free frames (empty
+    proteins are not scored), tokens; nothing for a shard another process of
+    the team scores."""
+    index, (pieces, chunk_count) = numbered
     folder = f"{output_dir}/shards/{index:06d}"
-    if os.path.exists(f"{folder}/chunks.tsv"):
+    if os.path.exists(f"{folder}/chunks.tsv") or not team.owns(index):
         return Shard(folder, chunk_count, done=True)
+    records = [record for record, first, _ in pieces if first == 0]
     skipped = [skip_reason(record, min_length) for record in records]
-    chunks, rows = shard_chunks([record for record, reason in zip(records, skipped) if not reason], chunk_size)
+    chunks, rows = shard_chunks([piece for piece in pieces if not skip_reason(piece[0], min_length)], chunk_size)
     frames = [frame for frame in units.select_frames(chunks) if frame[2]]
     return Shard(folder, chunk_count, False, records, skipped, rows, scorer.tokenize(frames))
 
@@ -258,11 +273,12 @@ def read_records(folder: str):
 
 def input_sequences(shard_folders: list[str], calibration: units.Calibration | None):
     """``(record row, its chunk rows)`` of every input sequence, in input order
-    (no chunk rows for a sequence that was not scored)."""
-    for folder in shard_folders:
-        scored = itertools.groupby(read_chunk_table(folder, calibration), key=lambda row: row["record_id"])
-        for record in read_records(folder):
-            yield record, ([] if record["skipped"] else list(next(scored)[1]))
+    (no chunk rows for a sequence that was not scored); a record's chunks may
+    span shards (ids are unique, so consecutive rows of one id are one record)."""
+    chunk_rows = itertools.chain.from_iterable(read_chunk_table(folder, calibration) for folder in shard_folders)
+    scored = itertools.groupby(chunk_rows, key=lambda row: row["record_id"])
+    for record in itertools.chain.from_iterable(map(read_records, shard_folders)):
+        yield record, ([] if record["skipped"] else list(next(scored)[1]))
 
 
 def chunk_rule_call(record_rows) -> str:
@@ -436,6 +452,60 @@ def report(counts: dict, min_length: int, output_dir: str) -> str:
 
 
 # ---------------------------------------------------------------- run
+@dataclass
+class Team:
+    """The processes of one run under torchrun (RANK, WORLD_SIZE, LOCAL_RANK;
+    --nnodes for several machines): process k scores shards k+1, k+1+N, ...
+    on GPU LOCAL_RANK; process 0 checks the input and the folder first and
+    assembles the final files last. One process alone is a team of one."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Team:
+        env = os.environ
+        if int(env.get("WORLD_SIZE", 1)) > 1:
+            return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        return cls()
+
+    def __enter__(self):
+        if self.world > 1:
+            import datetime
+
+            import torch.distributed
+            # gloo: barriers and small objects only, on CPUs and GPUs alike; ranks may wait hours for each other
+            torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.world > 1:
+            import torch.distributed
+            torch.distributed.destroy_process_group()
+
+    def owns(self, shard_index: int) -> bool:
+        return (shard_index - 1) % self.world == self.rank
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed
+            torch.distributed.barrier()
+
+    def share(self, value):
+        """Process 0's ``value``, in every process."""
+        if self.world == 1:
+            return value
+        import torch.distributed
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def device(self, requested: str):
+        device = units.resolve_device(requested)
+        return units.resolve_device(f"cuda:{self.local_rank}") if device.type == "cuda" and self.world > 1 and \
+            device.index is None else device
+
+
 def warn_on_precision_change(model_path: str, metadata: dict, scorer: engine.Engine) -> None:
     """Warn when the classifier was trained on features of other encoder dtypes than this run's."""
     trained = metadata.get("encoder_precision")
@@ -600,7 +670,8 @@ def parse_args(argv):
                         help="chunks processed together; bounds memory and the work redone on resume "
                              "(default %(default)s)")
     parser.add_argument("--keep-intermediate", action="store_true",
-                        help="keep each shard's frames and feature files under <output>/shards/")
+                        help="keep each shard's tables, frame FASTA files and feature files (the formats of "
+                             "features_extract.py) under <output>/shards/")
     parser.add_argument("--plot", action="store_true",
                         help=f"also draw prediction.png: chunk scores and viral regions along the {PLOTTED_SEQUENCES} "
                              "sequences with the highest viral scores")
@@ -646,52 +717,67 @@ def main(argv=None):
                           f"'{UNCALIBRATED}' (scripts/evaluate_compare.py calibrates a classifier it evaluates)")
     output_dir = args.output_dir or default_output_dir(args.input_fasta)
     check_writable(output_dir)
-    with units.folder_lock(output_dir), readable_input(args.input_fasta, output_dir) as (input_path, input_identity):
-        counts = predict(args, input_path, input_identity, classifier, metadata, calibration, output_dir)
+    team = Team.from_environment()
+    if team.world > 1 and not os.path.isfile(args.input_fasta):
+        raise units.InputError(f"{args.input_fasta}: under torchrun every process reads the input; give a file, "
+                               "not a pipe")
+    lock = units.folder_lock(output_dir) if team.rank == 0 else contextlib.nullcontext()
+    with team, lock, readable_input(args.input_fasta, output_dir) as (input_path, input_identity):
+        counts = predict(args, input_path, input_identity, classifier, metadata, calibration, output_dir, team)
     if counts is not None:
         units.logger.info(report(counts, args.min_length, output_dir))
     return 0
 
 
 def predict(args, input_path: str, input_identity: dict, classifier, metadata: dict,
-            calibration: units.Calibration | None, output_dir: str) -> dict | None:
-    """The run, once this process holds the output folder: check the input and
-    the folder, then score shard by shard; ``None`` when the run was complete."""
+            calibration: units.Calibration | None, output_dir: str, team: Team) -> dict | None:
+    """The run, once the team holds the output folder: check the input and
+    the folder, then score shard by shard, and assemble; ``None`` when the run
+    was complete, and in every process of a team but the first."""
     from tqdm import tqdm
 
     pipeline = units.PIPELINES[args.pipeline]
-    n_records, n_chunks = count_chunks(input_path, args.expect_length)
     dna_folder = units.model_folder(units.DNABERT_S, args.dna_model, args.models_dir)
     protein_folder = units.model_folder(pipeline.protein, args.protein_model, args.models_dir)
     settings = run_settings(args, input_identity, dna_folder, protein_folder, calibration is not None)
-    state = run_state(output_dir, settings, args.overwrite)
+    if team.rank == 0:
+        n_records, n_chunks = count_chunks(input_path, args.expect_length)
+        state = run_state(output_dir, settings, args.overwrite)
+    state, n_chunks = team.share((state, n_chunks) if team.rank == 0 else None)
     if state == "complete":
-        units.logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
-                          "--overwrite runs it again")
+        if team.rank == 0:
+            units.logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
+                              "--overwrite runs it again")
         return None
-    device = units.resolve_device(args.device)
-    units.logger.info(f"{args.input_fasta}: {n_records} sequences, {n_chunks} {args.expect_length}-bp chunks; "
-                      f"{pipeline.name} pipeline on {device}")
+    device = team.device(args.device)
+    if team.rank == 0:
+        units.logger.info(f"{args.input_fasta}: {n_records} sequences, {n_chunks} {args.expect_length}-bp chunks; "
+                          f"{pipeline.name} pipeline on {device}"
+                          + (f", {team.world} processes" if team.world > 1 else ""))
     scorer = engine.Engine(units.load_dnabert_s(dna_folder, device), pipeline.load_protein(protein_folder, device),
                            classifier.to(device), args.dna_batch_tokens, args.protein_batch_tokens,
                            pipeline.protein.name)
     warn_on_precision_change(args.model_path, metadata, scorer)
-    if state == "new":
+    if team.rank == 0 and state == "new":
         start_over(output_dir)
         write_run(output_dir, settings, "running")
-    else:
+    elif team.rank == 0:
         units.logger.info(f"resuming the run in {output_dir}")
+    team.barrier()
 
     folders = []
     prepare = functools.partial(prepare_shard, output_dir=output_dir, chunk_size=args.expect_length,
-                                min_length=args.min_length, scorer=scorer)
+                                min_length=args.min_length, scorer=scorer, team=team)
     numbered = enumerate(shards(input_path, args.expect_length, args.chunks_per_shard), start=1)
-    with tqdm(total=n_chunks, desc="chunks", unit="chunk") as progress:
+    with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=team.rank != 0) as progress:
         for shard in engine.prefetched(numbered, prepare, ahead=int(device.type != "cpu")):
             if not shard.done:
                 score_shard(shard, scorer, args.model_path, args.keep_intermediate)
             folders.append(shard.folder)
             progress.update(shard.chunk_count)
+    team.barrier()                          # every shard scored, by whichever process
+    if team.rank != 0:
+        return None
     calls = Calls.of(folders, calibration, args.min_score, args.max_fdr)
     counts = write_outputs(output_dir, input_path, folders, calls, args.expect_length, args.min_region, args.plot)
     if not args.keep_intermediate:

@@ -23,7 +23,8 @@ both encoders replaced by zero-cost stand-ins of the right output widths and
 the real DNABERT-S tokenizer (tests/data/arch_tiny/dnabert_s/tokenizer.json),
 the encoders' pooling and the classifier counted as device work,
 on --sequences synthetic 500-bp reads (one open reading frame each, half on
-the reverse strand): how many frames per second the host can feed the GPU.
+the reverse strand; or one contig of --contig-length bp): how many frames
+per second the host can feed the GPU, and the peak memory.
 Prints a table of stages and, with --json FILE, writes
 {"frames_per_second": ..., "frames_per_core_second": ..., "stages": {...}}.
 Models: the default Hugging Face models, local folders (--fastesm-model,
@@ -135,13 +136,22 @@ def time_end_to_end(args, device) -> list[dict]:
 
 
 # ---------------------------------------------------------------- host ceiling
-def synthetic_reads(path: str, count: int, seed: int = 0) -> None:
-    """500-bp reads of one open reading frame each (random sense codons), every other one reverse-complemented."""
-    rng = np.random.default_rng(seed)
+def open_reading_frame(rng, length: int) -> str:
+    """``length`` bp of random sense codons: stop-free in its first frame."""
     sense = np.array([codon for codon, amino_acid in units.CODON_TABLE.items() if amino_acid != "*"])
+    return "".join(sense[rng.integers(0, len(sense), length // 3)]) + "A" * (length % 3)
+
+
+def synthetic_input(path: str, reads: int, contig_length: int | None = None, seed: int = 0) -> None:
+    """500-bp reads of one open reading frame each, every other one
+    reverse-complemented; or, with ``contig_length``, one contig of that length."""
+    rng = np.random.default_rng(seed)
     with open(path, "w") as handle:
-        for number in range(count):
-            read = "".join(sense[rng.integers(0, len(sense), READ_LENGTH // 3)]) + "A" * (READ_LENGTH % 3)
+        if contig_length:
+            handle.write(f">contig\n{open_reading_frame(rng, contig_length)}\n")
+            return
+        for number in range(reads):
+            read = open_reading_frame(rng, READ_LENGTH)
             handle.write(f">read_{number}\n{read if number % 2 == 0 else units.reverse_complement(read)}\n")
 
 
@@ -208,7 +218,7 @@ def host_ceiling(args) -> dict:
                                        lambda *_, **__: (StandInModel(units.FASTESM2_650.dim), units.esm_tokenizer()))
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as patches:
         reads, checkpoint = os.path.join(folder, "reads.fasta"), os.path.join(folder, "classifier.pth")
-        synthetic_reads(reads, args.sequences or 20000)
+        synthetic_input(reads, args.sequences or 20000, args.contig_length)
         torch.manual_seed(0)
         units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
                               chunk_length=READ_LENGTH)
@@ -234,7 +244,12 @@ def host_ceiling(args) -> dict:
     timed = sum(clock.seconds.get(stage, 0.0) for stage in TOP_STAGES)
     stages = {stage: clock.seconds[stage] for stage, _, _ in HOST_STAGES if stage in clock.seconds}
     stages["other: start-up, reading the input"] = seconds - timed
-    return {"frames": frames, "reads": args.sequences or 20000, "seconds": seconds, "cores": cores,
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"input": f"one {args.contig_length}-bp contig" if args.contig_length else
+            f"{args.sequences or 20000} reads of {READ_LENGTH} bp", "frames": frames, "seconds": seconds,
+            "cores": cores, "peak_rss_mb": round(peak_mb),
             "frames_per_second": frames / seconds, "frames_per_core_second": frames / seconds / cores,
             "stages": stages}
 
@@ -243,9 +258,9 @@ def print_host_ceiling(result: dict) -> None:
     print(f"{'stage':<40} {'seconds':>8} {'of wall':>8}")
     for stage, seconds in result["stages"].items():
         print(f"{stage:<40} {seconds:>8.2f} {seconds / result['seconds']:>8.1%}")
-    print(f"{result['frames']} frames of {result['reads']} reads in {result['seconds']:.2f} s: "
+    print(f"{result['input']}: {result['frames']} frames in {result['seconds']:.2f} s: "
           f"{result['frames_per_second']:,.0f} frames/s, {result['frames_per_core_second']:,.0f} per core-second "
-          f"({result['cores']} cores)")
+          f"({result['cores']} cores); peak memory {result['peak_rss_mb']:,} MB")
 
 
 def _load_prediction():
@@ -308,6 +323,8 @@ def main(argv=None):
                         help="time the prediction path with zero-cost stand-in encoders (--sequences reads, "
                              "default 20000)")
     parser.add_argument("--json", help="with --host-ceiling: write the result to this JSON file")
+    parser.add_argument("--contig-length", type=int, metavar="BP",
+                        help="with --host-ceiling: one synthetic contig of this length instead of reads")
     parser.add_argument("--report", default="reports/speed_benchmark.md", help="report path (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.runs < 1:

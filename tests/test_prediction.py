@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import units
-from conftest import GOLDEN, ROOT, load_script, predict_args
+from conftest import GOLDEN, ROOT, interrupt_after, load_script, predict_args
 
 prediction = load_script("prediction.py")
 plot_script = load_script("scripts/plot_predictions.py")
@@ -153,6 +153,50 @@ def test_interrupted_run_resumes_to_identical_outputs(models, reference_run, tmp
     assert len(calls) == 2                                   # shards 3 and 4 only (4 shards in all)
     for name in prediction.RESULT_FILES:
         assert (output_dir / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def test_records_longer_than_a_shard_spread_over_shards_and_resume(models, reference_run, tmp_path, monkeypatch):
+    """7-chunk shards cut most of the golden contigs (up to 19 chunks) across shards; an interrupted
+    run resumes; the results equal those of 100-chunk shards."""
+    output_dir = tmp_path / "out"
+    args = predict_args(models, output_dir)[:-1] + ["7"]
+    interrupt_after(monkeypatch, "score_shard", 20, prediction)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.main(args)
+    monkeypatch.undo()
+    continued = [row for folder in sorted((output_dir / "shards").iterdir()) if (folder / "chunks.tsv").exists()
+                 for row in read_tsv(folder / "chunks.tsv")[:1] if not row["chunk_id"].endswith("_chunk_1")]
+    assert continued                                      # shards that start inside a record
+    assert prediction.main(args) == 0
+    for name in prediction.RESULT_FILES:             # other batches: scores equal to fp32 rounding, calls identical
+        assert same_within(output_dir / name, reference_run / name, 1e-6), name
+
+
+def test_two_processes_under_torchrun_write_what_one_process_writes(models, reference_run, tmp_path):
+    output = tmp_path / "team"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(ROOT / "prediction.py"), *predict_args(models, output, "--plot")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes" in done.stderr and done.stderr.count("40 sequences: ") == 1     # one process assembles
+    for name in prediction.RESULT_FILES:
+        assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def same_within(path, other, tolerance) -> bool:
+    """Two text files that differ at most in numbers, by at most ``tolerance``."""
+    cells = [[line.split("\t") for line in open(p).read().splitlines()] for p in (path, other)]
+    if [len(row) for row in cells[0]] != [len(row) for row in cells[1]]:
+        return False
+    for a, b in zip(sum(cells[0], []), sum(cells[1], [])):
+        if a != b:
+            try:
+                if abs(float(a) - float(b)) > tolerance:
+                    return False
+            except ValueError:
+                return False
+    return True
 
 
 def test_keep_intermediate_and_changed_settings(models, tmp_path):
