@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import csv
 import functools
 import hashlib
 import heapq
@@ -214,11 +213,10 @@ def score_shard(shard: Shard, scorer: engine.Engine, classifier_path: str, keep_
     """Device work and the shard's files; its ``chunks.tsv`` (written last) marks it done."""
     folder = shard.folder
     os.makedirs(folder, exist_ok=True)
-    with units.atomic_write(f"{folder}/records.tsv") as out:
-        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-        writer.writerow(RECORD_COLUMNS)
-        writer.writerows((record.id, len(record.sequence), reason)
-                         for record, reason in zip(shard.records, shard.skipped))
+    with units.atomic_write(f"{folder}/records.tsv") as out:       # ids hold no white space: no quoting
+        out.write("\t".join(RECORD_COLUMNS) + "\n")
+        out.writelines(f"{record.id}\t{len(record.sequence)}\t{reason}\n"
+                       for record, reason in zip(shard.records, shard.skipped))
     frames = shard.frames
     scores = scorer.score(frames)
     for encoder in ("DNABERT-S", scorer.protein_name):
@@ -242,19 +240,24 @@ def score_shard(shard: Shard, scorer: engine.Engine, classifier_path: str, keep_
     if keep_intermediate:
         write_intermediates(folder, frames, scores, scorer)
     with units.atomic_write(f"{folder}/chunks.tsv") as out:
-        writer = csv.DictWriter(out, CHUNK_COLUMNS, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
+        out.write("\t".join(CHUNK_COLUMNS) + "\n")
         for row in shard.rows:
-            others, virus = (format_score(v) for v in best[row["chunk_id"]]) if row["chunk_id"] in best \
-                else ("NA", "NA")
-            writer.writerow({**row, "frames": frames_per_chunk.get(row["chunk_id"], 0),
-                             "best_others": others, "best_virus": virus})
+            chunk_id = row["chunk_id"]
+            others, virus = (format_score(v) for v in best[chunk_id]) if chunk_id in best else ("NA", "NA")
+            out.write(f"{chunk_id}\t{row['record_id']}\t{row['record_length']}\t{row['start']}\t{row['end']}\t"
+                      f"{frames_per_chunk.get(chunk_id, 0)}\t{others}\t{virus}\n")
 
 
 # ---------------------------------------------------------------- final outputs
+def read_table(path: str) -> list[dict]:
+    """The rows of a shard's table (tab-separated, a header, no quoting)."""
+    with open(path) as handle:
+        columns = handle.readline().rstrip("\n").split("\t")
+        return [dict(zip(columns, line.rstrip("\n").split("\t"))) for line in handle]
+
+
 def read_chunk_table(folder: str, calibration: units.Calibration | None):
-    with open(f"{folder}/chunks.tsv") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    rows = read_table(f"{folder}/chunks.tsv")
     scored = [row for row in rows if row["best_virus"] != "NA"]
     probabilities = calibration.chunk_probabilities([float(row["best_virus"]) for row in scored]) \
         if calibration else [None] * len(scored)
@@ -267,8 +270,7 @@ def read_chunk_table(folder: str, calibration: units.Calibration | None):
 
 
 def read_records(folder: str):
-    with open(f"{folder}/records.tsv") as handle:
-        yield from csv.DictReader(handle, delimiter="\t")
+    return read_table(f"{folder}/records.tsv")
 
 
 def input_sequences(shard_folders: list[str], calibration: units.Calibration | None):

@@ -459,6 +459,8 @@ def chunk_starts(length: int, chunk_size: int) -> list[int]:
         raise InputError(f"chunk size must be a positive number of bases, got {chunk_size}")
     if length <= 0:
         return []
+    if length <= chunk_size:
+        return [0]                          # a read: one chunk (the common case, kept cheap)
     n_chunks = -(-length // chunk_size)
     overlap = n_chunks * chunk_size - length
     step_back = overlap // n_chunks
