@@ -229,14 +229,15 @@ def score_shard(shard: Shard, scorer: engine.Engine, classifier_path: str, keep_
                                "another one")
     frames_per_chunk = collections.Counter(frame_id[:-2] for frame_id in frames.ids)
     best: dict[str, list] = {}
+    kept_ids = [frames.ids[row] for row in scores.kept]
+    for frame_id, (others, virus) in zip(kept_ids, scores.probabilities.tolist()):
+        pair = best.setdefault(frame_id[:-2], [others, virus])
+        pair[0], pair[1] = max(pair[0], others), max(pair[1], virus)
+    # published: the arg-max class, 'others' on an exact tie; scores as str() of float32, in one array call
+    classes = np.where(scores.probabilities[:, 1] > scores.probabilities[:, 0], "virus", "others")
     with units.atomic_write(f"{folder}/frames.tsv") as out:
-        for row, (others, virus) in zip(scores.kept, scores.probabilities):
-            frame_id = frames.ids[row]
-            # published: the arg-max class, 'others' on an exact tie
-            out.write(f"{frame_id}\t{units.CLASS_NAMES[int(virus > others)]}\t"
-                      f"{format_score(others)}\t{format_score(virus)}\n")
-            pair = best.setdefault(frame_id[:-2], [others, virus])
-            pair[0], pair[1] = max(pair[0], others), max(pair[1], virus)
+        out.writelines(f"{frame_id}\t{name}\t{others}\t{virus}\n" for frame_id, name, (others, virus)
+                       in zip(kept_ids, classes, scores.probabilities.astype(np.float32).astype(str)))
     if keep_intermediate:
         write_intermediates(folder, frames, scores, scorer)
     with units.atomic_write(f"{folder}/chunks.tsv") as out:
@@ -311,8 +312,10 @@ class Calls:
     @classmethod
     def of(cls, shard_folders, calibration, min_score, max_fdr) -> Calls:
         """A first pass over the chunk tables: the FDR needs every virus call's probability."""
+        if calibration is None:
+            return cls(None, min_score, max_fdr, np.empty(0))
         probabilities = [sequence_probability(rows, calibration) for _, rows in input_sequences(
-            shard_folders, calibration) if calibration and chunk_rule_call(rows) == "virus"]
+            shard_folders, calibration) if chunk_rule_call(rows) == "virus"]
         return cls(calibration, min_score, max_fdr, units.false_discovery_rates(probabilities))
 
     def final(self, record_rows) -> tuple[str, float | None, float | None]:
@@ -341,11 +344,11 @@ def summary_line(record_rows, calls: Calls) -> tuple[str, str]:
     """The summary line of one scored sequence, and its final call."""
     call, probability, fdr = calls.final(record_rows)
     scored = [row for row in record_rows if row["scored"]]
-    best = max((np.float32(row["best_virus"]) for row in scored), default=None)
+    best = max((row["best_virus"] for row in scored), key=float, default="NA")     # as the chunk table has it
     first = record_rows[0]
     return (f"{first['record_id']}\t{first['record_length']}\t{len(record_rows)}\t"
             f"{sum(row['frames'] == '0' for row in record_rows)}\t{sum(row['viral'] for row in scored)}\t"
-            f"{'NA' if best is None else format_score(best)}\t{call}\t"
+            f"{best}\t{call}\t"
             f"{probability_cells(bool(scored), calls.calibration is not None, probability, fdr)}\n"), call
 
 

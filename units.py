@@ -504,6 +504,7 @@ CODON_TABLE = {a + b + c: _AMINO_ACIDS[16 * i + 4 * j + k]
 AMBIGUOUS_BASES = frozenset("NRYMKSWHBVD")
 
 _COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")
+_COMPLEMENT_BYTES = bytes.maketrans(b"ACGTacgt", b"TGCAtgca")
 
 # Vectorised translation: upper-case A, C, G, T get codes 0-3, anything else 4,
 # and each position gets the base-5 code of the triplet starting there. Two
@@ -525,6 +526,8 @@ _STOP = ord("*")
 def reverse_complement(sequence):
     """Reverse complement; like the published one, only ACGT/acgt are
     complemented and any other letter is kept as it is."""
+    if sequence.isascii():                 # a byte table: several times faster than a str one
+        return sequence.encode("ascii").translate(_COMPLEMENT_BYTES)[::-1].decode("ascii")
     return sequence.translate(_COMPLEMENT)[::-1]
 
 
