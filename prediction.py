@@ -196,15 +196,13 @@ def write_intermediates(folder: str, frames: engine.Frames, scores: engine.Score
     """--keep-intermediate: the shard's frames and features in the formats of features_extract.py."""
     with units.IdentifiedWriter(f"{folder}/identified_nucleotide.fa", f"{folder}/identified_protein.faa") as writer:
         writer.write(zip(frames.ids, frames.nucleotides, frames.proteins))
-    failed = {frame_id: encoder for frame_id, encoder, _, _ in scores.failures}
-    dna_rows = [k for k, i in enumerate(frames.ids) if failed.get(i) != "DNABERT-S"]
-    protein_rows = [k for k, i in enumerate(frames.ids) if failed.get(i) != scorer.protein_name]
-    units._save({"nucleotide": [frames.ids[k] for k in dna_rows],
-                 "data": [{"label": frames.ids[k], "mean_representation": scores.dna[k].clone()} for k in dna_rows],
-                 "precision": units.model_precision(scorer.dna_encoder.model)}, f"{folder}/DNABERT_S.pt")
-    units._save({"proteins": [frames.ids[k] for k in protein_rows], "data": [scores.protein[k].clone()
-                                                                          for k in protein_rows],
-                 "precision": units.model_precision(scorer.protein_encoder.model)}, f"{folder}/ESM.pt")
+    failed = {(frame_id, encoder) for frame_id, encoder, _, _ in scores.failures}
+    dna_rows = [k for k, i in enumerate(frames.ids) if (i, "DNABERT-S") not in failed]
+    protein_rows = [k for k, i in enumerate(frames.ids) if (i, scorer.protein_name) not in failed]
+    units.save_dna_features([frames.ids[k] for k in dna_rows], scores.dna[dna_rows], scorer.dna_encoder.model,
+                            f"{folder}/DNABERT_S.pt")
+    units.save_protein_features([frames.ids[k] for k in protein_rows], scores.protein[protein_rows],
+                                scorer.protein_encoder.model, f"{folder}/ESM.pt")
     units.merge_data(f"{folder}/DNABERT_S.pt", f"{folder}/ESM.pt", f"{folder}/merged.pt",
                      protein_dim=scorer.protein_encoder.width)
 

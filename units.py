@@ -1149,6 +1149,26 @@ def _save(obj, out_file) -> None:
             torch.save(obj, handle)
 
 
+def save_dna_features(ids: list[str], vectors, model: torch.nn.Module, out_file=None) -> dict:
+    """DNABERT-S features in the published layout plus the model's dtype,
+    saved atomically when ``out_file`` is given: ``{'nucleotide': [ids], 'data':
+    [{'label': id, 'mean_representation': tensor}], 'precision': dtype}``."""
+    result = {"nucleotide": list(ids),
+              "data": [{"label": i, "mean_representation": v.clone()} for i, v in zip(ids, vectors)],
+              "precision": model_precision(model)}
+    _save(result, out_file)
+    return result
+
+
+def save_protein_features(ids: list[str], vectors, model: torch.nn.Module, out_file=None) -> dict:
+    """Protein features in the published layout plus the model's dtype, saved
+    atomically when ``out_file`` is given: ``{'proteins': [ids], 'data':
+    [tensor], 'precision': dtype}``."""
+    result = {"proteins": list(ids), "data": [v.clone() for v in vectors], "precision": model_precision(model)}
+    _save(result, out_file)
+    return result
+
+
 def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=None, model=None,
                       toks_per_batch=DNA_TOKS_PER_BATCH):
     """DNABERT-S embeddings of every sequence of ``input_file``: the mean over
@@ -1172,11 +1192,7 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     kept_ids, kept = _embed_file(input_file, out_file, "dna", engine.DnaEncoder(model),
                                  lambda sequences: engine.dna_tokens(tokenizer, sequences), tokenizer.pad_token_id,
                                  toks_per_batch, "DNABERT-S")
-    result = {"nucleotide": kept_ids,
-              "data": [{"label": i, "mean_representation": v.clone()} for i, v in zip(kept_ids, kept)],
-              "precision": model_precision(model)}
-    _save(result, out_file)
-    return result
+    return save_dna_features(kept_ids, kept, model, out_file)
 
 
 def _extract_protein(spec: ModelSpec, load, fasta_file, out_file, model, tokenizer, truncation_seq_length,
@@ -1196,9 +1212,7 @@ def _extract_protein(spec: ModelSpec, load, fasta_file, out_file, model, tokeniz
                                  lambda sequences: engine.protein_tokens(tokenizer, table, sequences,
                                                                          truncation_seq_length),
                                  tokenizer.pad_token_id, toks_per_batch, spec.name)
-    result = {"proteins": kept_ids, "data": [v.clone() for v in kept], "precision": model_precision(model)}
-    _save(result, out_file)
-    return result
+    return save_protein_features(kept_ids, kept, model, out_file)
 
 
 def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,

@@ -206,6 +206,11 @@ def test_keep_intermediate_and_changed_settings(models, tmp_path):
     shard = output_dir / "shards/000001"
     assert {"identified_nucleotide.fa", "identified_protein.faa", "DNABERT_S.pt", "ESM.pt", "merged.pt",
             "frames.tsv", "chunks.tsv"} <= {p.name for p in shard.iterdir()}
+    scored = [line.split("\t")[0] for line in (shard / "frames.tsv").read_text().splitlines()]
+    dna, protein = (torch.load(shard / name, weights_only=True) for name in ("DNABERT_S.pt", "ESM.pt"))
+    assert dna["nucleotide"] == protein["proteins"] == scored                       # features_extract.py's layouts
+    assert [row["label"] for row in dna["data"]] == scored and protein["data"][0].shape == (units.PROTEIN_DIM,)
+    assert torch.load(shard / "merged.pt", weights_only=True)["ids"] == scored
     assert len(read_tsv(output_dir / "prediction_summary.tsv")) == 10
     with pytest.raises(units.InputError, match="holds a run with other settings \\(chunks_per_shard\\)"):
         prediction.main(predict_args(models, output_dir, input_fasta=sample)[:-1] + ["50"])
