@@ -1102,10 +1102,6 @@ FAILURE_LOG = "extraction_failures.log"
 DNA_TOKS_PER_BATCH = 16384
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def model_precision(model: torch.nn.Module) -> str:
     """The dtype an encoder runs in, as recorded in feature files (``"float32"``)."""
     return dtype_name(next(model.parameters()).dtype)
