@@ -40,7 +40,7 @@ import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -257,8 +257,7 @@ _ALPHABETS = {
 }
 
 
-@dataclass(frozen=True)
-class FastaRecord:
+class FastaRecord(NamedTuple):
     id: str            # first word of the header, as Biopython's record.id
     title: str         # the whole header line without '>'
     sequence: str      # as in the file (case kept), line breaks, spaces and tabs removed; U read as T for DNA
@@ -266,12 +265,53 @@ class FastaRecord:
     line: int          # line number of its header
 
 
-def _valid_letter_remover(letters: str) -> dict:
-    """A str.translate table deleting the allowed letters in both cases."""
-    return str.maketrans("", "", letters + letters.lower())
+# The allowed letters in both cases, as bytes: bytes.translate deletes them in C (a str table costs a dict
+# lookup per letter), so a valid sequence is checked in one call.
+_ALLOWED_BYTES = {name: (letters + letters.lower()).encode("ascii") for name, (letters, _) in _ALPHABETS.items()}
 
 
-_REMOVERS = {name: _valid_letter_remover(letters) for name, (letters, _) in _ALPHABETS.items()}
+def _first_invalid_letter(sequence: str, alphabet: str) -> str | None:
+    """The first letter of ``sequence`` outside ``alphabet`` (either case), or None."""
+    if sequence.isascii() and not sequence.encode("ascii").translate(None, _ALLOWED_BYTES[alphabet]):
+        return None
+    allowed = _ALLOWED_BYTES[alphabet].decode("ascii")
+    return next((letter for letter in sequence if letter not in allowed), None)
+
+
+class _RecordIds:
+    """Refuses a record id seen before in a file. Keeps a set of the ids'
+    hashes, not the ids (about 60 bytes a record instead of 200: flat memory
+    for millions of reads); a repeated hash is confirmed, and the first record
+    of that id found, by reading the file again up to it. A pipe cannot be
+    read twice, so for one the ids themselves are kept."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.hashes: set[int] = set()
+        self.ids: dict[str, tuple[int, int]] | None = None if os.path.isfile(path) else {}
+
+    def add(self, record_id: str, number: int, line: int) -> None:
+        if self.ids is not None:
+            first = self.ids.setdefault(record_id, (number, line))
+        elif hash(record_id) in self.hashes:
+            first = self._first_record(record_id)
+        else:
+            self.hashes.add(hash(record_id))
+            return
+        if first != (number, line):
+            raise InputError(
+                f"{self.path}: duplicate record id '{record_id}' at record {first[0]} (line {first[1]}) "
+                f"and record {number} (line {line}); record ids must be unique, rename one of them")
+
+    def _first_record(self, record_id: str) -> tuple[int, int]:
+        """(number, header line) of the first record with this id: the one
+        being read when its hash matched another id's."""
+        lines = _numbered_lines(self.path)
+        first = next((number, line) for number, line in lines if line)
+        entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
+        return next((number, line) for number, (title, line, _)
+                    in enumerate(entries(self.path, itertools.chain([first], lines)), start=1)
+                    if title.split(None, 1)[0] == record_id)
 
 
 def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
@@ -327,10 +367,6 @@ def _fastq_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
         yield line[1:].strip(), number, sequence[1]
 
 
-_SEQUENCE_SPACES = str.maketrans("", "", " \t")
-_RNA_TO_DNA = str.maketrans("Uu", "Tt")
-
-
 def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
                keep_empty: bool = False) -> Iterator[FastaRecord]:
     """Stream the records of a FASTA or FASTQ file (told apart by content;
@@ -349,41 +385,37 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
     with ``keep_empty``.
     """
     path = os.fspath(path)
-    remover = _REMOVERS[alphabet] if alphabet else None
-    seen: dict[str, tuple[int, int]] = {}
+    record_ids = _RecordIds(path)
     with_sequence = 0
     rna_seen = False
 
     def record_of(number: int, title: str, line: int, sequence: str) -> FastaRecord | None:
         nonlocal rna_seen
         record_id = title.split(None, 1)[0] if title.strip() else ""
-        where = f"record {number} (line {line})"
         if not record_id:
-            raise InputError(f"{path}: {where} has a header without an id; give every record an id after '>'")
-        if record_id in seen:
-            first_number, first_line = seen[record_id]
-            raise InputError(
-                f"{path}: duplicate record id '{record_id}' at record {first_number} (line {first_line}) "
-                f"and {where}; record ids must be unique, rename one of them")
-        seen[record_id] = (number, line)
-        sequence = sequence.translate(_SEQUENCE_SPACES)
+            raise InputError(f"{path}: record {number} (line {line}) has a header without an id; give every "
+                             "record an id after '>'")
+        record_ids.add(record_id, number, line)
+        if " " in sequence or "\t" in sequence:
+            sequence = sequence.replace(" ", "").replace("\t", "")
         if not sequence:
             if not keep_empty:
-                logger.warning(f"{path}: record '{record_id}' ({where}) has no sequence; skipped")
+                logger.warning(f"{path}: record '{record_id}' (record {number}, line {line}) has no sequence; "
+                               "skipped")
                 return None
-        elif remover is not None:
-            invalid = sequence.translate(remover)
-            if invalid:
+        elif alphabet is not None:
+            invalid = _first_invalid_letter(sequence, alphabet)
+            if invalid is not None:
                 letters, what = _ALPHABETS[alphabet]
                 raise InputError(
-                    f"{path}: record '{record_id}' ({where}) contains {invalid[0]!r}, which is not {what} "
-                    f"({letters}); fix or remove that record")
+                    f"{path}: record '{record_id}' (record {number}, line {line}) contains {invalid!r}, which is "
+                    f"not {what} ({letters}); fix or remove that record")
         if alphabet == "dna" and ("U" in sequence or "u" in sequence):
             if not rna_seen:
-                warn_once(f"{path}: record '{record_id}' ({where}) holds U (RNA); U is read as T "
-                          "in it and in every other record of this file")
+                warn_once(f"{path}: record '{record_id}' (record {number}, line {line}) holds U (RNA); U is read "
+                          "as T in it and in every other record of this file")
                 rna_seen = True
-            sequence = sequence.translate(_RNA_TO_DNA)
+            sequence = sequence.replace("U", "T").replace("u", "t")
         return FastaRecord(record_id, title, sequence, number, line)
 
     try:

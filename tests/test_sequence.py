@@ -2,8 +2,10 @@
 import gzip
 import json
 import logging
+import os
 import random
 import shutil
+import threading
 
 import pytest
 
@@ -149,7 +151,7 @@ def test_gzipped_and_lowercase_input_give_the_same_chunks(tmp_path):
     ("\n\n", "the file is empty"),
     ("ACGT\n>x\nACGT\n", "not a FASTA file (line 1"),
     (">a\nACGT\n>b desc\nAC GT\n>a\nTT\n", "duplicate record id 'a' at record 1 (line 1) and record 3 (line 5)"),
-    (">a\nACGT\n>b\nACJT\n", "record 'b' (record 2 (line 3)) contains 'J', which is not an IUPAC nucleotide code"),
+    (">a\nACGT\n>b\nACJT\n", "record 'b' (record 2, line 3) contains 'J', which is not an IUPAC nucleotide code"),
     (">a\nAC-GT\n", "contains '-'"),
     (">\nACGT\n", "record 1 (line 1) has a header without an id"),
     (">a\n>b\n", "no record has a sequence"),
@@ -161,6 +163,29 @@ def test_bad_fasta_stops_with_one_clear_line(write_file, content, message):
     assert message in str(error.value)
     assert str(path) in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_duplicate_ids_found_in_a_pipe_and_in_fastq(tmp_path):
+    # a regular file keeps hashes of the ids and reads itself again on a repeat; a pipe keeps the ids
+    fifo = tmp_path / "reads.fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_text(">a\nACGT\n>b\nAC\n>a\nTT\n"))
+    feeder.start()
+    with pytest.raises(units.InputError, match=r"duplicate record id 'a' at record 1 \(line 1\) and record 3 "
+                                               r"\(line 5\)"):
+        list(units.read_fasta(fifo))
+    feeder.join()
+    fastq = tmp_path / "reads.fq"
+    fastq.write_text("@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\nIIII\n@r2 again\nAC\n+\nII\n")
+    with pytest.raises(units.InputError, match=r"'r2' at record 2 \(line 5\) and record 3 \(line 9\)"):
+        list(units.read_fasta(fastq))
+
+
+def test_ids_sharing_a_hash_are_not_duplicates(tmp_path, monkeypatch):
+    path = tmp_path / "reads.fa"
+    path.write_text(">a\nACGT\n>b\nACGT\n>c\nAC\n")
+    monkeypatch.setattr(units, "hash", lambda record_id: 0, raising=False)     # every id collides
+    assert [record.id for record in units.read_fasta(path)] == ["a", "b", "c"]
 
 
 def test_binary_missing_and_truncated_files(tmp_path):
@@ -180,7 +205,7 @@ def test_record_without_sequence_is_skipped_with_a_warning(write_file, tmp_path,
     with caplog.at_level(logging.WARNING, logger="virnucpro"):
         units.split_fasta_chunk(path, tmp_path / "out.fa", 300)
     assert (tmp_path / "out.fa").read_text() == ">full_chunk_1\nACGTACGTAC\n"
-    assert "record 'empty' (record 1 (line 1)) has no sequence; skipped" in caplog.text
+    assert "record 'empty' (record 1, line 1) has no sequence; skipped" in caplog.text
 
 
 def test_failed_run_leaves_no_output(write_file, tmp_path):
