@@ -63,12 +63,12 @@ import contextlib
 import functools
 import hashlib
 import heapq
-import itertools
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -148,32 +148,46 @@ def skip_reason(record, min_length: int) -> str:
     return "too_short" if len(record.sequence) < min_length else ""
 
 
-def shard_chunks(pieces, chunk_size):
-    """``[(chunk_id, upper-case chunk)]`` and the chunk table rows of a shard's pieces of scored records."""
-    chunks, rows = [], []
+@dataclass
+class ShardChunks:
+    """A shard's chunks as columns: id, its record's id and length, 0-based start and end."""
+    ids: list[str] = field(default_factory=list)
+    record_ids: list[str] = field(default_factory=list)
+    record_lengths: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+
+
+def shard_chunks(pieces, chunk_size: int) -> tuple[list[tuple[str, str]], ShardChunks]:
+    """``[(chunk_id, upper-case chunk)]`` and the chunk columns of a shard's pieces of scored records."""
+    chunks, table = [], ShardChunks()
     for record, first, end in pieces:
         sequence = record.sequence
         starts = units.chunk_starts(len(sequence), chunk_size)[first:end]
-        for k, start in enumerate(starts, start=first + 1):
-            chunk = sequence[start:start + chunk_size].upper()
-            chunk_id = f"{record.id}_chunk_{k}"
-            chunks.append((chunk_id, chunk))
-            rows.append({"chunk_id": chunk_id, "record_id": record.id, "record_length": len(sequence),
-                         "start": start, "end": start + len(chunk), "frames": 0})
-    return chunks, rows
+        pieces_of_record = [sequence[start:start + chunk_size].upper() for start in starts]
+        ids = [f"{record.id}_chunk_{k}" for k in range(first + 1, end + 1)]
+        chunks += zip(ids, pieces_of_record)
+        table.ids += ids
+        table.record_ids += [record.id] * len(ids)
+        table.record_lengths += [len(sequence)] * len(ids)
+        table.starts += starts
+        table.ends += [start + len(chunk) for start, chunk in zip(starts, pieces_of_record)]
+    return chunks, table
 
 
 @dataclass
 class Shard:
     """One shard after its host work: the records that start in it, its
-    chunk rows and tokenized frames; ``done`` when a previous run finished it."""
+    chunks, its tokenized frames and the chunk of each frame (an index into
+    ``chunks``); ``done`` when a previous run finished it."""
     folder: str
     chunk_count: int
     done: bool = False
     records: list = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)
+    chunks: ShardChunks = field(default_factory=ShardChunks)
     frames: engine.Frames | None = None
+    frame_chunks: np.ndarray | None = None
 
 
 def prepare_shard(numbered, output_dir: str, chunk_size: int, min_length: int, scorer: engine.Engine,
@@ -187,9 +201,12 @@ def prepare_shard(numbered, output_dir: str, chunk_size: int, min_length: int, s
         return Shard(folder, chunk_count, done=True)
     records = [record for record, first, _ in pieces if first == 0]
     skipped = [skip_reason(record, min_length) for record in records]
-    chunks, rows = shard_chunks([piece for piece in pieces if not skip_reason(piece[0], min_length)], chunk_size)
+    chunks, table = shard_chunks([piece for piece in pieces if not skip_reason(piece[0], min_length)], chunk_size)
     frames = [frame for frame in units.select_frames(chunks) if frame[2]]
-    return Shard(folder, chunk_count, False, records, skipped, rows, scorer.tokenize(frames))
+    position = {chunk_id: k for k, chunk_id in enumerate(table.ids)}
+    frame_chunks = np.fromiter((position[frame_id[:-2]] for frame_id, _, _ in frames), dtype=np.int64,
+                               count=len(frames))
+    return Shard(folder, chunk_count, False, records, skipped, table, scorer.tokenize(frames), frame_chunks)
 
 
 def write_intermediates(folder: str, frames: engine.Frames, scores: engine.Scores, scorer: engine.Engine) -> None:
@@ -225,26 +242,33 @@ def score_shard(shard: Shard, scorer: engine.Engine, classifier_path: str, keep_
         raise units.InputError(f"{classifier_path}: the classifier gives non-finite scores (first: frame "
                                f"{frames.ids[scores.kept[np.argmin(finite)]]}); the checkpoint is damaged, use "
                                "another one")
-    frames_per_chunk = collections.Counter(frame_id[:-2] for frame_id in frames.ids)
-    best: dict[str, list] = {}
-    kept_ids = [frames.ids[row] for row in scores.kept]
-    for frame_id, (others, virus) in zip(kept_ids, scores.probabilities.tolist()):
-        pair = best.setdefault(frame_id[:-2], [others, virus])
-        pair[0], pair[1] = max(pair[0], others), max(pair[1], virus)
     # published: the arg-max class, 'others' on an exact tie; scores as str() of float32, in one array call
-    classes = np.where(scores.probabilities[:, 1] > scores.probabilities[:, 0], "virus", "others")
+    probabilities = scores.probabilities.astype(np.float32)
+    classes = np.where(probabilities[:, 1] > probabilities[:, 0], "virus", "others")
     with units.atomic_write(f"{folder}/frames.tsv") as out:
-        out.writelines(f"{frame_id}\t{name}\t{others}\t{virus}\n" for frame_id, name, (others, virus)
-                       in zip(kept_ids, classes, scores.probabilities.astype(np.float32).astype(str)))
+        out.writelines(f"{frames.ids[row]}\t{name}\t{others}\t{virus}\n" for row, name, (others, virus)
+                       in zip(scores.kept.tolist(), classes, probabilities.astype(str)))
     if keep_intermediate:
         write_intermediates(folder, frames, scores, scorer)
+    write_chunk_table(folder, shard, scores.kept, probabilities)
+
+
+def write_chunk_table(folder: str, shard: Shard, kept: np.ndarray, probabilities: np.ndarray) -> None:
+    """chunks.tsv: each chunk's frames, and its best score of each class over
+    its scored frames (NA without one)."""
+    table, chunk_count = shard.chunks, len(shard.chunks.ids)
+    frames_per_chunk = np.bincount(shard.frame_chunks, minlength=chunk_count)
+    scored_chunks = shard.frame_chunks[kept]
+    best = np.full((chunk_count, 2), -np.inf, dtype=np.float32)
+    np.maximum.at(best, scored_chunks, probabilities)
+    cells = best.astype(str)
+    cells[np.bincount(scored_chunks, minlength=chunk_count) == 0] = "NA"
     with units.atomic_write(f"{folder}/chunks.tsv") as out:
         out.write("\t".join(CHUNK_COLUMNS) + "\n")
-        for row in shard.rows:
-            chunk_id = row["chunk_id"]
-            others, virus = (format_score(v) for v in best[chunk_id]) if chunk_id in best else ("NA", "NA")
-            out.write(f"{chunk_id}\t{row['record_id']}\t{row['record_length']}\t{row['start']}\t{row['end']}\t"
-                      f"{frames_per_chunk.get(chunk_id, 0)}\t{others}\t{virus}\n")
+        out.writelines(f"{chunk_id}\t{record_id}\t{length}\t{start}\t{end}\t{count}\t{others}\t{virus}\n"
+                       for chunk_id, record_id, length, start, end, count, (others, virus)
+                       in zip(table.ids, table.record_ids, table.record_lengths, table.starts, table.ends,
+                              frames_per_chunk.tolist(), cells.tolist()))
 
 
 # ---------------------------------------------------------------- final outputs
@@ -255,44 +279,100 @@ def read_table(path: str) -> list[dict]:
         return [dict(zip(columns, line.rstrip("\n").split("\t"))) for line in handle]
 
 
-def read_chunk_table(folder: str, calibration: units.Calibration | None):
-    rows = read_table(f"{folder}/chunks.tsv")
-    scored = [row for row in rows if row["best_virus"] != "NA"]
-    probabilities = calibration.chunk_probabilities([float(row["best_virus"]) for row in scored]) \
-        if calibration else [None] * len(scored)
-    for row in rows:
-        row["scored"], row["viral"], row["probability"] = False, False, None
-    for row, probability in zip(scored, probabilities):
-        row["scored"], row["probability"] = True, probability
-        row["viral"] = np.float32(row["best_virus"]) >= np.float32(row["best_others"])
-    return rows
+def read_columns(path: str) -> dict[str, list[str]]:
+    """The columns of a shard's table."""
+    with open(path) as handle:
+        names = handle.readline().rstrip("\n").split("\t")
+        rows = [line.rstrip("\n").split("\t") for line in handle]
+    return {name: list(column) for name, column in zip(names, zip(*rows))} if rows else {name: [] for name in names}
 
 
-def read_records(folder: str):
-    return read_table(f"{folder}/records.tsv")
+@dataclass
+class RecordBlock:
+    """Consecutive whole records: their rows of records.tsv, in input order,
+    and the columns of their chunk rows (none for a record not scored)."""
+    records: list[dict]
+    chunks: dict[str, list[str]]
+
+    def continued_by(self, later: RecordBlock) -> bool:
+        """Whether ``later`` begins with more chunks of this block's last record."""
+        mine, theirs = self.chunks["record_id"], later.chunks["record_id"]
+        return bool(mine and theirs) and theirs[0] == mine[-1]
+
+    def extended(self, later: RecordBlock) -> RecordBlock:
+        return RecordBlock(self.records + later.records, {name: column + later.chunks[name]
+                                                          for name, column in self.chunks.items()})
 
 
-def input_sequences(shard_folders: list[str], calibration: units.Calibration | None):
-    """``(record row, its chunk rows)`` of every input sequence, in input order
-    (no chunk rows for a sequence that was not scored); a record's chunks may
-    span shards (ids are unique, so consecutive rows of one id are one record)."""
-    chunk_rows = itertools.chain.from_iterable(read_chunk_table(folder, calibration) for folder in shard_folders)
-    scored = itertools.groupby(chunk_rows, key=lambda row: row["record_id"])
-    for record in itertools.chain.from_iterable(map(read_records, shard_folders)):
-        yield record, ([] if record["skipped"] else list(next(scored)[1]))
+def record_blocks(shard_folders: list[str]) -> Iterator[RecordBlock]:
+    """The input's records in order, a shard's at a time; a record whose
+    chunks go on in the next shard (a long contig) waits for them."""
+    pending = None
+    for folder in shard_folders:
+        block = RecordBlock(read_table(f"{folder}/records.tsv"), read_columns(f"{folder}/chunks.tsv"))
+        if pending is not None and pending.continued_by(block):
+            pending = pending.extended(block)
+            continue
+        if pending is not None:
+            yield pending
+        pending = block
+    if pending is not None:
+        yield pending
 
 
-def chunk_rule_call(record_rows) -> str:
-    """The sequence's call from its chunks: viral when at least half of its scored chunks are."""
-    scored = [row for row in record_rows if row["scored"]]
-    if not scored:
-        return "no_frames" if all(row["frames"] == "0" for row in record_rows) else "not_scored"
-    return "virus" if 2 * sum(row["viral"] for row in scored) >= len(scored) else "others"
+@dataclass
+class BlockScores:
+    """What the chunk rule (and the calibration) make of a block: per chunk
+    row, whether it was scored, is viral, and its probability; per scored
+    record (records with chunk rows, in order), its first row, chunks,
+    chunks without frames, scored and viral chunks, best viral score (as the
+    tables write it), call and probability (NaN when none)."""
+    scored: np.ndarray
+    viral: np.ndarray
+    chunk_probability: np.ndarray
+    first: np.ndarray
+    chunks: np.ndarray
+    without_frames: np.ndarray
+    scored_chunks: np.ndarray
+    viral_chunks: np.ndarray
+    best: np.ndarray
+    call: np.ndarray
+    probability: np.ndarray
 
 
-def sequence_probability(record_rows, calibration: units.Calibration | None) -> float | None:
-    scored = [row["probability"] for row in record_rows if row["scored"]]
-    return calibration.sequence_probability(scored) if calibration and scored else None
+def score_block(block: RecordBlock, calibration: units.Calibration | None) -> BlockScores:
+    """The chunk rule on every record of a block, in array operations: a
+    sequence is viral when at least half of its scored chunks are; a chunk is
+    viral when its best viral score is at least its best non-viral score."""
+    columns = block.chunks
+    virus = np.array(columns["best_virus"], dtype=object)
+    scored = virus != "NA"
+    virus = np.where(scored, virus, "nan").astype(np.float32)
+    others = np.where(scored, columns["best_others"], "nan").astype(np.float32)
+    viral = scored & (virus >= others)
+    record_ids = np.array(columns["record_id"])
+    first = np.flatnonzero(np.r_[True, record_ids[1:] != record_ids[:-1]]) if len(record_ids) else \
+        np.empty(0, dtype=np.int64)
+    chunks = np.diff(np.r_[first, len(record_ids)])
+
+    def per_record(values):
+        return np.add.reduceat(values, first) if len(first) else np.empty(0, dtype=np.int64)
+
+    without_frames = per_record(np.array(columns["frames"]) == "0")
+    scored_chunks, viral_chunks = per_record(scored), per_record(viral)
+    best = np.fmax.reduceat(virus, first).astype(str) if len(first) else np.empty(0, dtype=str)
+    best[scored_chunks == 0] = "NA"
+    call = np.where(2 * viral_chunks >= scored_chunks, "virus", "others").astype(object)
+    call[scored_chunks == 0] = np.where(without_frames == chunks, "no_frames", "not_scored")[scored_chunks == 0]
+    chunk_probability = np.full(len(virus), np.nan)
+    probability = np.full(len(first), np.nan)
+    if calibration is not None:
+        chunk_probability[scored] = calibration.chunk_probabilities(virus[scored])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = per_record(np.where(scored, chunk_probability, 0.0)) / scored_chunks
+        probability[scored_chunks > 0] = calibration.sequence_probabilities(mean[scored_chunks > 0])
+    return BlockScores(scored, viral, chunk_probability, first, chunks, without_frames, scored_chunks,
+                       viral_chunks, best, call, probability)
 
 
 @dataclass
@@ -312,20 +392,19 @@ class Calls:
         """A first pass over the chunk tables: the FDR needs every virus call's probability."""
         if calibration is None:
             return cls(None, min_score, max_fdr, np.empty(0))
-        probabilities = [sequence_probability(rows, calibration) for _, rows in input_sequences(
-            shard_folders, calibration) if chunk_rule_call(rows) == "virus"]
+        blocks = (score_block(block, calibration) for block in record_blocks(shard_folders))
+        probabilities = np.concatenate([[], *(scores.probability[scores.call == "virus"] for scores in blocks)])
         return cls(calibration, min_score, max_fdr, units.false_discovery_rates(probabilities))
 
-    def final(self, record_rows) -> tuple[str, float | None, float | None]:
-        """``(call, probability, FDR)`` of one scored sequence, taken in input order."""
-        call, probability = chunk_rule_call(record_rows), sequence_probability(record_rows, self.calibration)
+    def final(self, call: str, probability: float) -> tuple[str, float | None]:
+        """``(call, FDR)`` of one scored sequence, taken in input order."""
         if call != "virus" or not self.calibration:
-            return call, probability, None
+            return call, None
         fdr = float(self.fdr[self.taken])
         self.taken += 1
         missed = ((self.min_score is not None and probability < self.min_score)
                   or (self.max_fdr is not None and fdr > self.max_fdr))
-        return ("below_threshold" if missed else call), probability, fdr
+        return ("below_threshold" if missed else call), fdr
 
 
 def probability_cells(scored: bool, calibrated: bool, probability: float | None, fdr: float | None) -> str:
@@ -336,18 +415,6 @@ def probability_cells(scored: bool, calibrated: bool, probability: float | None,
     if not calibrated:
         return f"{UNCALIBRATED}\t{UNCALIBRATED}"
     return f"{format_score(probability)}\t{'NA' if fdr is None else format_score(fdr)}"
-
-
-def summary_line(record_rows, calls: Calls) -> tuple[str, str]:
-    """The summary line of one scored sequence, and its final call."""
-    call, probability, fdr = calls.final(record_rows)
-    scored = [row for row in record_rows if row["scored"]]
-    best = max((row["best_virus"] for row in scored), key=float, default="NA")     # as the chunk table has it
-    first = record_rows[0]
-    return (f"{first['record_id']}\t{first['record_length']}\t{len(record_rows)}\t"
-            f"{sum(row['frames'] == '0' for row in record_rows)}\t{sum(row['viral'] for row in scored)}\t"
-            f"{best}\t{call}\t"
-            f"{probability_cells(bool(scored), calls.calibration is not None, probability, fdr)}\n"), call
 
 
 class Hits:
@@ -381,15 +448,7 @@ class Hits:
         return self._stack.__exit__(*exc_info)
 
 
-def chunk_track(record_rows) -> list[tuple[int, int, float | None, bool]]:
-    """``(start, end, best viral score or None, viral)`` of each chunk of a sequence."""
-    return [(int(r["start"]), int(r["end"]), float(r["best_virus"]) if r["scored"] else None, bool(r["viral"]))
-            for r in record_rows]
 
-
-def chunk_line(row) -> str:
-    probability = UNCALIBRATED if row["probability"] is None else format_score(row["probability"])
-    return f"{row['chunk_id']}\t{row['viral']}\t{row['best_virus']}\t{probability}\n"
 
 
 def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], calls: Calls, chunk_size: int,
@@ -397,9 +456,10 @@ def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], ca
     """Assemble the final files from the shards and the input's sequences (each
     file written atomically); returns the run's counts: sequences per call,
     chunks, viral sequences and regions."""
-    counted: dict[str, int] = {}
+    counted: collections.Counter = collections.Counter()
     chunks = 0
     plotted: list = []                      # a heap of the sequences with the highest viral scores
+    calibrated = calls.calibration is not None
     with units.atomic_write(f"{output_dir}/prediction_results.txt") as frames_out:
         frames_out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
         for folder in shard_folders:
@@ -410,26 +470,36 @@ def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], ca
             units.atomic_write(f"{output_dir}/prediction_summary.tsv") as summary_out, Hits(output_dir) as hits:
         chunks_out.write(CHUNK_HEADER)
         summary_out.write(SUMMARY_HEADER)
-        for record, record_rows in input_sequences(shard_folders, calls.calibration):
-            sequence = next(sequences)
-            if record["skipped"]:
-                summary_out.write(f"{record['record_id']}\t{record['length']}\t0\t0\t0\tNA\t{record['skipped']}"
-                                  "\tNA\tNA\n")
-                counted[record["skipped"]] = counted.get(record["skipped"], 0) + 1
-                continue
-            chunks += len(record_rows)
-            chunks_out.writelines(chunk_line(row) for row in record_rows if row["scored"])
-            line, call = summary_line(record_rows, calls)
-            summary_out.write(line)
-            counted[call] = counted.get(call, 0) + 1
-            track = chunk_track(record_rows)
-            regions = units.viral_regions(track, min_region)
-            hits.add(sequence, call, regions)
-            best = max((score for _, _, score, _ in track if score is not None), default=-1.0)
-            if plot and (len(plotted) < PLOTTED_SEQUENCES or best > plotted[0][0]):
-                entry = (best, -sum(counted.values()), (record["record_id"], len(sequence.sequence), track), regions)
-                (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
-    counts = {"sequences": sum(counted.values()), "calls": counted, "chunks": chunks,
+        for block in record_blocks(shard_folders):
+            scores = score_block(block, calls.calibration)
+            chunks_out.writelines(chunk_lines(block, scores, calibrated))
+            scored_records = zip(scores.first.tolist(), scores.chunks.tolist(), scores.without_frames.tolist(),
+                                 scores.scored_chunks.tolist(), scores.viral_chunks.tolist(), scores.best.tolist(),
+                                 scores.call.tolist(), scores.probability.tolist())
+            for record in block.records:
+                sequence = next(sequences)
+                if record["skipped"]:
+                    summary_out.write(f"{record['record_id']}\t{record['length']}\t0\t0\t0\tNA\t{record['skipped']}"
+                                      "\tNA\tNA\n")
+                    counted[record["skipped"]] += 1
+                    continue
+                first, count, without_frames, scored, viral, best, call, probability = next(scored_records)
+                call, fdr = calls.final(call, probability)
+                summary_out.write(f"{record['record_id']}\t{record['length']}\t{count}\t{without_frames}\t{viral}\t"
+                                  f"{best}\t{call}\t{probability_cells(scored > 0, calibrated, probability, fdr)}\n")
+                counted[call] += 1
+                chunks += count
+                best_score = -1.0 if best == "NA" else float(best)
+                drawn = plot and (len(plotted) < PLOTTED_SEQUENCES or best_score > plotted[0][0])
+                if viral == 0 and not drawn:
+                    continue                # nothing to draw or to write to the hit files
+                track = chunk_track(block.chunks, scores, first, first + count)
+                regions = units.viral_regions(track, min_region)
+                hits.add(sequence, call, regions)
+                if drawn:
+                    entry = (best_score, -sequence.number, (record["record_id"], len(sequence.sequence), track), regions)
+                    (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
+    counts = {"sequences": sum(counted.values()), "calls": dict(counted), "chunks": chunks,
               "viral_sequences": hits.viral_sequences, "viral_regions": hits.regions}
     if plot and plotted:
         shown = sorted(plotted, reverse=True)
@@ -438,6 +508,24 @@ def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], ca
         units.plot_chunk_scores([entry[2] for entry in shown], f"{output_dir}/{PLOT_FILE}", chunk_size,
                                 [entry[3] for entry in shown], title)
     return counts
+
+
+def chunk_lines(block: RecordBlock, scores: BlockScores, calibrated: bool) -> list[str]:
+    """prediction_results_highestscore.csv lines of a block's scored chunks."""
+    rows = np.flatnonzero(scores.scored)
+    probabilities = scores.chunk_probability[rows].astype(np.float32).astype(str).tolist() if \
+        calibrated else [UNCALIBRATED] * len(rows)
+    ids, best = block.chunks["chunk_id"], block.chunks["best_virus"]
+    return [f"{ids[row]}\t{viral}\t{best[row]}\t{probability}\n"
+            for row, viral, probability in zip(rows.tolist(), scores.viral[rows].tolist(), probabilities)]
+
+
+def chunk_track(columns: dict[str, list[str]], scores: BlockScores, first: int, end: int
+                ) -> list[tuple[int, int, float | None, bool]]:
+    """``(start, end, best viral score or None, viral)`` of each chunk of a sequence (rows ``first:end``)."""
+    return [(int(columns["start"][row]), int(columns["end"][row]),
+             float(columns["best_virus"][row]) if scores.scored[row] else None, bool(scores.viral[row]))
+            for row in range(first, end)]
 
 
 def report(counts: dict, min_length: int, output_dir: str) -> str:

@@ -1784,7 +1784,11 @@ class Calibration:
         return np.interp(np.asarray(best_viral_scores, dtype=np.float64), *self.chunk)
 
     def sequence_probability(self, chunk_probabilities) -> float:
-        return float(np.interp(np.mean(chunk_probabilities), *self.sequence))
+        return float(self.sequence_probabilities(np.mean(chunk_probabilities)))
+
+    def sequence_probabilities(self, mean_chunk_probabilities) -> np.ndarray:
+        """Of sequences, from the mean of each one's calibrated chunk probabilities."""
+        return np.interp(np.asarray(mean_chunk_probabilities, dtype=np.float64), *self.sequence)
 
     def to_json(self) -> dict:
         return {name: {"x": knots[0].tolist(), "y": knots[1].tolist()}
