@@ -239,9 +239,8 @@ class Engine:
         self.dna_batch_tokens, self.protein_batch_tokens = dna_batch_tokens, protein_batch_tokens
         self.protein_name = protein_name
 
-    def tokenize(self, frames: list[tuple[str, str, str]]) -> Frames:
-        """Host work: the token rows of ``(frame id, nucleotide, protein)`` frames."""
-        ids, nucleotides, proteins = (list(column) for column in zip(*frames)) if frames else ([], [], [])
+    def tokenize(self, ids: list[str], nucleotides: list[str], proteins: list[str]) -> Frames:
+        """Host work: the token rows of frames, given as columns."""
         return Frames(ids, nucleotides, proteins, dna_tokens(self.dna_tokenizer, nucleotides),
                       protein_tokens(self.protein_tokenizer, self.residues, proteins))
 

@@ -202,11 +202,11 @@ def prepare_shard(numbered, output_dir: str, chunk_size: int, min_length: int, s
     records = [record for record, first, _ in pieces if first == 0]
     skipped = [skip_reason(record, min_length) for record in records]
     chunks, table = shard_chunks([piece for piece in pieces if not skip_reason(piece[0], min_length)], chunk_size)
-    frames = [frame for frame in units.select_frames(chunks) if frame[2]]
-    position = {chunk_id: k for k, chunk_id in enumerate(table.ids)}
-    frame_chunks = np.fromiter((position[frame_id[:-2]] for frame_id, _, _ in frames), dtype=np.int64,
-                               count=len(frames))
-    return Shard(folder, chunk_count, False, records, skipped, table, scorer.tokenize(frames), frame_chunks)
+    frames = units.stop_free_frames(chunks)
+    if not all(frames.proteins):            # a chunk under 3 bp has an empty frame: nothing to embed
+        frames = frames.take(np.flatnonzero(list(map(bool, frames.proteins))))
+    return Shard(folder, chunk_count, False, records, skipped, table,
+                 scorer.tokenize(frames.ids, frames.nucleotides, frames.proteins), frames.chunks)
 
 
 def write_intermediates(folder: str, frames: engine.Frames, scores: engine.Scores, scorer: engine.Engine) -> None:
@@ -272,15 +272,8 @@ def write_chunk_table(folder: str, shard: Shard, kept: np.ndarray, probabilities
 
 
 # ---------------------------------------------------------------- final outputs
-def read_table(path: str) -> list[dict]:
-    """The rows of a shard's table (tab-separated, a header, no quoting)."""
-    with open(path) as handle:
-        columns = handle.readline().rstrip("\n").split("\t")
-        return [dict(zip(columns, line.rstrip("\n").split("\t"))) for line in handle]
-
-
 def read_columns(path: str) -> dict[str, list[str]]:
-    """The columns of a shard's table."""
+    """The columns of a shard's table (tab-separated, a header, no quoting)."""
     with open(path) as handle:
         names = handle.readline().rstrip("\n").split("\t")
         rows = [line.rstrip("\n").split("\t") for line in handle]
@@ -289,9 +282,9 @@ def read_columns(path: str) -> dict[str, list[str]]:
 
 @dataclass
 class RecordBlock:
-    """Consecutive whole records: their rows of records.tsv, in input order,
-    and the columns of their chunk rows (none for a record not scored)."""
-    records: list[dict]
+    """Consecutive whole records: the columns of their rows of records.tsv
+    (input order) and of their chunk rows (none for a record not scored)."""
+    records: dict[str, list[str]]
     chunks: dict[str, list[str]]
 
     def continued_by(self, later: RecordBlock) -> bool:
@@ -300,8 +293,8 @@ class RecordBlock:
         return bool(mine and theirs) and theirs[0] == mine[-1]
 
     def extended(self, later: RecordBlock) -> RecordBlock:
-        return RecordBlock(self.records + later.records, {name: column + later.chunks[name]
-                                                          for name, column in self.chunks.items()})
+        return RecordBlock(*({name: column + theirs[name] for name, column in mine.items()}
+                             for mine, theirs in ((self.records, later.records), (self.chunks, later.chunks))))
 
 
 def record_blocks(shard_folders: list[str]) -> Iterator[RecordBlock]:
@@ -309,7 +302,7 @@ def record_blocks(shard_folders: list[str]) -> Iterator[RecordBlock]:
     chunks go on in the next shard (a long contig) waits for them."""
     pending = None
     for folder in shard_folders:
-        block = RecordBlock(read_table(f"{folder}/records.tsv"), read_columns(f"{folder}/chunks.tsv"))
+        block = RecordBlock(read_columns(f"{folder}/records.tsv"), read_columns(f"{folder}/chunks.tsv"))
         if pending is not None and pending.continued_by(block):
             pending = pending.extended(block)
             continue
@@ -476,16 +469,16 @@ def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], ca
             scored_records = zip(scores.first.tolist(), scores.chunks.tolist(), scores.without_frames.tolist(),
                                  scores.scored_chunks.tolist(), scores.viral_chunks.tolist(), scores.best.tolist(),
                                  scores.call.tolist(), scores.probability.tolist())
-            for record in block.records:
+            records = block.records
+            for record_id, length, skipped in zip(records["record_id"], records["length"], records["skipped"]):
                 sequence = next(sequences)
-                if record["skipped"]:
-                    summary_out.write(f"{record['record_id']}\t{record['length']}\t0\t0\t0\tNA\t{record['skipped']}"
-                                      "\tNA\tNA\n")
-                    counted[record["skipped"]] += 1
+                if skipped:
+                    summary_out.write(f"{record_id}\t{length}\t0\t0\t0\tNA\t{skipped}\tNA\tNA\n")
+                    counted[skipped] += 1
                     continue
                 first, count, without_frames, scored, viral, best, call, probability = next(scored_records)
                 call, fdr = calls.final(call, probability)
-                summary_out.write(f"{record['record_id']}\t{record['length']}\t{count}\t{without_frames}\t{viral}\t"
+                summary_out.write(f"{record_id}\t{length}\t{count}\t{without_frames}\t{viral}\t"
                                   f"{best}\t{call}\t{probability_cells(scored > 0, calibrated, probability, fdr)}\n")
                 counted[call] += 1
                 chunks += count
@@ -497,7 +490,7 @@ def write_outputs(output_dir: str, input_path: str, shard_folders: list[str], ca
                 regions = units.viral_regions(track, min_region)
                 hits.add(sequence, call, regions)
                 if drawn:
-                    entry = (best_score, -sequence.number, (record["record_id"], len(sequence.sequence), track), regions)
+                    entry = (best_score, -sequence.number, (record_id, len(sequence.sequence), track), regions)
                     (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
     counts = {"sequences": sum(counted.values()), "calls": dict(counted), "chunks": chunks,
               "viral_sequences": hits.viral_sequences, "viral_regions": hits.regions}
@@ -813,7 +806,8 @@ def main(argv=None):
         raise units.InputError(f"{args.input_fasta}: under torchrun every process reads the input; give a file, "
                                "not a pipe")
     lock = units.folder_lock(output_dir) if team.rank == 0 else contextlib.nullcontext()
-    with team, lock, readable_input(args.input_fasta, output_dir) as (input_path, input_identity):
+    with team, lock, readable_input(args.input_fasta, output_dir) as (input_path, input_identity), \
+            units.rare_garbage_collection():
         counts = predict(args, input_path, input_identity, classifier, metadata, calibration, output_dir, team)
     if counts is not None:
         units.logger.info(report(counts, args.min_length, output_dir))

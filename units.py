@@ -25,6 +25,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import datetime
+import gc
 import gzip
 import hashlib
 import io
@@ -243,6 +244,20 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+@contextlib.contextmanager
+def rare_garbage_collection():
+    """Run Python's cycle collector rarely within the block. Prediction makes
+    millions of small containers (token id lists, table rows) that hold no
+    cycles; at the default pace (a collection every 700 new containers, each
+    scanning the survivors) the collector took about a sixth of its host time."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100_000, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 # =============================================================================
@@ -578,8 +593,14 @@ def _six_frame_amino_acids(sequences: Sequence[str]) -> list[np.ndarray]:
     return forward + reverse
 
 
-def _protein(amino_acids: np.ndarray) -> str:
-    return amino_acids.tobytes().replace(b"\0", b"").decode("ascii")
+def _proteins(amino_acids: np.ndarray) -> list[str]:
+    """The protein of each row of an amino-acid byte matrix (0 marks a skipped codon), in one decode."""
+    rows, width = amino_acids.shape
+    if width == 0:
+        return [""] * rows
+    text = amino_acids.tobytes().decode("ascii")
+    proteins = [text[start:start + width] for start in range(0, len(text), width)]
+    return [protein.replace("\0", "") for protein in proteins] if (amino_acids == 0).any() else proteins
 
 
 def translate_dna(sequence):
@@ -588,7 +609,7 @@ def translate_dna(sequence):
     Codons holding a base other than upper-case A/C/G/T are skipped, as in the
     published code; stops are kept as '*'.
     """
-    return [_protein(frame[0]) for frame in _six_frame_amino_acids([sequence])]
+    return [_proteins(frame)[0] for frame in _six_frame_amino_acids([sequence])]
 
 
 class ProteinIndex:
@@ -628,6 +649,77 @@ def has_ambiguous_base(sequence: str) -> bool:
     return not AMBIGUOUS_BASES.isdisjoint(sequence)
 
 
+FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
+
+
+@dataclass
+class StopFreeFrames:
+    """Stop-free frames as columns, in the published order (chunk order,
+    then F1-F3, R1-R3): the chunk of each (its index in the chunks given),
+    its id, nucleotide and protein."""
+    chunks: np.ndarray
+    ids: list[str]
+    nucleotides: list[str]
+    proteins: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> StopFreeFrames:
+        """The frames at ``rows`` (indices), in that order."""
+        picked = rows.tolist()
+        return StopFreeFrames(self.chunks[rows], [self.ids[k] for k in picked], [self.nucleotides[k] for k in picked],
+                              [self.proteins[k] for k in picked])
+
+
+def stop_free_frames(chunks: Sequence[tuple[str, str]], reference: ProteinIndex | None = None) -> StopFreeFrames:
+    """Every stop-free frame of ``(chunk_id, upper-case sequence)`` chunks,
+    translated in one vectorised pass per sequence length; see
+    ``select_frames`` for the rules."""
+    by_length: dict[int, list[int]] = {}
+    for position, (_, sequence) in enumerate(chunks):
+        if reference is not None and has_ambiguous_base(sequence):
+            continue
+        by_length.setdefault(len(sequence), []).append(position)
+    parts = [_stop_free_frames_of_length(chunks, positions, length) for length, positions in by_length.items()]
+    if not parts:
+        return StopFreeFrames(np.empty(0, dtype=np.int64), [], [], [])
+    frames = StopFreeFrames(np.concatenate([part.chunks for part in parts]),
+                            *(list(itertools.chain.from_iterable(columns)) for columns in zip(
+                                *((part.ids, part.nucleotides, part.proteins) for part in parts))))
+    if len(parts) > 1:                       # back to chunk order; frames of a chunk stay in order
+        frames = frames.take(np.argsort(frames.chunks, kind="stable"))
+    if reference is not None:
+        frames = frames.take(np.flatnonzero([protein in reference for protein in frames.proteins]))
+    return frames
+
+
+def _stop_free_frames_of_length(chunks, positions: list[int], length: int) -> StopFreeFrames:
+    """The stop-free frames of the chunks at ``positions``, all ``length`` long."""
+    sequences = [chunks[p][1] for p in positions]
+    amino_acids = _six_frame_amino_acids(sequences)
+    stop_free = np.stack([~(frame == _STOP).any(axis=1) for frame in amino_acids], axis=1)
+    rows, numbers = np.nonzero(stop_free)                   # row-major: chunk order, then frame order
+    proteins = np.empty(len(rows), dtype=object)
+    for number in range(6):
+        selected = np.flatnonzero(numbers == number)
+        proteins[selected] = _proteins(amino_acids[number][rows[selected]])
+    proteins = proteins.tolist()
+    # As published, a frame's nucleotide is [frame start : frame start + 3 * len(protein) + 1], cut at the
+    # chunk's end; reverse frames are read from the reverse complement of all chunks joined (row r's is
+    # then at row n - 1 - r).
+    forward, reverse = "".join(sequences), reverse_complement("".join(sequences))
+    spans = 3 * np.fromiter(map(len, proteins), dtype=np.int64, count=len(proteins)) + 1
+    offsets = numbers % 3
+    bases = np.where(numbers < 3, rows, len(sequences) - 1 - rows) * length
+    starts = bases + offsets
+    ends = np.minimum(starts + spans, bases + length)
+    nucleotides = [(forward if number < 3 else reverse)[start:end] for number, start, end
+                   in zip(numbers.tolist(), starts.tolist(), ends.tolist())]
+    ids = [chunks[positions[row]][0] + FRAME_NAMES[number] for row, number in zip(rows.tolist(), numbers.tolist())]
+    return StopFreeFrames(np.asarray(positions, dtype=np.int64)[rows], ids, nucleotides, proteins)
+
+
 def select_frames(chunks: Sequence[tuple[str, str]], reference: ProteinIndex | None = None
                   ) -> Iterator[tuple[str, str, str]]:
     """Yield ``(frame_id, nucleotide, protein)`` for every stop-free frame of
@@ -642,34 +734,8 @@ def select_frames(chunks: Sequence[tuple[str, str]], reference: ProteinIndex | N
     ``[frame_start : frame_start + 3 * len(protein) + 1]`` (one base longer
     than its codons), and a frame whose protein is empty is yielded too.
     """
-    by_length: dict[int, list[int]] = {}
-    for position, (_, sequence) in enumerate(chunks):
-        if reference is not None and has_ambiguous_base(sequence):
-            continue
-        by_length.setdefault(len(sequence), []).append(position)
-
-    kept: dict[int, list[tuple[int, str]]] = {}   # chunk position -> [(frame number, protein)]
-    for positions in by_length.values():
-        frames = _six_frame_amino_acids([chunks[p][1] for p in positions])
-        stop_free = np.stack([~(amino_acids == _STOP).any(axis=1) for amino_acids in frames], axis=1)
-        for row in np.flatnonzero(stop_free.any(axis=1)):
-            proteins = [(int(f) + 1, _protein(frames[f][row])) for f in np.flatnonzero(stop_free[row])]
-            if reference is not None:
-                proteins = [(number, protein) for number, protein in proteins if protein in reference]
-            if proteins:
-                kept[positions[row]] = proteins
-
-    for position in sorted(kept):
-        chunk_id, sequence = chunks[position]
-        reverse = None
-        for number, protein in kept[position]:
-            span = 3 * len(protein) + 1
-            if number <= 3:
-                yield f"{chunk_id}F{number}", sequence[number - 1:number - 1 + span], protein
-            else:
-                if reverse is None:
-                    reverse = reverse_complement(sequence)
-                yield f"{chunk_id}R{number - 3}", reverse[number - 4:number - 4 + span], protein
+    frames = stop_free_frames(chunks, reference)
+    yield from zip(frames.ids, frames.nucleotides, frames.proteins)
 
 
 def identify_seq(seqid, sequence, refseq_pro_list=None, istraindata=False):

@@ -87,11 +87,11 @@ def test_batched_protein_embeddings_equal_one_at_a_time(fastesm):
 
 def test_scores_are_the_classifier_on_both_embeddings(dnabert, fastesm):
     chunks = list(units.iter_fasta_chunks(ROOT / "data/sample.fasta", 300))
-    frames = [frame for frame in units.select_frames(chunks) if frame[2]]
+    frames = units.stop_free_frames(chunks)
     torch.manual_seed(0)
     classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES).eval()
     scorer = engine.Engine(dnabert, fastesm, classifier, 4096, 4096, "FastESM2_650")
-    scores = scorer.score(scorer.tokenize(frames))
+    scores = scorer.score(scorer.tokenize(frames.ids, frames.nucleotides, frames.proteins))
     assert len(frames) > 3 and scores.kept.tolist() == list(range(len(frames))) and not scores.failures
     features = torch.cat([scores.dna, scores.protein], dim=1)
     with torch.inference_mode():
@@ -110,11 +110,12 @@ def test_frames_whose_embedding_fails_are_left_out_and_reported(dnabert, fastesm
             pooled[attention_mask.sum(dim=1) == attention_mask.shape[1]] = float("nan")   # the longest rows
             return pooled
 
-    frames = [(f"c{k}_chunk_1F1", "ACGT" * (10 + k), "M" * (5 + k)) for k in range(4)]
+    ids = [f"c{k}_chunk_1F1" for k in range(4)]
     classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES).eval()
     scorer = engine.Engine(dnabert, fastesm, classifier, 4096, 4096, "FastESM2_650")
     scorer.protein_encoder = NotFinite(fastesm[0])
-    scores = scorer.score(scorer.tokenize(frames))
+    nucleotides, proteins = ["ACGT" * (10 + k) for k in range(4)], ["M" * (5 + k) for k in range(4)]
+    scores = scorer.score(scorer.tokenize(ids, nucleotides, proteins))
     assert scores.kept.tolist() == [0, 1, 2] and len(scores.probabilities) == 3
     assert scores.failures == [("c3_chunk_1F1", "FastESM2_650", "non_finite",
                                 "the embedding holds NaN or infinite values")]
