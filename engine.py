@@ -157,9 +157,10 @@ def token_budget_batches(lengths: np.ndarray, toks_per_batch: int) -> list[np.nd
 
 
 def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id: int, toks_per_batch: int,
-               desc: str) -> tuple[torch.Tensor, dict[int, tuple[str, str]]]:
+               desc: str, out: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, tuple[str, str]]]:
     """Pooled embeddings of every row (sequence ``ids``), float32 ``[rows,
-    width]`` on the CPU, and the rows that failed, ``{row: (kind, message)}``.
+    width]`` on the encoder's device (written into ``out``, zeros of that
+    shape there, when given), and the rows that failed, ``{row: (kind, message)}``.
 
     Batches are copied from pinned memory without blocking and their results
     stay on the device until the end, so the host builds the next batch while
@@ -170,7 +171,7 @@ def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id
 
     device = next(encoder.parameters()).device
     pin = device.type == "cuda"
-    embeddings = torch.zeros(len(rows), encoder.width, device=device)
+    embeddings = torch.zeros(len(rows), encoder.width, device=device) if out is None else out
     failures: dict[int, tuple[str, str]] = {}
     pending = list(reversed(token_budget_batches(rows.lengths, toks_per_batch)))
     with tqdm(total=len(rows), desc=desc, unit="seq", leave=False) as progress, torch.inference_mode():
@@ -198,7 +199,7 @@ def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id
     if not torch.isfinite(torch.stack([embeddings.amax(), embeddings.amin()])).all() if len(rows) else False:
         for row in np.flatnonzero(~torch.isfinite(embeddings).all(dim=1).cpu().numpy()):
             failures.setdefault(int(row), ("non_finite", "the embedding holds NaN or infinite values"))
-    return embeddings.cpu(), failures
+    return embeddings, failures
 
 
 # =============================================================================
@@ -219,7 +220,7 @@ class Frames:
 class Scores:
     """What scoring gave: ``probabilities`` ``[others, virus]`` of the frames
     in ``kept`` (indices into the frames), each encoder's embeddings of every
-    frame, and the failures as ``(frame id, encoder, kind, message)``."""
+    frame (on the device), and the failures as ``(frame id, encoder, kind, message)``."""
     kept: np.ndarray
     probabilities: np.ndarray
     dna: torch.Tensor
@@ -247,18 +248,19 @@ class Engine:
     def score(self, frames: Frames) -> Scores:
         """Device work: embed the frames with both encoders and classify the
         concatenated embeddings of those both embedded."""
+        width = self.dna_encoder.width          # each encoder writes its columns: no concatenation pass
+        features = torch.zeros(len(frames.ids), width + self.protein_encoder.width,
+                               device=next(self.classifier.parameters()).device)
         dna, dna_failed = embed_rows(self.dna_encoder, frames.dna, frames.ids, self.dna_tokenizer.pad_token_id,
-                                     self.dna_batch_tokens, "DNABERT-S")
+                                     self.dna_batch_tokens, "DNABERT-S", out=features[:, :width])
         protein, protein_failed = embed_rows(self.protein_encoder, frames.protein, frames.ids,
                                              self.protein_tokenizer.pad_token_id, self.protein_batch_tokens,
-                                             self.protein_name)
+                                             self.protein_name, out=features[:, width:])
         failures = [(frames.ids[row], "DNABERT-S", *failure) for row, failure in sorted(dna_failed.items())]
         failures += [(frames.ids[row], self.protein_name, *failure) for row, failure in sorted(protein_failed.items())]
-        kept = np.array(sorted(set(range(len(frames.ids))) - set(dna_failed) - set(protein_failed)), dtype=np.int64)
-        features = torch.cat([dna, protein], dim=1)
-        if len(kept) < len(frames.ids):
-            features = features[kept]
-        probabilities = units.predict_probabilities(self.classifier, features).numpy()
+        failed = [*dna_failed, *protein_failed]
+        kept = np.setdiff1d(np.arange(len(frames.ids)), failed)
+        probabilities = units.predict_probabilities(self.classifier, features[kept] if failed else features).numpy()
         return Scores(kept, probabilities, dna, protein, failures)
 
 

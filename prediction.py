@@ -216,9 +216,9 @@ def write_intermediates(folder: str, frames: engine.Frames, scores: engine.Score
     failed = {(frame_id, encoder) for frame_id, encoder, _, _ in scores.failures}
     dna_rows = [k for k, i in enumerate(frames.ids) if (i, "DNABERT-S") not in failed]
     protein_rows = [k for k, i in enumerate(frames.ids) if (i, scorer.protein_name) not in failed]
-    units.save_dna_features([frames.ids[k] for k in dna_rows], scores.dna[dna_rows], scorer.dna_encoder.model,
+    units.save_dna_features([frames.ids[k] for k in dna_rows], scores.dna[dna_rows].cpu(), scorer.dna_encoder.model,
                             f"{folder}/DNABERT_S.pt")
-    units.save_protein_features([frames.ids[k] for k in protein_rows], scores.protein[protein_rows],
+    units.save_protein_features([frames.ids[k] for k in protein_rows], scores.protein[protein_rows].cpu(),
                                 scorer.protein_encoder.model, f"{folder}/ESM.pt")
     units.merge_data(f"{folder}/DNABERT_S.pt", f"{folder}/ESM.pt", f"{folder}/merged.pt",
                      protein_dim=scorer.protein_encoder.width)

@@ -1234,7 +1234,7 @@ def _embed_file(fasta_file, out_file, alphabet: str, encoder, tokenize, pad_id: 
     log_failures([(ids[row], *failed[row]) for row in sorted(failed)], os.fspath(fasta_file),
                  os.path.dirname(os.fspath(out_file)) if out_file else ".")
     kept = [row for row in range(len(ids)) if row not in failed]
-    return [ids[row] for row in kept], list(embeddings[kept]) if kept else []
+    return [ids[row] for row in kept], list(embeddings[kept].cpu()) if kept else []
 
 
 def _save(obj, out_file) -> None:
