@@ -159,8 +159,8 @@ def token_budget_batches(lengths: np.ndarray, toks_per_batch: int) -> list[np.nd
 def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id: int, toks_per_batch: int,
                desc: str, out: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, tuple[str, str]]]:
     """Pooled embeddings of every row (sequence ``ids``), float32 ``[rows,
-    width]`` on the encoder's device (written into ``out``, zeros of that
-    shape there, when given), and the rows that failed, ``{row: (kind, message)}``.
+    width]`` on the encoder's device (written into ``out`` when given), and
+    the rows that failed, ``{row: (kind, message)}``.
 
     Batches are copied from pinned memory without blocking and their results
     stay on the device until the end, so the host builds the next batch while
@@ -248,8 +248,9 @@ class Engine:
     def score(self, frames: Frames) -> Scores:
         """Device work: embed the frames with both encoders and classify the
         concatenated embeddings of those both embedded."""
-        width = self.dna_encoder.width          # each encoder writes its columns: no concatenation pass
-        features = torch.zeros(len(frames.ids), width + self.protein_encoder.width,
+        # each encoder writes its columns, no concatenation pass; a failed frame's row stays unset and unused
+        width = self.dna_encoder.width
+        features = torch.empty(len(frames.ids), width + self.protein_encoder.width,
                                device=next(self.classifier.parameters()).device)
         dna, dna_failed = embed_rows(self.dna_encoder, frames.dna, frames.ids, self.dna_tokenizer.pad_token_id,
                                      self.dna_batch_tokens, "DNABERT-S", out=features[:, :width])
