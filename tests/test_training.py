@@ -406,6 +406,16 @@ def test_end_to_end_benchmark_smoke(tiny_models, tmp_path):
     assert re.search(r"\| fastesm650 \| 10 \| [\d.]+ \| [\d.]+ \|", report.read_text())
 
 
+def test_host_ceiling_benchmark_runs_the_prediction_path(tmp_path):
+    result_file = tmp_path / "ceiling.json"
+    assert benchmark.main(["--host-ceiling", "--sequences", "300", "--json", str(result_file)]) == 0
+    result = json.loads(result_file.read_text())
+    assert result["frames"] >= 300                         # one open reading frame a read, at least
+    assert result["frames_per_second"] == pytest.approx(result["frames"] / result["seconds"])
+    assert result["host_frames_per_second"] > result["frames_per_second"]
+    assert result["stages"]["  of which DNA tokenization"] > 0 and result["peak_rss_mb"] > 0
+
+
 def test_environment_checks(tiny_models, capsys):
     status = environment.main(["--device", "cpu", "--protein-model", tiny_models["protein"]])
     lines = capsys.readouterr().out.splitlines()
