@@ -54,6 +54,11 @@ are prepared in a background thread meanwhile. An interrupted run, re-run with t
 at the first unfinished shard and ends with the same outputs. A finished run
 is not redone (--overwrite starts over); one run at a time writes into an
 output folder.
+
+Several GPUs or machines: under torchrun (--nproc-per-node N, --nnodes) or as
+a SLURM array (sbatch --array=0-N), process k scores shards k+1, k+1+N, ...;
+the results are assembled once, by process 0 of torchrun or by the last
+array task to finish.
 """
 from __future__ import annotations
 
@@ -538,23 +543,48 @@ def report(counts: dict, min_length: int, output_dir: str) -> str:
 # ---------------------------------------------------------------- run
 @dataclass
 class Team:
-    """The processes of one run under torchrun (RANK, WORLD_SIZE, LOCAL_RANK;
-    --nnodes for several machines): process k scores shards k+1, k+1+N, ...
-    on GPU LOCAL_RANK; process 0 checks the input and the folder first and
-    assembles the final files last. One process alone is a team of one."""
+    """The processes of one run; process k of N scores shards k+1, k+1+N, ...
+    One process alone is a team of one.
+
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK; --nnodes for several
+    machines) the processes run together, on GPU LOCAL_RANK: process 0 holds
+    the output folder, checks the input and the folder first and assembles
+    the final files once every process has scored its shards. In a SLURM
+    array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) each task runs
+    whenever the scheduler starts it: it checks for itself, holds the folder
+    only to set the run up and to assemble, and the last task to finish
+    assembles."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    array: bool = False
 
     @classmethod
     def from_environment(cls) -> Team:
         env = os.environ
         if int(env.get("WORLD_SIZE", 1)) > 1:
             return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        if int(env.get("SLURM_ARRAY_TASK_COUNT", 1)) > 1:
+            world = int(env["SLURM_ARRAY_TASK_COUNT"])
+            rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            if not 0 <= rank < world:
+                raise units.InputError(f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is not one of {world} "
+                                       "consecutive tasks; give the array as one range, e.g. --array=0-7")
+            return cls(rank, world, array=True)
         return cls()
 
+    @property
+    def together(self) -> bool:
+        """Whether the processes run together (torchrun), so that they can wait for each other."""
+        return self.world > 1 and not self.array
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process checks the input and the folder, and reports."""
+        return self.rank == 0 or self.array
+
     def __enter__(self):
-        if self.world > 1:
+        if self.together:
             import datetime
 
             import torch.distributed
@@ -563,7 +593,7 @@ class Team:
         return self
 
     def __exit__(self, *exc_info):
-        if self.world > 1:
+        if self.together:
             import torch.distributed
             torch.distributed.destroy_process_group()
 
@@ -571,22 +601,27 @@ class Team:
         return (shard_index - 1) % self.world == self.rank
 
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.together:
             import torch.distributed
             torch.distributed.barrier()
 
     def share(self, value):
-        """Process 0's ``value``, in every process."""
-        if self.world == 1:
+        """Process 0's ``value``, in every process of a torchrun team."""
+        if not self.together:
             return value
         import torch.distributed
         box = [value]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def holding(self, output_dir: str):
+        """The output folder's lock, for an array task (waited for, as its siblings take it too); process 0
+        of any other team holds it for the whole run."""
+        return units.folder_lock(output_dir, wait=True) if self.array else contextlib.nullcontext()
+
     def device(self, requested: str):
         device = units.resolve_device(requested)
-        return units.resolve_device(f"cuda:{self.local_rank}") if device.type == "cuda" and self.world > 1 and \
+        return units.resolve_device(f"cuda:{self.local_rank}") if device.type == "cuda" and self.together and \
             device.index is None else device
 
 
@@ -803,9 +838,12 @@ def main(argv=None):
     check_writable(output_dir)
     team = Team.from_environment()
     if team.world > 1 and not os.path.isfile(args.input_fasta):
-        raise units.InputError(f"{args.input_fasta}: under torchrun every process reads the input; give a file, "
-                               "not a pipe")
-    lock = units.folder_lock(output_dir) if team.rank == 0 else contextlib.nullcontext()
+        raise units.InputError(f"{args.input_fasta}: under torchrun or in a SLURM array every process reads the "
+                               "input; give a file, not a pipe")
+    if team.array and args.overwrite:
+        raise units.InputError(f"--overwrite in a SLURM array would make every task start over; remove {output_dir} "
+                               "or give another -o instead")
+    lock = units.folder_lock(output_dir) if team.rank == 0 and not team.array else contextlib.nullcontext()
     with team, lock, readable_input(args.input_fasta, output_dir) as (input_path, input_identity), \
             units.rare_garbage_collection():
         counts = predict(args, input_path, input_identity, classifier, metadata, calibration, output_dir, team)
@@ -816,59 +854,90 @@ def main(argv=None):
 
 def predict(args, input_path: str, input_identity: dict, classifier, metadata: dict,
             calibration: units.Calibration | None, output_dir: str, team: Team) -> dict | None:
-    """The run, once the team holds the output folder: check the input and
-    the folder, then score shard by shard, and assemble; ``None`` when the run
-    was complete, and in every process of a team but the first."""
+    """The run: check the input and the folder, then score shard by shard,
+    and assemble; the counts, or ``None`` when this process did not assemble
+    (the run was complete, or another process of the team assembles)."""
     from tqdm import tqdm
 
     pipeline = units.PIPELINES[args.pipeline]
     dna_folder = units.model_folder(units.DNABERT_S, args.dna_model, args.models_dir)
     protein_folder = units.model_folder(pipeline.protein, args.protein_model, args.models_dir)
     settings = run_settings(args, input_identity, dna_folder, protein_folder, calibration is not None)
-    if team.rank == 0:
+    if team.leads:
         n_records, n_chunks = count_chunks(input_path, args.expect_length)
-        state = run_state(output_dir, settings, args.overwrite)
-    state, n_chunks = team.share((state, n_chunks) if team.rank == 0 else None)
+        with team.holding(output_dir):
+            state = run_state(output_dir, settings, args.overwrite)
+            if team.array and state == "new":           # the first task to start sets the run up
+                begin_run(output_dir, settings)
+    state, n_chunks = team.share((state, n_chunks) if team.leads else None)
     if state == "complete":
-        if team.rank == 0:
+        if team.leads:
             units.logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
                               "--overwrite runs it again")
         return None
     device = team.device(args.device)
-    if team.rank == 0:
+    if team.leads:
         units.logger.info(f"{args.input_fasta}: {n_records} sequences, {n_chunks} {args.expect_length}-bp chunks; "
                           f"{pipeline.name} pipeline on {device}"
-                          + (f", {team.world} processes" if team.world > 1 else ""))
+                          + (f", task {team.rank + 1} of a SLURM array of {team.world}" if team.array else
+                             f", {team.world} processes" if team.world > 1 else ""))
     scorer = engine.Engine(units.load_dnabert_s(dna_folder, device), pipeline.load_protein(protein_folder, device),
                            classifier.to(device), args.dna_batch_tokens, args.protein_batch_tokens,
                            pipeline.protein.name)
     warn_on_precision_change(args.model_path, metadata, scorer)
-    if team.rank == 0 and state == "new":
-        start_over(output_dir)
-        write_run(output_dir, settings, "running")
-    elif team.rank == 0:
-        units.logger.info(f"resuming the run in {output_dir}")
+    if team.rank == 0 and not team.array:
+        if state == "new":
+            begin_run(output_dir, settings)
+        else:
+            units.logger.info(f"resuming the run in {output_dir}")
     team.barrier()
 
     folders = []
     prepare = functools.partial(prepare_shard, output_dir=output_dir, chunk_size=args.expect_length,
                                 min_length=args.min_length, scorer=scorer, team=team)
     numbered = enumerate(shards(input_path, args.expect_length, args.chunks_per_shard), start=1)
-    with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=team.rank != 0) as progress:
+    with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=not team.leads) as progress:
         for shard in engine.prefetched(numbered, prepare, ahead=int(device.type != "cpu")):
             if not shard.done:
                 score_shard(shard, scorer, args.model_path, args.keep_intermediate)
             folders.append(shard.folder)
             progress.update(shard.chunk_count)
     team.barrier()                          # every shard scored, by whichever process
-    if team.rank != 0:
-        return None
+    if team.array:
+        with team.holding(output_dir):
+            return assemble_when_all_scored(args, input_path, output_dir, folders, calibration, settings, team)
+    return assemble(args, input_path, output_dir, folders, calibration, settings) if team.rank == 0 else None
+
+
+def begin_run(output_dir: str, settings: dict) -> None:
+    start_over(output_dir)
+    write_run(output_dir, settings, "running")
+
+
+def assemble(args, input_path: str, output_dir: str, folders: list[str], calibration: units.Calibration | None,
+             settings: dict) -> dict:
+    """The final files from every shard; the run is complete."""
     calls = Calls.of(folders, calibration, args.min_score, args.max_fdr)
     counts = write_outputs(output_dir, input_path, folders, calls, args.expect_length, args.min_region, args.plot)
     if not args.keep_intermediate:
         shutil.rmtree(f"{output_dir}/shards")
     write_run(output_dir, settings, "complete", counts)
     return counts
+
+
+def assemble_when_all_scored(args, input_path: str, output_dir: str, folders: list[str],
+                             calibration: units.Calibration | None, settings: dict, team: Team) -> dict | None:
+    """An array task, holding the folder: assemble when no shard waits for another task any more."""
+    run = read_run(output_dir)
+    complete = run is not None and run.get("status") == "complete"
+    waiting = 0 if complete else sum(not os.path.exists(f"{folder}/chunks.tsv") for folder in folders)
+    if not complete and waiting == 0:
+        return assemble(args, input_path, output_dir, folders, calibration, settings)
+    units.logger.info(f"SLURM array task {team.rank + 1} of {team.world}: its shards are scored; "
+                      + ("another task has assembled the results" if complete else
+                         f"{waiting} of {len(folders)} shards wait for other tasks, and the last task to finish "
+                         "assembles the results"))
+    return None
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -154,6 +155,9 @@ def current_umask() -> int:
 LOCK_FILE = ".virnucpro.lock"
 
 
+LOCK_POLL_SECONDS = 1.0
+
+
 def _lock_holder_alive(holder: dict) -> bool:
     """Whether the process that wrote a lock still runs (assumed so on another host)."""
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
@@ -168,15 +172,17 @@ def _lock_holder_alive(holder: dict) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, option: str = "-o", name: str = LOCK_FILE):
+def folder_lock(folder: str | os.PathLike, option: str = "-o", name: str = LOCK_FILE, wait: bool = False):
     """Hold ``folder/<name>`` (default ``.virnucpro.lock``) while the block
     runs, so one run at a time writes into ``folder``; a lock left by a
-    process that died on this host is taken over. Creates ``folder`` if needed
+    process that died on this host is taken over. Held by a live process, the
+    lock is refused, or with ``wait`` waited for. Creates ``folder`` if needed
     and removes it again if it is still empty when the block ends."""
     folder = os.fspath(folder)
     created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
+    waiting = False
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -190,8 +196,14 @@ def folder_lock(folder: str | os.PathLike, option: str = "-o", name: str = LOCK_
             if not isinstance(holder, dict) or _lock_holder_alive(holder):
                 held_by = f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" \
                     if isinstance(holder, dict) and holder else "a process that has not said who it is"
-                raise InputError(f"{folder} is in use by another run ({held_by}); wait for it to end or give "
-                                 f"another {option}; if no such run exists any more, delete {path}") from None
+                if not wait:
+                    raise InputError(f"{folder} is in use by another run ({held_by}); wait for it to end or give "
+                                     f"another {option}; if no such run exists any more, delete {path}") from None
+                if not waiting:
+                    logger.info(f"{folder}: waiting for {held_by} to release {path}")
+                    waiting = True
+                time.sleep(LOCK_POLL_SECONDS)
+                continue
             logger.warning(f"{folder}: taking over the lock of a run that ended without releasing it "
                            f"(pid {holder['pid']} on {holder['host']})")
             with contextlib.suppress(FileNotFoundError):

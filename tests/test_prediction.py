@@ -1,9 +1,12 @@
 """prediction.py end to end with tiny models and checkpoints made by the tests."""
 import csv
+import logging
 import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -182,6 +185,52 @@ def test_two_processes_under_torchrun_write_what_one_process_writes(models, refe
     assert "2 processes" in done.stderr and done.stderr.count("40 sequences: ") == 1     # one process assembles
     for name in prediction.RESULT_FILES:
         assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def test_a_slurm_array_scores_by_task_and_the_last_task_assembles(models, reference_run, tmp_path, monkeypatch,
+                                                                   caplog):
+    caplog.set_level(logging.INFO, logger="virnucpro")
+    output = tmp_path / "array"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")                 # sbatch --array=3-4: 4 shards, 2 each
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")                  # tasks start in any order, one at a time
+    assert prediction.main(predict_args(models, output, "--plot")) == 0
+    assert "2 of 4 shards wait for other tasks" in caplog.text
+    assert sorted(p.name for p in (output / "shards").iterdir()) == ["000002", "000004"]
+    assert not (output / "prediction_summary.tsv").exists()
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert prediction.main(predict_args(models, output, "--plot")) == 0
+    assert "40 sequences: " in caplog.text and not (output / "shards").exists()
+    for name in prediction.RESULT_FILES:
+        assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
+    with pytest.raises(units.InputError, match="--overwrite in a SLURM array would make every task start over"):
+        prediction.main(predict_args(models, output, "--overwrite"))
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    with pytest.raises(units.InputError, match="is not one of 2 consecutive tasks"):
+        prediction.main(predict_args(models, output))
+
+
+def test_a_lock_can_be_waited_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(units, "LOCK_POLL_SECONDS", 0.05)
+    events = []
+
+    def hold():
+        with units.folder_lock(tmp_path):
+            events.append("held")
+            time.sleep(0.5)
+            events.append("released")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while not events:
+        time.sleep(0.01)
+    with pytest.raises(units.InputError, match="is in use by another run"):
+        with units.folder_lock(tmp_path):
+            pass
+    with units.folder_lock(tmp_path, wait=True):
+        events.append("taken")
+    holder.join()
+    assert events == ["held", "released", "taken"]
 
 
 def same_within(path, other, tolerance) -> bool:
