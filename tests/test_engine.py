@@ -34,7 +34,7 @@ def random_dna(count, seed, lengths=(5, 600)):
 def test_dna_tokens_are_the_tokenizers(dnabert):
     _, tokenizer = dnabert
     sequences = [r.sequence for r in units.read_fasta(ARCH_TINY / "dnabert_s/inputs.fasta")]
-    sequences += random_dna(50, seed=1) + ["ACGTNNNNACGT", "A", "NNNN"]
+    sequences += random_dna(50, seed=1) + ["ACGTNNNNACGT", "A", "NNNN", "ACGTRYSWKMBDHVN" * 3]
     assert as_lists(engine.dna_tokens(tokenizer, sequences)) == tokenizer(sequences)["input_ids"]
 
 
