@@ -55,10 +55,10 @@ at the first unfinished shard and ends with the same outputs. A finished run
 is not redone (--overwrite starts over); one run at a time writes into an
 output folder.
 
-Several GPUs or machines: under torchrun (--nproc-per-node N, --nnodes) or as
-a SLURM array (sbatch --array=0-N), process k scores shards k+1, k+1+N, ...;
-the results are assembled once, by process 0 of torchrun or by the last
-array task to finish.
+Several GPUs or machines: under torchrun (--nproc-per-node, --nnodes) or as
+a SLURM array (sbatch --array=0-7 for 8 tasks), process k of N scores shards
+k+1, k+1+N, ...; the results are assembled once, by process 0 of torchrun or
+by the last array task to finish.
 """
 from __future__ import annotations
 
