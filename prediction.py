@@ -252,7 +252,7 @@ def score_shard(shard: Shard, scorer: engine.Engine, classifier_path: str, keep_
     classes = np.where(probabilities[:, 1] > probabilities[:, 0], "virus", "others")
     with units.atomic_write(f"{folder}/frames.tsv") as out:
         out.writelines(f"{frames.ids[row]}\t{name}\t{others}\t{virus}\n" for row, name, (others, virus)
-                       in zip(scores.kept.tolist(), classes, probabilities.astype(str)))
+                       in zip(scores.kept.tolist(), classes.tolist(), probabilities.astype(str).tolist()))
     if keep_intermediate:
         write_intermediates(folder, frames, scores, scorer)
     write_chunk_table(folder, shard, scores.kept, probabilities)
