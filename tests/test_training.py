@@ -414,7 +414,8 @@ def test_host_ceiling_benchmark_runs_the_prediction_path(tmp_path):
     assert result["frames_per_second"] == pytest.approx(result["frames"] / result["seconds"])
     assert result["host_frames_per_second"] > result["frames_per_second"]
     assert result["stages"]["  of which DNA tokenization"] > 0 and result["peak_rss_mb"] > 0
-    assert 0 < result["stages"]["    of which padded batches (host)"] < result["stages"]["  of which encoders and classifier"]
+    stages = result["stages"]
+    assert 0 < stages["    of which padded batches (host)"] < stages["  of which encoders and classifier"]
 
 
 def test_environment_checks(tiny_models, capsys):
