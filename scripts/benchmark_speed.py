@@ -339,8 +339,10 @@ def main(argv=None):
                         help="with --host-ceiling: one synthetic contig of this length instead of reads")
     parser.add_argument("--report", default="reports/speed_benchmark.md", help="report path (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    for option, value in (("--runs", args.runs), ("--sequences", args.sequences),
+                          ("--contig-length", args.contig_length)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be at least 1")
     if args.host_ceiling:
         result = host_ceiling(args)
         print_host_ceiling(result)
