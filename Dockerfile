@@ -12,6 +12,8 @@ RUN python3 -m venv $VIRTUAL_ENV && pip install --no-cache-dir --upgrade pip
 # torch pinned as in CI and pixi; the rest comes from pyproject.toml
 RUN pip install --no-cache-dir torch==2.13.0
 WORKDIR /app
-COPY pyproject.toml README.md units.py dnabert_s.py fetcher.py evaluation.py engine.py ./
+# what pyproject.toml installs (the card and the package) first, so that a change elsewhere keeps this layer
+COPY pyproject.toml README.md units.py ./
+COPY virnucpro ./virnucpro
 RUN pip install --no-cache-dir -e ".[test]"
 COPY . .

@@ -37,74 +37,61 @@ download). A CPU run with small sizes is a smoke test, not a measurement.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import gc
 import json
 import os
 import statistics
-import sys
 import tempfile
-import time
-import types
-from unittest import mock
 
-import numpy as np
 import torch
 
 import units
+from virnucpro import predict, random_models, synthetic
+from virnucpro.benchmarks import device_name, timed
+from virnucpro.checkpoints import HIDDEN_DIM
+from virnucpro.cli import run_cli
+from virnucpro.devices import resolve_device
+from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
+from virnucpro.errors import InputError
+from virnucpro.fasta import read_fasta, write_fasta
+from virnucpro.files import atomic_write
+from virnucpro.host_ceiling import measure, print_result
+from virnucpro.loaders import PIPELINES, Pipeline, esm_tokenizer
+from virnucpro.modelfiles import model_folder
+from virnucpro.pins import DEFAULT_MODELS_DIR, ESM2_3B, FASTESM2_650, MERGED_DIM, MODELS_ENV
+from virnucpro.synthetic import ORF_READ_LENGTH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample.fasta")
 FLOP_RATIO = 4.4
 TOKENIZER_FOLDER = os.path.join(ROOT, "tests", "data", "arch_tiny", "dnabert_s")
 PROTEIN_FOLDER = os.path.join(ROOT, "tests", "data", "arch_tiny", "fastesm650")
-READ_LENGTH = 500
 HOST_CEILING_READS = 100_000
 
 
-def sample_proteins(reads: str, count: int) -> list[tuple[str, str]]:
-    """Stop-free frame proteins of the reads, repeated (with fresh ids) to ``count``."""
-    proteins = [protein for _, _, protein in units.select_frames(list(units.iter_fasta_chunks(reads, 300)))
-                if protein]
-    if not proteins:
-        raise units.InputError(f"{reads}: no stop-free frame to benchmark")
-    return [(f"p{i}", proteins[i % len(proteins)]) for i in range(count)]
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def load(pipeline: units.Pipeline, model: str | None, device, dtype, random_weights: bool, models: str | None):
+def load(pipeline: Pipeline, model: str | None, device, dtype, random_weights: bool, models: str | None):
+    """The pipeline's protein model: the real one, or random weights of its shape."""
     if random_weights:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from benchmark_extraction import ESM2_3B_SHAPE, FASTESM2_650_SHAPE, random_esm
-        shape = FASTESM2_650_SHAPE if pipeline.name == "fastesm650" else ESM2_3B_SHAPE
-        return random_esm(shape).to(device=device, dtype=dtype), units.esm_tokenizer()
-    return pipeline.load_protein(units.model_folder(pipeline.protein, model, models), device, dtype)
+        shape = random_models.FASTESM2_650_SHAPE if pipeline.name == "fastesm650" else random_models.ESM2_3B_SHAPE
+        return random_models.random_esm(shape).to(device=device, dtype=dtype), esm_tokenizer()
+    return pipeline.load_protein(model_folder(pipeline.protein, model, models), device, dtype)
 
 
 def time_extraction(pipeline, model_source, fasta, device, dtype, runs, toks_per_batch, random_weights,
                     models) -> dict:
+    """Protein-embedding time of a pipeline's model over ``runs`` runs after a warm-up."""
     model, tokenizer = load(pipeline, model_source, device, dtype, random_weights, models)
-    sequences = [record.sequence for record in units.read_fasta(fasta, alphabet="protein")]
+    sequences = [record.sequence for record in read_fasta(fasta, alphabet="protein")]
 
-    def extract():
-        units.extract_protein(pipeline, fasta, None, model, tokenizer, toks_per_batch=toks_per_batch)
-
+    extract = functools.partial(units.extract_protein, pipeline, fasta, None, model, tokenizer,
+                                toks_per_batch=toks_per_batch)
     extract()                                                   # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(runs):
-        synchronize(device)
-        started = time.perf_counter()
-        extract()
-        synchronize(device)
-        seconds.append(time.perf_counter() - started)
+    seconds = [timed(extract, device) for _ in range(runs)]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    del model
+    del model, extract
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -116,175 +103,49 @@ def time_extraction(pipeline, model_source, fasta, device, dtype, runs, toks_per
 
 
 def time_end_to_end(args, device) -> list[dict]:
-    prediction = _load_prediction()
+    """The whole prediction (chunking to calls) of the sample reads, with each pipeline's classifier."""
     rows = []
+    reads = sum(1 for _ in read_fasta(args.reads))
     for name, checkpoint in (("fastesm650", args.checkpoint), ("esm2_3b", args.baseline_checkpoint)):
         if not checkpoint:
             continue
+        classifier, metadata = units.load_checkpoint(checkpoint, name, chunk_length=300)
         with tempfile.TemporaryDirectory() as output:
-            argv = [args.reads, "300", checkpoint, "-o", output, "--device", str(device), "--pipeline", name]
-            model = args.fastesm_model if name == "fastesm650" else args.esm2_3b_model
-            argv += ["--protein-model", model] if model else []
-            argv += ["--dna-model", args.dna_model] if args.dna_model else []
-            argv += ["--models-dir", args.models_dir] if args.models_dir else []
-            synchronize(device)
-            started = time.perf_counter()
-            prediction.main(argv)
-            synchronize(device)
-            seconds = time.perf_counter() - started
-        reads = sum(1 for _ in units.read_fasta(args.reads))
+            min_length, min_region = predict.default_limits(300)
+            request = predict.Request(
+                input_path=args.reads, chunk_length=300, classifier_path=checkpoint, pipeline=name, output_dir=output,
+                min_length=min_length, min_region=min_region, min_score=None, max_fdr=None, device=str(device),
+                dna_model=args.dna_model, protein_model=args.fastesm_model if name == "fastesm650" else
+                args.esm2_3b_model, models_dir=args.models_dir, dna_batch_tokens=DNA_TOKS_PER_BATCH,
+                protein_batch_tokens=PROTEIN_TOKS_PER_BATCH, chunks_per_shard=predict.CHUNKS_PER_SHARD,
+                keep_intermediate=False, plot=False, overwrite=False)
+            seconds = timed(lambda: predict.run(request, classifier, metadata, None), device)
         rows.append({"pipeline": name, "seconds": seconds, "reads": reads, "reads_per_s": reads / seconds})
     if not rows:
-        raise units.InputError("--end-to-end needs --checkpoint and/or --baseline-checkpoint")
+        raise InputError("--end-to-end needs --checkpoint and/or --baseline-checkpoint")
     return rows
 
 
-# ---------------------------------------------------------------- host ceiling
-def open_reading_frame(rng, length: int) -> str:
-    """``length`` bp of random sense codons: stop-free in its first frame."""
-    sense = np.array([codon for codon, amino_acid in units.CODON_TABLE.items() if amino_acid != "*"])
-    return "".join(sense[rng.integers(0, len(sense), length // 3)]) + "A" * (length % 3)
-
-
-def synthetic_input(path: str, reads: int, contig_length: int | None = None, seed: int = 0) -> None:
-    """500-bp reads of one open reading frame each, every other one
-    reverse-complemented; or, with ``contig_length``, one contig of that length."""
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as handle:
-        if contig_length:
-            handle.write(f">contig\n{open_reading_frame(rng, contig_length)}\n")
-            return
-        for number in range(reads):
-            read = open_reading_frame(rng, READ_LENGTH)
-            handle.write(f">read_{number}\n{read if number % 2 == 0 else units.reverse_complement(read)}\n")
-
-
-class StandInModel(torch.nn.Module):
-    """Where a language model would be: its output width and a parameter (for its device and dtype)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.config = types.SimpleNamespace(hidden_size=width)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
-
-
-class ZeroCostEncoder(torch.nn.Module):
-    """Stands in for an encoder with its pooling (device work): zeros of its output width."""
-
-    def __init__(self, model: StandInModel):
-        super().__init__()
-        self.model, self.width = model, model.config.hidden_size
-
-    def forward(self, input_ids, attention_mask):
-        return torch.zeros(1, self.width).expand(len(input_ids), -1)       # no memory to fill
-
-
-class StageClock:
-    """Seconds spent in named functions, wrapped for the run."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def wrap(self, stage: str, function):
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
-        return timed
-
-
-# (stage, module name, attribute): the functions of the prediction path whose time is reported. On a CPU
-# the host work runs in line (on a GPU, a background thread runs it while the device works).
-SCORING_STAGE = "  of which encoders and classifier"
-BATCHING_STAGE = "    of which padded batches (host)"
-HOST_STAGES = (("input check and count", "prediction", "count_chunks"),
-               ("host work: chunks, frames, tokens", "prediction", "prepare_shard"),
-               ("  of which DNA tokenization", "engine", "dna_tokens"),
-               ("  of which protein tokenization", "engine", "protein_tokens"),
-               ("device work and shard files", "prediction", "score_shard"),
-               (SCORING_STAGE, "engine", "Engine.score"),
-               (BATCHING_STAGE, "engine", "TokenRows.padded"),
-               ("    of which the classifier's arithmetic", "units", "predict_probabilities"),
-               ("final outputs", "prediction", "write_outputs"))
-TOP_STAGES = ("input check and count", "host work: chunks, frames, tokens", "device work and shard files",
-              "final outputs")
-
-
 def host_ceiling(args) -> dict:
-    """The prediction path with stand-in encoders on synthetic reads: frames/s and the time per stage."""
-    from transformers import PreTrainedTokenizerFast
-
-    import engine
-
-    prediction = _load_prediction()
-    modules = {"units": units, "prediction": prediction, "engine": engine}
-    clock = StageClock()
-    dna_tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_FOLDER, local_files_only=True)
-    stand_in_pipeline = units.Pipeline("fastesm650", units.FASTESM2_650,
-                                       lambda *_, **__: (StandInModel(units.FASTESM2_650.dim), units.esm_tokenizer()))
-    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as patches:
-        reads, checkpoint = os.path.join(folder, "reads.fasta"), os.path.join(folder, "classifier.pth")
-        synthetic_input(reads, args.sequences or HOST_CEILING_READS, args.contig_length)
+    """The prediction path with stand-in encoders on synthetic reads (host_ceiling.measure)."""
+    reads = args.sequences or HOST_CEILING_READS
+    with tempfile.TemporaryDirectory() as folder:
+        input_path, checkpoint = os.path.join(folder, "reads.fasta"), os.path.join(folder, "classifier.pth")
+        synthetic.orf_reads(input_path, reads, args.contig_length)
         torch.manual_seed(0)
-        units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
-                              chunk_length=READ_LENGTH)
-        patches.enter_context(mock.patch.object(units, "load_dnabert_s",
-                                                lambda *_, **__: (StandInModel(units.DNA_DIM), dna_tokenizer)))
-        patches.enter_context(mock.patch.dict(units.PIPELINES, {"fastesm650": stand_in_pipeline}))
-        for encoder in ("DnaEncoder", "ProteinEncoder"):
-            patches.enter_context(mock.patch.object(engine, encoder, ZeroCostEncoder))
-        for stage, module, name in HOST_STAGES:
-            owner = modules[module]
-            *path, attribute = name.split(".")
-            for part in path:
-                owner = getattr(owner, part, None)
-            if owner is not None and hasattr(owner, attribute):
-                patches.enter_context(mock.patch.object(owner, attribute, clock.wrap(stage, getattr(owner, attribute))))
-        started = time.perf_counter()
-        prediction.main([reads, str(READ_LENGTH), checkpoint, "-o", os.path.join(folder, "out"), "--device", "cpu",
-                         "--dna-model", TOKENIZER_FOLDER, "--protein-model", PROTEIN_FOLDER])
-        seconds = time.perf_counter() - started
-        with open(os.path.join(folder, "out", "prediction_results.txt")) as handle:
-            frames = sum(1 for _ in handle) - 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    timed = sum(clock.seconds.get(stage, 0.0) for stage in TOP_STAGES)
-    stages = {stage: clock.seconds[stage] for stage, _, _ in HOST_STAGES if stage in clock.seconds}
-    stages["other: start-up, reading the input"] = seconds - timed
-    import resource
-
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    device_seconds = stages.get(SCORING_STAGE, 0.0) - stages.get(BATCHING_STAGE, 0.0)
-    host_seconds = seconds - device_seconds
-    return {"input": f"one {args.contig_length}-bp contig" if args.contig_length else
-            f"{args.sequences or HOST_CEILING_READS} reads of {READ_LENGTH} bp", "frames": frames, "seconds": seconds,
-            "cores": cores, "peak_rss_mb": round(peak_mb),
-            "frames_per_second": frames / seconds, "frames_per_core_second": frames / seconds / cores,
-            "host_frames_per_second": frames / host_seconds, "stages": stages}
-
-
-def print_host_ceiling(result: dict) -> None:
-    print(f"{'stage':<40} {'seconds':>8} {'of wall':>8}")
-    for stage, seconds in result["stages"].items():
-        print(f"{stage:<40} {seconds:>8.2f} {seconds / result['seconds']:>8.1%}")
-    print(f"{result['input']}: {result['frames']} frames in {result['seconds']:.2f} s: "
-          f"{result['frames_per_second']:,.0f} frames/s, {result['frames_per_core_second']:,.0f} per core-second "
-          f"({result['cores']} cores); peak memory {result['peak_rss_mb']:,} MB")
-    print(f"without the device work (the scoring less its padded batches: a GPU's work, done by this CPU here): "
-          f"{result['host_frames_per_second']:,.0f} frames/s")
-
-
-def _load_prediction():
-    sys.path.insert(0, ROOT)
-    import prediction
-    return prediction
-
-
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+        units.save_checkpoint(units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
+                              chunk_length=ORF_READ_LENGTH)
+        classifier, metadata = units.load_checkpoint(checkpoint, chunk_length=ORF_READ_LENGTH)
+        min_length, min_region = predict.default_limits(ORF_READ_LENGTH)
+        request = predict.Request(
+            input_path=input_path, chunk_length=ORF_READ_LENGTH, classifier_path=checkpoint, pipeline="fastesm650",
+            output_dir=os.path.join(folder, "out"), min_length=min_length, min_region=min_region, min_score=None,
+            max_fdr=None, device="cpu", dna_model=TOKENIZER_FOLDER, protein_model=PROTEIN_FOLDER, models_dir=None,
+            dna_batch_tokens=DNA_TOKS_PER_BATCH, protein_batch_tokens=PROTEIN_TOKS_PER_BATCH,
+            chunks_per_shard=predict.CHUNKS_PER_SHARD, keep_intermediate=False, plot=False, overwrite=False)
+        description = (f"one {args.contig_length}-bp contig" if args.contig_length else
+                       f"{reads} reads of {ORF_READ_LENGTH} bp")
+        return measure(request, classifier, metadata, description)
 
 
 def write_report(path, device, rows, comparisons, verdict, sample_note) -> None:
@@ -303,7 +164,7 @@ def write_report(path, device, rows, comparisons, verdict, sample_note) -> None:
     lines += ["", f"PASSED needs at most 50% of ESM2-3B's time at the same precision. At equal precision the "
                   f"FLOP ratio of the two models is about {FLOP_RATIO}x; a fp16-vs-fp32 comparison mixes the model "
                   "change with the precision change.", ""]
-    with units.atomic_write(path) as handle:
+    with atomic_write(path) as handle:
         handle.write("\n".join(lines))
 
 
@@ -311,7 +172,7 @@ def write_end_to_end_report(path, device, rows) -> None:
     lines = ["# Speed benchmark: end to end (chunking to calls)", "", f"- Device: {device_name(device)}", "",
              "| pipeline | reads | seconds | reads/s |", "|---|---:|---:|---:|"]
     lines += [f"| {r['pipeline']} | {r['reads']} | {r['seconds']:.2f} | {r['reads_per_s']:.2f} |" for r in rows]
-    with units.atomic_write(path) as handle:
+    with atomic_write(path) as handle:
         handle.write("\n".join(lines) + "\n")
 
 
@@ -320,13 +181,14 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
     parser.add_argument("--sequences", type=int, help="proteins per run (default 2000 on a GPU, 16 on a CPU)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
-    parser.add_argument("--toks-per-batch", type=int, default=16384, help="tokens per batch (default %(default)s)")
+    parser.add_argument("--toks-per-batch", type=int, default=PROTEIN_TOKS_PER_BATCH,
+                        help="tokens per batch (default %(default)s)")
     parser.add_argument("--reads", default=SAMPLE, help="sample reads (default: data/sample.fasta)")
-    parser.add_argument("--fastesm-model", help=f"FastESM2_650 id or folder (default {units.FASTESM2_650.hub_id})")
-    parser.add_argument("--esm2-3b-model", help=f"ESM2-3B id or folder (default {units.ESM2_3B.hub_id})")
+    parser.add_argument("--fastesm-model", help=f"FastESM2_650 id or folder (default {FASTESM2_650.hub_id})")
+    parser.add_argument("--esm2-3b-model", help=f"ESM2-3B id or folder (default {ESM2_3B.hub_id})")
     parser.add_argument("--dna-model", help="DNABERT-S id or folder, for --end-to-end")
     parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
-                                             f"${units.MODELS_ENV}, else {units.DEFAULT_MODELS_DIR})")
+                                             f"${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
     parser.add_argument("--random-weights", action="store_true", help="random models of the real shapes")
     parser.add_argument("--end-to-end", action="store_true", help="time the whole prediction per pipeline")
     parser.add_argument("--checkpoint", help="FastESM2_650 classifier, for --end-to-end")
@@ -345,12 +207,12 @@ def main(argv=None):
             parser.error(f"{option} must be at least 1")
     if args.host_ceiling:
         result = host_ceiling(args)
-        print_host_ceiling(result)
+        print_result(result)
         if args.json:
-            with units.atomic_write(args.json) as handle:
+            with atomic_write(args.json) as handle:
                 json.dump(result, handle, indent=1)
         return 0
-    device = units.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.end_to_end:
         rows = time_end_to_end(args, device)
         write_end_to_end_report(args.report, device, rows)
@@ -361,13 +223,10 @@ def main(argv=None):
 
     count = args.sequences or (2000 if device.type == "cuda" else 16)
     half = torch.float16 if device.type == "cuda" else torch.float32
-    fastesm, esm2_3b = units.PIPELINES["fastesm650"], units.PIPELINES["esm2_3b"]
-    proteins = sample_proteins(args.reads, count)
+    fastesm, esm2_3b = PIPELINES["fastesm650"], PIPELINES["esm2_3b"]
+    proteins = synthetic.sample_proteins(args.reads, count)
     with tempfile.TemporaryDirectory() as folder:
-        fasta = os.path.join(folder, "proteins.faa")
-        with open(fasta, "w") as handle:
-            for record_id, protein in proteins:
-                units.write_fasta_record(handle, record_id, protein)
+        fasta = write_fasta(os.path.join(folder, "proteins.faa"), proteins)
         settings = [(fastesm, args.fastesm_model, half), (esm2_3b, args.esm2_3b_model, half)]
         if device.type == "cuda":
             settings.append((esm2_3b, args.esm2_3b_model, torch.float32))        # as published
@@ -392,4 +251,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

@@ -25,14 +25,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-
-import evaluation
-import units
+from virnucpro import report
+from virnucpro.cli import run_cli
+from virnucpro.errors import InputError
+from virnucpro.files import atomic_write
+from virnucpro.log import logger
+from virnucpro.runs import changed_settings, read_record
+from virnucpro.splits import GROUP_LEVELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
-           ("roc_auc", "ROC-AUC"))
 NAMES = (("fastesm650", "FastESM2_650"), ("esm2_3b", "ESM2-3B"))
 SETTINGS_FILE = "cross_validation.json"
 
@@ -40,7 +41,7 @@ SETTINGS_FILE = "cross_validation.json"
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default %(default)s)")
-    parser.add_argument("--group-by", choices=evaluation.GROUP_LEVELS, default="organism",
+    parser.add_argument("--group-by", choices=GROUP_LEVELS, default="organism",
                         help="what is held out together (default: organism)")
     parser.add_argument("--merge-dir", default="data/data_merge", help="FastESM2_650 merged features")
     parser.add_argument("--baseline-merge-dir", default="data/data_merge_esm2_3b",
@@ -76,10 +77,11 @@ def options(args, names) -> list[str]:
 
 
 def run(script: str, *arguments, allowed=(0,)) -> None:
+    """One of the project's scripts, as a user runs it; stop unless its exit status is ``allowed``."""
     command = [sys.executable, os.path.join(ROOT, script), *map(str, arguments)]
     status = subprocess.run(command).returncode
     if status not in allowed:
-        raise units.InputError(f"{script} stopped (exit status {status}; its message is above)")
+        raise InputError(f"{script} stopped (exit status {status}; its message is above)")
 
 
 def check_settings(args) -> None:
@@ -88,13 +90,13 @@ def check_settings(args) -> None:
             "lr", "patience", "batch_size")
     settings = {key: getattr(args, key) for key in keys}
     path = os.path.join(args.work_dir, SETTINGS_FILE)
-    if os.path.exists(path):
-        with open(path) as handle:
-            if json.load(handle) != settings:
-                raise units.InputError(f"{args.work_dir} holds a cross-validation with other settings; give another "
-                                       "--work-dir, or delete that one")
+    fix = "give another --work-dir, or delete that one"
+    recorded = read_record(path, "scripts/cross_validate.py", fix)
+    if recorded is not None and recorded != settings:
+        raise InputError(f"{args.work_dir} holds a cross-validation with other settings "
+                         f"({', '.join(changed_settings(recorded, settings))}); {fix}")
     os.makedirs(args.work_dir, exist_ok=True)
-    with units.atomic_write(path) as handle:
+    with atomic_write(path) as handle:
         json.dump(settings, handle, indent=1)
 
 
@@ -102,7 +104,7 @@ def run_fold(args, fold: int, baseline: bool) -> str:
     """Split, train and evaluate one fold; its report folder."""
     folder = os.path.join(args.work_dir, f"fold_{fold}")
     split, reports = os.path.join(folder, "test_metadata.json"), os.path.join(folder, "report")
-    units.logger.info(f"fold {fold} of {args.folds}")
+    logger.info(f"fold {fold} of {args.folds}")
     if not os.path.exists(split):
         run("scripts/create_test_set.py", "--merge-dir", args.merge_dir, "--data-dir", args.data_dir, "--group-by",
             args.group_by, "--folds", args.folds, "--fold", fold, "--seed", args.seed, "--output", split)
@@ -126,6 +128,7 @@ def run_fold(args, fold: int, baseline: bool) -> str:
 
 
 def read_fold(reports: str, baseline: bool) -> dict:
+    """A finished fold's summary and each classifier's metrics."""
     with open(os.path.join(reports, "validation_summary.json")) as handle:
         fold = {"summary": json.load(handle)}
     for pipeline, name in NAMES[:1 + baseline]:
@@ -134,55 +137,15 @@ def read_fold(reports: str, baseline: bool) -> dict:
     return fold
 
 
-def mean_sd(values) -> str:
-    values = np.array([v for v in values if v is not None and not np.isnan(v)], dtype=float)
-    if not len(values):
-        return "n/a"
-    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0:.4f}"
-
-
-def write_report(path: str, args, folds: list[dict], baseline: bool) -> None:
-    titles = dict(evaluation.LEVELS)
-    names = [name for _, name in NAMES[:1 + baseline]]
-    lines = ["# Cross-validation: FastESM2_650 against the ESM2-3B baseline", "",
-             f"{args.folds} group-disjoint folds, records held out by {args.group_by} (seed {args.seed}); in each "
-             "fold both classifiers were trained on the other folds with the same recipe and scored on the held-out "
-             "one, so every record was tested once. Mean ± standard deviation over the folds.", ""]
-    for level in titles:
-        if level not in folds[0][names[0]]:
-            continue
-        header = "| metric | " + " | ".join(names) + (" | ESM2-3B minus FastESM2_650 | range |" if baseline else " |")
-        lines += [f"## {titles[level]}", "", header, "|---|" + "---:|" * (len(names) + 2 * baseline)]
-        for key, label in METRICS:
-            cells = [mean_sd(fold[name][level][key] for fold in folds) for name in names]
-            if baseline:
-                differences = [fold["ESM2-3B"][level][key] - fold["FastESM2_650"][level][key] for fold in folds]
-                cells += [mean_sd(differences), f"{min(differences):.4f} to {max(differences):.4f}"]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Folds", "", "| fold | result | " + " | ".join(titles[level].split(" (")[0] for level in titles
-                                                              if level in folds[0][names[0]]) + " |"]
-    levels = [level for level in titles if level in folds[0][names[0]]]
-    lines.append("|---|---|" + "---|" * len(levels))
-    for k, fold in enumerate(folds, start=1):
-        verdicts = fold["summary"]["verdicts"]
-        lines.append(f"| {k} | {fold['summary']['result']} | " + " | ".join(
-            f"{fold[names[0]][level]['n']} rows" + (f", {verdicts[level]}" if level in verdicts else "")
-            for level in levels) + " |")
-    lines += ["", f"Each fold's report: {args.work_dir}/fold_<k>/report/validation_report.md."]
-    with units.atomic_write(path) as handle:
-        handle.write("\n".join(lines) + "\n")
-
-
 def main(argv=None):
     args = parse_args(argv)
     baseline = os.path.isdir(args.baseline_merge_dir)
     if not baseline:
-        units.logger.warning(f"{args.baseline_merge_dir}: no ESM2-3B features; FastESM2_650 alone")
+        logger.warning(f"{args.baseline_merge_dir}: no ESM2-3B features; FastESM2_650 alone")
     check_settings(args)
     folds = [read_fold(run_fold(args, fold, baseline), baseline) for fold in range(1, args.folds + 1)]
     os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-    write_report(args.report, args, folds, baseline)
+    report.write_cross_validation(args.report, folds, args.group_by, args.seed, args.work_dir, baseline)
     results = [fold["summary"]["result"] for fold in folds]
     print(f"{args.folds} folds: " + ", ".join(f"{results.count(r)} {r}" for r in sorted(set(results)))
           + f"; report: {args.report}")
@@ -190,4 +153,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

@@ -6,7 +6,7 @@
     python scripts/fetch_models.py --all --bundle models.tar     # where there is internet
     python scripts/fetch_models.py --from-bundle models.tar      # on a cluster without it
 
-Items (pinned in units.ARTIFACTS):
+Items (pinned in virnucpro/pins.py):
   dnabert-s       zhihan1996/DNABERT-S (about 0.5 GB)
   fastesm650      Synthyra/FastESM2_650 (about 2.6 GB)
   esm2-3b         facebook/esm2_t36_3B_UR50D, the published baseline (about 11 GB)
@@ -31,25 +31,27 @@ import argparse
 import os
 import sys
 
-import fetcher
-import units
+from virnucpro import fetching
+from virnucpro.cli import run_cli
+from virnucpro.log import logger
+from virnucpro.pins import ARTIFACTS, DEFAULT_MODELS_DIR, MODELS_ENV, models_dir
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="ITEM",
-                        help=f"what to fetch: {', '.join(units.ARTIFACTS)} (default: what prediction.py uses)")
+                        help=f"what to fetch: {', '.join(ARTIFACTS)} (default: what prediction.py uses)")
     parser.add_argument("--all", action="store_true", help="fetch every item")
-    parser.add_argument("--models-dir", help=f"models folder (default: ${units.MODELS_ENV}, else "
-                                             f"{units.DEFAULT_MODELS_DIR})")
+    parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV}, else "
+                                             f"{DEFAULT_MODELS_DIR})")
     parser.add_argument("--revision", help="fetch FastESM2_650 at this commit instead of its pin (main)")
     parser.add_argument("--bundle", metavar="FILE.tar", help="then pack the items into one file for machines "
                                                              "without internet")
     parser.add_argument("--from-bundle", metavar="FILE.tar", help="unpack and verify a bundle; fetch nothing")
     args = parser.parse_args(argv)
-    unknown = [item for item in args.items if item not in units.ARTIFACTS]
+    unknown = [item for item in args.items if item not in ARTIFACTS]
     if unknown:
-        parser.error(f"unknown item {unknown[0]!r}; choose from {', '.join(units.ARTIFACTS)}")
+        parser.error(f"unknown item {unknown[0]!r}; choose from {', '.join(ARTIFACTS)}")
     if args.from_bundle and (args.items or args.all or args.bundle):
         parser.error("--from-bundle unpacks a bundle; give it alone")
     return args
@@ -57,28 +59,28 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    models = units.models_dir(args.models_dir)
+    models = models_dir(args.models_dir)
     if args.from_bundle:
-        items = fetcher.unpack_bundle(args.from_bundle, models)
-        units.logger.info(f"{args.from_bundle}: {', '.join(items)} unpacked and verified into {models}/")
+        items = fetching.unpack_bundle(args.from_bundle, models)
+        logger.info(f"{args.from_bundle}: {', '.join(items)} unpacked and verified into {models}/")
         return 0
-    keys = list(units.ARTIFACTS) if args.all else list(dict.fromkeys(args.items)) or fetcher.default_items(models)
-    units.logger.info(f"fetching {', '.join(keys)} into {models}/")
-    outcome, failures = fetcher.fetch(keys, models, args.revision)
+    keys = list(ARTIFACTS) if args.all else list(dict.fromkeys(args.items)) or fetching.default_items(models)
+    logger.info(f"fetching {', '.join(keys)} into {models}/")
+    outcome, failures = fetching.fetch(keys, models, args.revision)
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
     if failures:
         return 2
     if all(what == "present" for what in outcome.values()):
-        units.logger.info(f"everything asked for is already in {models}/; nothing to fetch")
+        logger.info(f"everything asked for is already in {models}/; nothing to fetch")
     else:
-        units.logger.info("; ".join(f"{key}: {what}" for key, what in outcome.items()))
+        logger.info("; ".join(f"{key}: {what}" for key, what in outcome.items()))
     if args.bundle:
-        size = fetcher.make_bundle(args.bundle, keys, models)
-        units.logger.info(f"{args.bundle}: {', '.join(keys)}, {fetcher.human_size(size)}; on the other machine: "
+        size = fetching.make_bundle(args.bundle, keys, models)
+        logger.info(f"{args.bundle}: {', '.join(keys)}, {fetching.human_size(size)}; on the other machine: "
                           f"python scripts/fetch_models.py --from-bundle {os.path.basename(args.bundle)}")
     return 0
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

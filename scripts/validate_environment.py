@@ -22,7 +22,12 @@ import time
 
 import torch
 
-import units
+from virnucpro.cli import run_cli
+from virnucpro.devices import resolve_device
+from virnucpro.errors import InputError
+from virnucpro.loaders import load_fast_esm
+from virnucpro.modelfiles import model_folder
+from virnucpro.pins import DEFAULT_MODELS_DIR, FASTESM2_650, MODELS_ENV
 
 OLDEST_TRANSFORMERS = (4, 57)
 
@@ -51,8 +56,8 @@ def check_transformers() -> tuple[bool, str]:
 
 def check_fastesm(model, models, device) -> tuple[bool, str]:
     try:
-        network, _ = units.load_fast_esm(units.model_folder(units.FASTESM2_650, model, models), device)
-    except units.InputError as error:
+        network, _ = load_fast_esm(model_folder(FASTESM2_650, model, models), device)
+    except InputError as error:
         return False, str(error)
     parameters = sum(p.numel() for p in network.parameters()) / 1e6
     return True, (f"{parameters:,.0f}M parameters on {device}, {next(network.parameters()).dtype}, "
@@ -95,11 +100,11 @@ def check_sdpa(device) -> tuple[bool, str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    parser.add_argument("--protein-model", help=f"FastESM2_650 id or folder (default {units.FASTESM2_650.hub_id})")
+    parser.add_argument("--protein-model", help=f"FastESM2_650 id or folder (default {FASTESM2_650.hub_id})")
     parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
-                                             f"${units.MODELS_ENV}, else {units.DEFAULT_MODELS_DIR})")
+                                             f"${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
     args = parser.parse_args(argv)
-    device = units.resolve_device(args.device)
+    device = resolve_device(args.device)
     checks = [("ENV-01", "PyTorch with CUDA", lambda: check_torch(device)),
               ("ENV-02", "fair-esm absent", check_fair_esm),
               ("ENV-03", "transformers version", check_transformers),
@@ -115,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import units
+from virnucpro.cli import run_cli
+from virnucpro.errors import InputError
+from virnucpro.features import find_merged_files, load_merged_file
+from virnucpro.loaders import PIPELINES
 
 
 def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
@@ -22,8 +25,8 @@ def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
     problems, first_seen = [], {}
     for path in files:
         try:
-            checked = units.load_merged_file(path, expected_dim)
-        except units.InputError as error:
+            checked = load_merged_file(path, expected_dim)
+        except InputError as error:
             problems.append(str(error))
             continue
         kind = "viral" if checked["label"] == 1 else "host"
@@ -41,11 +44,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("merge_dir", nargs="?", default="data/data_merge",
                         help="folder of merged files (default: data/data_merge)")
-    parser.add_argument("--pipeline", choices=sorted(units.PIPELINES), default="fastesm650",
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="fastesm650",
                         help="which features: fastesm650 (2048-d, default) or esm2_3b (3328-d)")
     args = parser.parse_args(argv)
-    files = units.find_merged_files(args.merge_dir)
-    counts, problems = validate(files, units.PIPELINES[args.pipeline].input_dim)
+    files = find_merged_files(args.merge_dir)
+    counts, problems = validate(files, PIPELINES[args.pipeline].input_dim)
     print(f"{len(files)} merged files: {counts['viral_files']} viral ({counts['viral_rows']} rows), "
           f"{counts['host_files']} host ({counts['host_rows']} rows)")
     for problem in problems:
@@ -55,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

@@ -1,10 +1,12 @@
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from helpers.models import TINY_DNABERT, TINY_ESM2_3B, TINY_FASTESM, save_classifier, tiny_model_folders  # noqa: F401
 
 # The tests never touch the network: models are tiny ones the tests build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,47 +44,18 @@ def write_file(tmp_path):
     return write
 
 
-def load_script(script):
-    """Import one of the project's scripts as a module (for its functions)."""
-    import importlib.util
-    path = ROOT / script
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module          # dataclasses and pickling look modules up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-TINY_DNABERT = (768, 2, 12, 64)      # DNABERT-S's output width, tiny depth: (hidden, layers, heads, ffn)
-TINY_FASTESM = (1280, 2, 4, 64)      # FastESM2_650's width
-TINY_ESM2_3B = (2560, 1, 4, 32)      # ESM2-3B's width
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Folders of tiny random models of the real widths, in the published layouts
     (DNABERT-S's config, key names and tokenizer form; FastESM2_650's and ESM2-3B's)."""
-    bench = load_script("scripts/benchmark_extraction.py")
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {"dna": str(bench.save_random_dnabert(root / "dnabert", TINY_DNABERT, vocab_size=64)),
-            "protein": str(bench.save_random_esm(root / "fastesm", TINY_FASTESM, fast_esm=True)),
-            "esm2_3b": str(bench.save_random_esm(root / "esm2_3b", TINY_ESM2_3B))}
+    return tiny_model_folders(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture(scope="session")
 def models(tiny_models, tmp_path_factory):
     """The tiny models plus a FastESM2_650 classifier for 300-bp chunks, as train_fastesm.py saves one."""
-    import torch
-
-    import units
-
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(1)
-    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
-    with torch.no_grad():                                   # spread the scores over both classes
-        classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
-    units.save_checkpoint(classifier, folder / "model_fastesm650_300.pth", chunk_length=300, epochs=1)
-    return {**tiny_models, "checkpoint": str(folder / "model_fastesm650_300.pth")}
+    checkpoint = save_classifier(tmp_path_factory.mktemp("models") / "model_fastesm650_300.pth")
+    return {**tiny_models, "checkpoint": checkpoint}
 
 
 def predict_args(models, output_dir, *extra, input_fasta=GOLDEN / "prediction/input.fasta", checkpoint=None):
@@ -91,12 +64,8 @@ def predict_args(models, output_dir, *extra, input_fasta=GOLDEN / "prediction/in
             "--dna-model", models["dna"], "--protein-model", models["protein"], "--chunks-per-shard", "100", *extra]
 
 
-def interrupt_after(monkeypatch, name, calls, module=None):
-    """Make ``<module>.<name>`` (default: units) stop the run (as Ctrl-C would) when called for the
-    ``calls + 1``-th time."""
-    import units
-
-    module = module or units
+def interrupt_after(monkeypatch, module, name, calls):
+    """Make ``<module>.<name>`` stop the run (as Ctrl-C would) when called for the ``calls + 1``-th time."""
     original, made = getattr(module, name), []
 
     def interrupted(*args, **kwargs):

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import prediction
 import units
-from conftest import ARCH_TINY, GOLDEN, ROOT, load_script, predict_args, run_script
-
-prediction = load_script("prediction.py")
+from conftest import ARCH_TINY, GOLDEN, ROOT, predict_args, run_script
+from virnucpro import outputs, shards
+from virnucpro.cli import run_cli
 
 SAMPLE = ROOT / "data/sample.fasta"
 DNA = SAMPLE.read_text()
@@ -213,7 +214,7 @@ def cli(capsys):
 
     def run(args):
         with pytest.raises(SystemExit) as exit_status:
-            units.run_cli(lambda _: prediction.main(args))
+            run_cli(lambda _: prediction.main(args))
         return exit_status.value.code, capsys.readouterr().err
 
     yield run
@@ -267,7 +268,7 @@ def run_prediction(models, tmp_path, name, input_path, *extra):
 
 
 def result_bytes(output):
-    return {name: (output / name).read_bytes() for name in prediction.RESULT_FILES}
+    return {name: (output / name).read_bytes() for name in outputs.RESULT_FILES}
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +329,7 @@ def test_a_finished_run_is_not_redone_unless_asked(models, sample_run, tmp_path,
     output = tmp_path / "out"
     shutil.copytree(sample_run, output)
     calls = []
-    monkeypatch.setattr(prediction, "score_shard", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(shards, "score_shard", lambda *a, **k: calls.append(a))
     assert prediction.main(predict_args(models, output, input_fasta=SAMPLE)) == 0
     assert calls == [] and "this run is already complete" in caplog.text
     monkeypatch.undo()
@@ -368,5 +369,5 @@ def test_outputs_follow_the_users_umask(models, tmp_path, umask, mode):
         units.save_checkpoint(classifier(), tmp_path / "model.pth")
     finally:
         os.umask(previous)
-    for path in [*(output / name for name in prediction.RESULT_FILES), output / "run.json", tmp_path / "model.pth"]:
+    for path in [*(output / name for name in outputs.RESULT_FILES), output / "run.json", tmp_path / "model.pth"]:
         assert path.stat().st_mode & 0o777 == mode, path

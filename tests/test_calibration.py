@@ -7,11 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-import evaluation
+import prediction as predictor
 import units
-from conftest import GOLDEN, load_script, predict_args
-
-predictor = load_script("prediction.py")
+from conftest import GOLDEN, predict_args
+from virnucpro import metrics
 
 # a hand-made calibration: chunk scores squeezed into [0.05, 0.95], sequences as the mean of their chunks
 SQUEEZE = units.Calibration((np.array([0.0, 1.0]), np.array([0.05, 0.95])), (np.array([0.0, 1.0]),
@@ -32,20 +31,20 @@ def miscalibrated(rng, n):
 def test_isotonic_calibration_makes_a_miscalibrated_score_calibrated():
     rng = np.random.default_rng(0)
     scores, labels = miscalibrated(rng, 20000)
-    calibration = evaluation.fit_calibration(scores, labels, [[s] for s in scores], labels)
+    calibration = metrics.fit_calibration(scores, labels, [[s] for s in scores], labels)
     test_scores, test_labels = miscalibrated(rng, 20000)
-    before = evaluation.expected_calibration_error(test_scores, test_labels)
-    after = evaluation.expected_calibration_error(calibration.chunk_probabilities(test_scores), test_labels)
+    before = metrics.expected_calibration_error(test_scores, test_labels)
+    after = metrics.expected_calibration_error(calibration.chunk_probabilities(test_scores), test_labels)
     assert before > 0.12 and after < 0.02
     assert calibration.chunk_probabilities([0.5])[0] == pytest.approx(0.25, abs=0.03)   # the true rate at 0.5
     sequences = [calibration.sequence_probability(calibration.chunk_probabilities([s])) for s in test_scores[:2000]]
-    assert evaluation.expected_calibration_error(sequences, test_labels[:2000]) < 0.05
+    assert metrics.expected_calibration_error(sequences, test_labels[:2000]) < 0.05
 
 
 def test_expected_calibration_error_by_hand():
     probabilities, labels = [0.05, 0.15, 0.95, 0.95], [0, 1, 1, 0]
     # bins: [0, 0.1): 0.05 vs 0; [0.1, 0.2): 0.15 vs 1; [0.9, 1]: 0.95 vs 0.5
-    assert evaluation.expected_calibration_error(probabilities, labels) == pytest.approx(
+    assert metrics.expected_calibration_error(probabilities, labels) == pytest.approx(
         (0.05 + 0.85 + 2 * 0.45) / 4)
 
 

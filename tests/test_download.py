@@ -6,18 +6,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import fetcher
+import download_data as download
 import units
-from conftest import load_script
-
-download = load_script("scripts/download_data.py")
+from virnucpro import fetching as fetcher
 
 BACTERIA = [f"bacteria.{n}" for n in (3, 17, 42)]
 
 
 def fake_release():
     rng = random.Random(0)
-    files = {f"/{path}": rng.randbytes(300_000) for path in download.VIRAL_FILES}
+    files = {f"/{path}": rng.randbytes(300_000) for path in fetcher.VIRAL_FILES}
     for name in BACTERIA:
         files[f"/bacteria/{name}.genomic.gbff.gz"] = rng.randbytes(5_000)
         files[f"/bacteria/{name}.1.genomic.fna.gz"] = rng.randbytes(7_000)

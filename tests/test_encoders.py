@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import units
-from conftest import ARCH_TINY, ROOT, TINY_DNABERT, load_script
+from conftest import ARCH_TINY, ROOT, TINY_DNABERT
+from virnucpro import modelfiles, random_models
+from virnucpro.fasta import write_fasta
 
 DNABERT_FIXTURE = ARCH_TINY / "dnabert_s"
 FASTESM_FIXTURE = ARCH_TINY / "fastesm650"
 TOLERANCE = dict(atol=1e-5, rtol=0)      # fp32 CPU, as the fixtures' README recommends
-
-bench = load_script("scripts/benchmark_extraction.py")
 
 
 def expected(folder):
@@ -150,11 +150,11 @@ def test_width_checks_stop_a_real_run_and_yield_to_expected_dim(tmp_path):
         units.load_fast_esm(str(FASTESM_FIXTURE), device="cpu")
     with pytest.raises(units.InputError, match="gives 64-value embeddings, not 2560"):
         units.load_esm2_3b(str(FASTESM_FIXTURE), device="cpu")
-    narrow = bench.save_random_dnabert(tmp_path / "narrow", (64, 1, 4, 32), vocab_size=64)
+    narrow = random_models.save_random_dnabert(tmp_path / "narrow", (64, 1, 4, 32), vocab_size=64)
     with pytest.raises(units.InputError, match="gives 64-value embeddings, not 768; point --dna-model"):
         units.load_dnabert_s(str(narrow), device="cpu")
     model, tokenizer = units.load_dnabert_s(str(narrow), device="cpu", expected_dim=None)
-    fasta = bench.write_fasta(str(tmp_path / "dna.fa"), [("a", "ACGTACGTTT"), ("b", "GGGCCCAAAT")])
+    fasta = write_fasta(str(tmp_path / "dna.fa"), [("a", "ACGTACGTTT"), ("b", "GGGCCCAAAT")])
     features = units.extract_DNABERT_S(fasta, str(tmp_path / "dna.pt"), model=model, tokenizer=tokenizer)
     assert features["data"][0]["mean_representation"].shape == (64,)
     protein = {"proteins": ["a", "b"], "data": [torch.zeros(units.PROTEIN_DIM)] * 2}
@@ -220,6 +220,6 @@ def test_no_model_folder_python_is_ever_imported(tmp_path):
 
 def test_the_project_never_asks_for_remote_code():
     option = "trust_remote" + "_code"
-    sources = [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/**/*.py")]
+    sources = [path for folder in ("", "virnucpro/", "scripts/", "tests/**/") for path in ROOT.glob(f"{folder}*.py")]
     assert sources and not [p for p in sources if option in p.read_text()]
-    assert "*.py" not in units._SNAPSHOT_FILES
+    assert "*.py" not in modelfiles.SNAPSHOT_FILES

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import engine
 import units
+from virnucpro import engine
 from conftest import ARCH_TINY, ROOT
 
 

@@ -9,15 +9,15 @@ import re
 import numpy as np
 import pytest
 
-import evaluation
+import create_test_set
+import evaluate_compare as evaluate
+import prediction as predictor
+import train_fastesm as trainer
 import units
-from conftest import ROOT, load_script, run_script
-import synthetic
-
-create_test_set = load_script("scripts/create_test_set.py")
-trainer = load_script("train_fastesm.py")
-evaluate = load_script("scripts/evaluate_compare.py")
-predictor = load_script("prediction.py")
+from conftest import ROOT, run_script
+from helpers import genomes as synthetic
+from virnucpro import evaluation, metrics, outputs, splits
+from virnucpro.report import VERDICT_ORDER
 
 EXAMPLE_REPORT = ROOT / "reports/example_validation_report.md"
 
@@ -67,7 +67,7 @@ def test_the_report_has_every_level_with_intervals_and_a_verdict(evaluated):
     verdict_rows = [line for line in report.splitlines() if line.startswith("| ") and line.endswith(
         ("| PASSED |", "| FAILED |", "| INCONCLUSIVE |"))]
     assert len(verdict_rows) == 4                                             # one per level
-    worst = max((row.rsplit("|", 2)[-2].strip() for row in verdict_rows), key=evaluate.VERDICT_ORDER.index)
+    worst = max((row.rsplit("|", 2)[-2].strip() for row in verdict_rows), key=VERDICT_ORDER.index)
     assert worst == result.group(1)
     for title in ("### Sequences", "### Chunks", "### Frames (every stop-free frame)",
                   "### Frames of annotated CDS (the training selection)", "## Precision at other viral prevalences",
@@ -121,14 +121,14 @@ def test_each_classifier_is_calibrated_on_its_validation_records(study, evaluate
         table = evaluation.read_held_out(work / f"validation_{pipeline}.tsv")
         records = {row["record"] for row in table.values()}
         assert records and not records & test_records
-        assert evaluation.record_fingerprint(records) == units.load_checkpoint(checkpoint)[1]["split"][
+        assert splits.record_fingerprint(records) == units.load_checkpoint(checkpoint)[1]["split"][
             "validation_records"]                                     # the records its training validated on
-        fitted = evaluate.level_scores(str(work / f"validation_{pipeline}"), table)
-        assert evaluation.fit_calibration(*fitted["chunks"], *fitted["sequences"]).to_json() == calibration.to_json()
-        scores, labels = evaluate.level_scores(str(work / f"prediction_{pipeline}"), held_out)["chunks"]
+        fitted = evaluation.level_scores(str(work / f"validation_{pipeline}"), table)
+        assert metrics.fit_calibration(*fitted["chunks"], *fitted["sequences"]).to_json() == calibration.to_json()
+        scores, labels = evaluation.level_scores(str(work / f"prediction_{pipeline}"), held_out)["chunks"]
         assert summary[name]["ece_before_after"]["chunks"] == pytest.approx(
-            [evaluation.expected_calibration_error(scores, labels),
-             evaluation.expected_calibration_error(calibration.chunk_probabilities(scores), labels)])
+            [metrics.expected_calibration_error(scores, labels),
+             metrics.expected_calibration_error(calibration.chunk_probabilities(scores), labels)])
     report = (evaluated / "validation_report.md").read_text()
     assert "## Calibration" in report and "model_esm2_3b_300.calibration.json" in report
     assert (evaluated / "reliability.png").read_bytes()[:4] == b"\x89PNG"
@@ -167,7 +167,7 @@ def write_prediction_outputs(folder, frames, chunks, summary):
     (folder / "prediction_results_highestscore.csv").write_text(
         "Modified_ID\tIs_Virus\n" + "".join(f"{i}\t{v}\n" for i, v in chunks))
     (folder / "prediction_summary.tsv").write_text(
-        predictor.SUMMARY_HEADER + "".join(f"{i}\t600\t2\t0\t0\tNA\t{call}\n" for i, call in summary))
+        outputs.SUMMARY_HEADER + "".join(f"{i}\t600\t2\t0\t0\tNA\t{call}\n" for i, call in summary))
 
 
 def test_level_rules_by_hand(tmp_path):
@@ -184,8 +184,8 @@ def test_level_rules_by_hand(tmp_path):
     assert levels["sequences"] == {"s1": (1, 0.5), "s2": (0, 0.0)}              # s3: not scored, left out
     assert evaluation.sequence_of("frames", "s1_chunk_2F2") == "s1" == evaluation.sequence_of("chunks", "s1_chunk_2")
     # s1 host and s2 viral: both wrong; AUC ranks s1 (0.5) over s2 (0.0)
-    metrics = evaluation.call_metrics([0, 1], [1, 0], [0.5, 0.0])
-    assert metrics["accuracy"] == 0 and metrics["confusion_matrix"] == [[0, 1], [1, 0]] and metrics["roc_auc"] == 0
+    result = metrics.call_metrics([0, 1], [1, 0], [0.5, 0.0])
+    assert result["accuracy"] == 0 and result["confusion_matrix"] == [[0, 1], [1, 0]] and result["roc_auc"] == 0
 
 
 def test_missing_genomes_are_named_and_frames_only_needs_none(study, tmp_path):
@@ -205,9 +205,9 @@ def test_ani_clusters_join_genomes_of_one_species(tmp_path):
     first = synthetic.genome(rng, 20_000, 0.5)
     strain = "".join(rng.choice("ACGT".replace(b, "")) if rng.random() < 0.02 else b for b in first)   # ~98% ANI
     other = synthetic.genome(rng, 20_000, 0.5)
-    clusters = evaluation.ani_clusters({"a": [first], "b": [strain[:12_000], strain[12_000:]], "c": [other]})
+    clusters = splits.ani_clusters({"a": [first], "b": [strain[:12_000], strain[12_000:]], "c": [other]})
     assert clusters == {"a": "a", "b": "a", "c": "c"}
-    assert evaluation.ani_clusters({"a": [first], "b": [strain]}, ani=99) == {"a": "a", "b": "b"}
+    assert splits.ani_clusters({"a": [first], "b": [strain]}, ani=99) == {"a": "a", "b": "b"}
 
 
 def test_split_by_ani_holds_out_strains_with_their_species(study, tmp_path):
@@ -226,7 +226,7 @@ def test_split_by_ani_holds_out_strains_with_their_species(study, tmp_path):
             out.writelines(f">{r}\n{v['sequence']}\n" for r, v in records.items() if v["stem"] == stem)
         (data / f"{stem}.identified.json").write_text((study["data"] / f"{stem}.identified.json").read_text())
     species = {viral[0], *viral[-3:]}                           # records of 4 organisms
-    organisms = len({lineage["organism"] for lineage in create_test_set.read_lineages(str(data)).values()})
+    organisms = len({lineage["organism"] for lineage in splits.read_lineages(str(data)).values()})
     for seed in range(4):
         split_file = tmp_path / f"split{seed}.json"
         assert create_test_set.main(["--merge-dir", str(study["root"] / "data_merge"), "--data-dir", str(data),

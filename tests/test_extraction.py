@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import engine
 import units
-from conftest import GOLDEN, TINY_FASTESM, load_script
-
-bench = load_script("scripts/benchmark_extraction.py")
+from conftest import GOLDEN, TINY_FASTESM
+from virnucpro import engine, random_models
+from virnucpro.fasta import write_fasta
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def random_dna(count, seed=0, lengths=(20, 501)):
 
 
 def write(path, records):
-    return bench.write_fasta(str(path), records)
+    return write_fasta(path, records)
 
 
 class Recording(torch.nn.Module):
@@ -67,7 +66,7 @@ def test_loaders_return_checkpoint_weights(fastesm, dnabert):
     model, tokenizer = fastesm
     assert model.config._attn_implementation == "sdpa"
     assert tokenizer.convert_tokens_to_ids(["<cls>", "<pad>", "<eos>", "L", "<mask>"]) == [0, 1, 2, 4, 32]
-    saved = bench.random_esm(TINY_FASTESM, masked_lm=True).esm.state_dict()
+    saved = random_models.random_esm(TINY_FASTESM, masked_lm=True).esm.state_dict()
     assert torch.equal(model.encoder.layer[1].output.dense.weight, saved["encoder.layer.1.output.dense.weight"])
     dna_model, dna_tokenizer = dnabert
     assert dna_model.config.hidden_size == units.DNA_DIM
@@ -90,7 +89,7 @@ def test_loader_accepts_legacy_layernorm_names(tmp_path):
     """transformers loads old checkpoints naming LayerNorm weights gamma/beta; so must the weight check."""
     from safetensors.torch import load_file, save_file
 
-    folder = bench.save_random_esm(tmp_path / "legacy", (units.PROTEIN_DIM, 1, 4, 32))
+    folder = random_models.save_random_esm(tmp_path / "legacy", (units.PROTEIN_DIM, 1, 4, 32))
     weights = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
                for k, v in load_file(folder / "model.safetensors").items()}
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
@@ -100,7 +99,7 @@ def test_loader_accepts_legacy_layernorm_names(tmp_path):
 
 
 def test_loader_refuses_a_model_of_the_wrong_size(tmp_path):
-    folder = bench.save_random_esm(tmp_path / "small", (64, 1, 4, 32))
+    folder = random_models.save_random_esm(tmp_path / "small", (64, 1, 4, 32))
     with pytest.raises(units.InputError, match="gives 64-value embeddings, not 1280"):
         units.load_fast_esm(str(folder), device="cpu")
 

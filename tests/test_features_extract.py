@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
+import features_extract as features
 import units
-from conftest import ROOT, interrupt_after, load_script
-
-features = load_script("features_extract.py")
-validate = load_script("scripts/validate_features.py")
+import validate_features as validate
+from conftest import ROOT, interrupt_after
+from virnucpro import selection
 
 PER_FILE = 5
 # stem -> frames: viral gives 3 full files and a partial one (never used)
@@ -62,20 +62,20 @@ def test_selection_is_balanced_and_deterministic(tmp_path, caplog):
     (tmp_path / "mystery.1.1.identified_nucleotide.fa").write_text(">x\nACGT\n")
     (tmp_path / "mystery.1.1.identified_protein.fa").write_text(">x\nMK\n")
     (tmp_path / "lonely.1.1.identified_nucleotide.fa").write_text(">y\nACGT\n")
-    pairs = features.discover(str(data))
+    pairs = selection.discover(str(data))
     assert [stem for stem, _, _ in pairs] == sorted(TREE)
     assert "unknown category 'mystery'" in caplog.text and "lonely.1.1.identified_protein.fa beside it" in caplog.text
 
-    files = features.full_split_files(pairs, PER_FILE)
+    files = selection.full_split_files(pairs, PER_FILE)
     assert all(f.sequences == PER_FILE for f in files)
     assert len([f for f in files if f.category == "viral"]) == 3                  # the partial file is left out
     assert not [f for f in files if f.stem == "vertebrate_other.1.1"]             # 4 frames: no full file
-    selected = features.select_files(files, seed=42)
-    assert selected == features.select_files(files, seed=42)
+    selected = selection.select_files(files, seed=42)
+    assert selected == selection.select_files(files, seed=42)
     viral, host = selected[:3], selected[3:]
     assert [f.label for f in viral] == ["viral"] * 3 and len(host) == 3
     assert all(f.label == "host" for f in host) and len({f.category for f in host}) == 3   # 1 per category drawn
-    draws = {tuple(f.nucleotide for f in features.select_files(files, seed)[3:]) for seed in range(20)}
+    draws = {tuple(f.nucleotide for f in selection.select_files(files, seed)[3:]) for seed in range(20)}
     assert len(draws) > 1                                                          # the seed matters
 
 
@@ -126,7 +126,7 @@ def test_resuming_with_another_model_is_refused_until_restart(tiny_models, tmp_p
     dna = tmp_path / "dnabert"
     shutil.copytree(tiny_models["dna"], dna)
     models = {**tiny_models, "dna": str(dna)}
-    interrupt_after(monkeypatch, "merge_data", 2)
+    interrupt_after(monkeypatch, units, "merge_data", 2)
     with pytest.raises(KeyboardInterrupt):
         features.main(extract_args(models, data))
     monkeypatch.undo()

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import fetcher
+import fetch_models as fetch_script
+import prediction
 import units
-from conftest import ROOT, load_script
-
-fetch_script = load_script("scripts/fetch_models.py")
-prediction = load_script("prediction.py")
+from conftest import ROOT
+from virnucpro import checkpoints
+from virnucpro import fetching as fetcher
 FASTESM_COMMIT = "fa57e5" + "0" * 34                 # what the hub says main is
 
 
@@ -126,7 +126,8 @@ def sources(tiny_models, published_classifiers, monkeypatch, tmp_path):
     for item, content in zip((units.CLASSIFIER_300, units.CLASSIFIER_500), contents):
         stand_in = dataclasses.replace(item, blob_sha1=git_blob(content))     # the real hashes name the real files
         monkeypatch.setitem(units.ARTIFACTS, item.key, stand_in)
-        monkeypatch.setattr(units, "PUBLISHED_BY_BLOB", {**units.PUBLISHED_BY_BLOB, stand_in.blob_sha1: stand_in})
+        monkeypatch.setattr(checkpoints, "PUBLISHED_BY_BLOB", {**checkpoints.PUBLISHED_BY_BLOB,
+                                                               stand_in.blob_sha1: stand_in})
     yield running
     running.httpd.shutdown()
 

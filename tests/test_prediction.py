@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+import plot_predictions
+import prediction
 import units
-from conftest import GOLDEN, ROOT, interrupt_after, load_script, predict_args
-
-prediction = load_script("prediction.py")
-plot_script = load_script("scripts/plot_predictions.py")
+from conftest import GOLDEN, ROOT, interrupt_after, predict_args
+from virnucpro import outputs, runs, shards
 
 INPUT = GOLDEN / "prediction/input.fasta"          # 40 contigs -> 377 chunks of 300 bp
 
@@ -124,12 +124,12 @@ def test_plot_run_folder_and_intermediates(reference_run):
 
 
 def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_path):
-    assert plot_script.main([str(reference_run), "-o", str(tmp_path / "ours.png")]) == 0
+    assert plot_predictions.main([str(reference_run), "-o", str(tmp_path / "ours.png")]) == 0
     published = GOLDEN / "reference_vanilla/prediction_results.txt"
-    assert plot_script.main([str(published), "-o", str(tmp_path / "published.png")]) == 0
+    assert plot_predictions.main([str(published), "-o", str(tmp_path / "published.png")]) == 0
     for name in ("ours.png", "published.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    assert plot_script.chunk_scores(str(published))["synthetic_seq_2"][1] == (np.float32(0.5501341),
+    assert outputs.best_chunk_scores(str(published))["synthetic_seq_2"][1] == (np.float32(0.5501341),
                                                                               np.float32(0.93954605))
 
 
@@ -137,7 +137,7 @@ def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_pat
 def test_interrupted_run_resumes_to_identical_outputs(models, reference_run, tmp_path, monkeypatch):
     output_dir = tmp_path / "out"
     calls = []
-    original = prediction.score_shard
+    original = shards.score_shard
 
     def interrupted(*args, **kwargs):
         calls.append(args[0].folder)
@@ -145,16 +145,16 @@ def test_interrupted_run_resumes_to_identical_outputs(models, reference_run, tmp
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(prediction, "score_shard", interrupted)
+    monkeypatch.setattr(shards, "score_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prediction.main(predict_args(models, output_dir, "--plot"))
-    assert not any((output_dir / name).exists() for name in prediction.RESULT_FILES)   # no partial results
+    assert not any((output_dir / name).exists() for name in outputs.RESULT_FILES)   # no partial results
     assert len(list((output_dir / "shards").glob("*/chunks.tsv"))) == 2                # two shards finished
 
     calls.clear()
     assert prediction.main(predict_args(models, output_dir, "--plot")) == 0
     assert len(calls) == 2                                   # shards 3 and 4 only (4 shards in all)
-    for name in prediction.RESULT_FILES:
+    for name in outputs.RESULT_FILES:
         assert (output_dir / name).read_bytes() == (reference_run / name).read_bytes(), name
 
 
@@ -163,7 +163,7 @@ def test_records_longer_than_a_shard_spread_over_shards_and_resume(models, refer
     run resumes; the results equal those of 100-chunk shards."""
     output_dir = tmp_path / "out"
     args = predict_args(models, output_dir)[:-1] + ["7"]
-    interrupt_after(monkeypatch, "score_shard", 20, prediction)
+    interrupt_after(monkeypatch, shards, "score_shard", 20)
     with pytest.raises(KeyboardInterrupt):
         prediction.main(args)
     monkeypatch.undo()
@@ -171,7 +171,7 @@ def test_records_longer_than_a_shard_spread_over_shards_and_resume(models, refer
                  for row in read_tsv(folder / "chunks.tsv")[:1] if not row["chunk_id"].endswith("_chunk_1")]
     assert continued                                      # shards that start inside a record
     assert prediction.main(args) == 0
-    for name in prediction.RESULT_FILES:             # other batches: scores equal to fp32 rounding, calls identical
+    for name in outputs.RESULT_FILES:             # other batches: scores equal to fp32 rounding, calls identical
         assert same_within(output_dir / name, reference_run / name, 1e-6), name
 
 
@@ -183,7 +183,7 @@ def test_two_processes_under_torchrun_write_what_one_process_writes(models, refe
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes" in done.stderr and done.stderr.count("40 sequences: ") == 1     # one process assembles
-    for name in prediction.RESULT_FILES:
+    for name in outputs.RESULT_FILES:
         assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
 
 
@@ -201,7 +201,7 @@ def test_a_slurm_array_scores_by_task_and_the_last_task_assembles(models, refere
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert prediction.main(predict_args(models, output, "--plot")) == 0
     assert "40 sequences: " in caplog.text and not (output / "shards").exists()
-    for name in prediction.RESULT_FILES:
+    for name in outputs.RESULT_FILES:
         assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
     with pytest.raises(units.InputError, match="--overwrite in a SLURM array would make every task start over"):
         prediction.main(predict_args(models, output, "--overwrite"))
@@ -211,11 +211,11 @@ def test_a_slurm_array_scores_by_task_and_the_last_task_assembles(models, refere
 
 
 def test_a_lock_can_be_waited_for(tmp_path, monkeypatch):
-    monkeypatch.setattr(units, "LOCK_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(runs, "LOCK_POLL_SECONDS", 0.05)
     events = []
 
     def hold():
-        with units.folder_lock(tmp_path):
+        with runs.folder_lock(tmp_path):
             events.append("held")
             time.sleep(0.5)
             events.append("released")
@@ -225,9 +225,9 @@ def test_a_lock_can_be_waited_for(tmp_path, monkeypatch):
     while not events:
         time.sleep(0.01)
     with pytest.raises(units.InputError, match="is in use by another run"):
-        with units.folder_lock(tmp_path):
+        with runs.folder_lock(tmp_path):
             pass
-    with units.folder_lock(tmp_path, wait=True):
+    with runs.folder_lock(tmp_path, wait=True):
         events.append("taken")
     holder.join()
     assert events == ["held", "released", "taken"]
@@ -266,9 +266,9 @@ def test_keep_intermediate_and_changed_settings(models, tmp_path):
 
 
 def test_default_output_dir():
-    assert prediction.default_output_dir("reads.fasta") == "reads_merged"
-    assert prediction.default_output_dir("runs/reads.fa.gz") == "runs/reads_merged"
-    assert prediction.default_output_dir("my.reads.fna") == "my.reads_merged"
+    assert outputs.default_output_dir("reads.fasta") == "reads_merged"
+    assert outputs.default_output_dir("runs/reads.fa.gz") == "runs/reads_merged"
+    assert outputs.default_output_dir("my.reads.fna") == "my.reads_merged"
 
 
 # ------------------------------------------------------------ checkpoints

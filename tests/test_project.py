@@ -14,9 +14,10 @@ else:
     import tomli as tomllib
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-MODULES = {f"{name}.py" for name in PYPROJECT["tool"]["setuptools"]["py-modules"]}     # units.py, dnabert_s.py
+INSTALLED = [*(f"{name}.py" for name in PYPROJECT["tool"]["setuptools"]["py-modules"]),
+             *PYPROJECT["tool"]["setuptools"]["packages"]]                              # units.py, virnucpro
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]
-                 if p.name not in MODULES)
+                 if p.name not in INSTALLED)
 README = (ROOT / "README.md").read_text()
 TEST_COMMAND = 'python -m pip install -e ".[test]" && python -m pytest'
 
@@ -78,6 +79,7 @@ def test_docker_compose_services_run_existing_scripts_on_the_gpu():
     assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
     assert 'pip install --no-cache-dir -e ".[test]"' in dockerfile
     assert "HF_HOME=/cache/huggingface" in dockerfile and "VIRNUCPRO_MODELS=/app/models" in dockerfile
-    copied_first = re.search(r"^COPY (.*) \./$", dockerfile, re.M).group(1).split()
-    assert MODULES <= set(copied_first)                    # the editable install needs every module
+    before_install = dockerfile[:dockerfile.index('pip install --no-cache-dir -e ".[test]"')]
+    copied = {name.rstrip("/") for line in re.findall(r"^COPY (.*) \S+$", before_install, re.M) for name in line.split()}
+    assert set(INSTALLED) <= copied                        # the editable install needs what pyproject installs
     assert compose["services"]["fetch-models"]["command"][-1] == "scripts/fetch_models.py"

@@ -1,14 +1,14 @@
 """Viral regions along sequences, and the hit files prediction.py writes for the next tool."""
 import csv
+import json
 
 import pytest
 import torch
 
+import prediction as predictor
 import units
-from conftest import GOLDEN, load_script, predict_args
-import synthetic
-
-predictor = load_script("prediction.py")
+from conftest import GOLDEN, predict_args
+from helpers import genomes as synthetic
 
 
 def chunk(start, score, viral, size=300):
@@ -74,7 +74,7 @@ def test_region_files_follow_the_chunking_and_the_input(models, tmp_path):
     viral = [r.id for r in units.read_fasta(output / "viral_sequences.fna")]
     assert viral == [i for i, row in summary.items() if row["Call"] == "virus"]
     assert all(inputs[r.id] == r.sequence for r in units.read_fasta(output / "viral_sequences.fna"))
-    run = predictor.json.loads((output / "run.json").read_text())
+    run = json.loads((output / "run.json").read_text())
     assert run["viral_regions"] == len(regions) and run["viral_sequences"] == len(viral)
     assert run["sequences"] == len(summary) and run["thresholds"]["min_region"] == 1
     assert run["chunks"] == sum(int(row["Chunks"]) for row in summary.values())

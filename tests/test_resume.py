@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
+import prediction
 import units
-from conftest import ROOT, interrupt_after, load_script, predict_args
-
-prediction = load_script("prediction.py")
+from conftest import ROOT, interrupt_after, predict_args
+from virnucpro import outputs, runs, shards
 SAMPLE = ROOT / "data/sample.fasta"          # 10 reads, 10 chunks: 4 shards of 3 chunks
 
 
@@ -26,7 +26,7 @@ def sample_args(models, output, *extra, checkpoint=None, input_fasta=SAMPLE):
 
 
 def results(output):
-    return {name: (output / name).read_bytes() for name in prediction.RESULT_FILES}
+    return {name: (output / name).read_bytes() for name in outputs.RESULT_FILES}
 
 
 def classifier_file(path, seed):
@@ -48,7 +48,7 @@ def test_a_checkpoint_swapped_for_one_of_equal_size_is_refused(models, checkpoin
     checkpoint = tmp_path / "model_fastesm650_300.pth"
     shutil.copy(first, checkpoint)
     output = tmp_path / "out"
-    interrupt_after(monkeypatch, "score_shard", 2, prediction)      # after two shards
+    interrupt_after(monkeypatch, shards, "score_shard", 2)      # after two shards
     with pytest.raises(KeyboardInterrupt):
         prediction.main(sample_args(models, output, checkpoint=str(checkpoint)))
     monkeypatch.undo()
@@ -68,7 +68,7 @@ def test_a_model_folder_whose_weights_changed_is_refused(models, tmp_path, monke
     shutil.copytree(models["protein"], protein)
     args = sample_args(models, tmp_path / "out")
     args[args.index("--protein-model") + 1] = str(protein)
-    interrupt_after(monkeypatch, "score_shard", 1, prediction)
+    interrupt_after(monkeypatch, shards, "score_shard", 1)
     with pytest.raises(KeyboardInterrupt):
         prediction.main(args)
     monkeypatch.undo()
@@ -129,7 +129,7 @@ def test_a_second_run_is_refused_while_the_first_reads_a_pipe_and_finishes(model
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     assert results(output) == results(clean_sample_run)
-    assert sorted(p.name for p in output.iterdir()) == sorted([*prediction.RESULT_FILES, "run.json"])
+    assert sorted(p.name for p in output.iterdir()) == sorted([*outputs.RESULT_FILES, "run.json"])
 
 
 def test_a_killed_run_leaves_a_lock_that_the_next_run_takes_over(models, clean_sample_run, tmp_path, caplog):
@@ -144,7 +144,7 @@ def test_a_killed_run_leaves_a_lock_that_the_next_run_takes_over(models, clean_s
     assert prediction.main(sample_args(models, output)) == 0
     assert "taking over the lock of a run that ended without releasing it" in caplog.text
     assert results(output) == results(clean_sample_run)
-    assert not (output / units.LOCK_FILE).exists() and not (output / prediction.SPOOL_FILE).exists()
+    assert not (output / units.LOCK_FILE).exists() and not (output / runs.SPOOL_FILE).exists()
 
 
 def test_input_through_a_pipe_gives_the_file_results(models, clean_sample_run, tmp_path):

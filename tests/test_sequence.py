@@ -9,10 +9,11 @@ import threading
 
 import pytest
 
+import make_train_dataset
 import units
-from conftest import GOLDEN, load_script
-
-baseline = load_script("scripts/benchmark_sequence_layer.py")
+from conftest import GOLDEN
+from virnucpro import genomes, synthetic
+from virnucpro.published import published_frames, published_translate
 
 
 # ------------------------------------------------------------ golden parity
@@ -53,8 +54,7 @@ def test_make_train_dataset_matches_golden_and_resumes(tmp_path, length):
     data.mkdir()
     for name in ("genomes.genomic.gbff.gz", "genomes.genomic.fna.gz"):
         shutil.copy(GOLDEN / f"train{length}" / name, data / name)
-    script = load_script("scripts/make_train_dataset.py")
-    assert script.main(["--length", str(length), "--data-dir", str(data), "--workers", "2"]) == 0
+    assert make_train_dataset.main(["--length", str(length), "--data-dir", str(data), "--workers", "2"]) == 0
     for kind in ("nucleotide", "protein"):
         produced = data / f"genomes.identified_{kind}.fa"
         assert produced.read_bytes() == (GOLDEN / f"train{length}/genomes.identified_{kind}.chunk{length}.fa").read_bytes()
@@ -69,11 +69,11 @@ def test_make_train_dataset_matches_golden_and_resumes(tmp_path, length):
     assert lineages == expected and all(entry["organism"] for entry in lineages.values())
 
     # a second run skips the finished pair
-    pair = script.GenomePair(str(data / "genomes.genomic.gbff.gz"), str(data / "genomes.genomic.fna.gz"))
-    assert script.is_done(pair, length)
+    pair = genomes.GenomePair(str(data / "genomes.genomic.gbff.gz"), str(data / "genomes.genomic.fna.gz"))
+    assert genomes.is_done(pair, length)
     # outputs of the other length are never overwritten silently
     with pytest.raises(units.InputError, match="was built with"):
-        script.is_done(pair, 800 - length)
+        genomes.is_done(pair, 800 - length)
 
 
 # ------------------------------------------------------------ equivalence with the published method
@@ -85,19 +85,19 @@ def test_select_frames_equals_published_method_on_random_chunks():
     rng = random.Random(7)
     chunks = [(f"c{i}", _random_dna(rng, rng.choice([1, 2, 3, 4, 5, 8, 30, 31, 32, 300]),
                                     "ACGT" * 12 + "NRYKMSWBDHVU")) for i in range(4000)]
-    expected = [frame for cid, seq in chunks for frame in baseline.baseline_frames(cid, seq)]
+    expected = [frame for cid, seq in chunks for frame in published_frames(cid, seq)]
     assert list(units.select_frames(chunks)) == expected
     for _, seq in chunks[:500]:
-        assert units.translate_dna(seq) == baseline.baseline_translate(seq)
+        assert units.translate_dna(seq) == published_translate(seq)
 
 
 def test_training_selection_equals_published_method():
     rng = random.Random(11)
-    genome, proteins = baseline.synthetic_genome(60, rng)
+    genome, proteins = synthetic.synthetic_genome(60, rng)
     genome = genome[:5000] + "N" + genome[5001:]          # one ambiguous chunk
     chunks = [(f"g_chunk_{k}", c) for k, c in enumerate(units.iter_chunks(genome, 300), start=1)]
     reference = units.ProteinIndex(proteins)
-    expected = [f for cid, seq in chunks for f in baseline.baseline_frames(cid, seq, proteins)]
+    expected = [f for cid, seq in chunks for f in published_frames(cid, seq, proteins)]
     assert expected, "the synthetic genome should yield training frames"
     assert list(units.select_frames(chunks, reference)) == expected
 

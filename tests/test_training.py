@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import evaluation
+import benchmark_speed as benchmark
+import create_test_set
+import evaluate_compare as evaluate
+import train_fastesm as trainer
 import units
-from conftest import ROOT, load_script
-
-create_test_set = load_script("scripts/create_test_set.py")
-trainer = load_script("train_fastesm.py")
-evaluate = load_script("scripts/evaluate_compare.py")
-benchmark = load_script("scripts/benchmark_speed.py")
-environment = load_script("scripts/validate_environment.py")
+import validate_environment as environment
+from conftest import ROOT
+from virnucpro import evaluation, metrics, splits, training
 
 CLASSES = ((1, "viral.1.1"), (0, "bacteria.1.1"))
 PRECISION = {"dna": "float32", "protein": "float16"}      # as features_extract.py records it on a GPU
@@ -112,16 +111,16 @@ def test_related_records_are_held_out_together(tmp_path, level):
     assert create_test_set.main(["--merge-dir", str(merge), "--data-dir", str(tmp_path / "data"), "--output",
                                  str(output), "--group-by", level]) == 0
     split = json.loads(output.read_text())
-    assert split["grouping"] == {"level": level, "groups": len({evaluation.related_group(a, l, level)
+    assert split["grouping"] == {"level": level, "groups": len({splits.related_group(a, l, level)
                                                                  for a, l in lineages.items()}),
                                  "records_without_lineage": 0}
     test = set(split["test_accessions"])
     sides = {}
     for accession, lineage in lineages.items():
-        sides.setdefault(evaluation.related_group(accession, lineage, level), set()).add(accession in test)
+        sides.setdefault(splits.related_group(accession, lineage, level), set()).add(accession in test)
     assert all(len(on) == 1 for on in sides.values())                       # no group on both sides
     assert test and set(split["test_groups"]) == {g for g, on in sides.items() if on == {True}}
-    assert split["test_group_of"] == {a: evaluation.related_group(a, lineages[a], level) for a in sorted(test)}
+    assert split["test_group_of"] == {a: splits.related_group(a, lineages[a], level) for a in sorted(test)}
 
 
 def test_test_frames_identical_to_training_frames_are_left_out(workspace, trained, tmp_path):
@@ -141,7 +140,7 @@ def test_test_frames_identical_to_training_frames_are_left_out(workspace, traine
     again = json.loads(output.read_text())
     assert again["test_accessions"] == split["test_accessions"]
     assert again["excluded_test_frames"] == [features.ids[test_row]]
-    assert features.ids[test_row] not in {features.ids[r] for r in evaluate.test_rows(features, again)}
+    assert features.ids[test_row] not in {features.ids[r] for r in evaluation.test_rows(features, again)}
 
 
 def test_length_distribution_comes_from_the_split_fasta(tmp_path):
@@ -152,7 +151,7 @@ def test_length_distribution_comes_from_the_split_fasta(tmp_path):
     with open(fasta_dir / "output_1.fa", "w") as handle:
         for i in torch.load(merge_dir / "viral.1.1_merged/output_1_merged.pt", weights_only=True)["ids"]:
             handle.write(f">{i}\n{'A' * 300}\n")
-    lengths = evaluation.frame_lengths(features.files, tmp_path / "data")
+    lengths = splits.frame_lengths(features.files, tmp_path / "data")
     assert set(lengths.values()) == {300} and len(lengths) == min(50, sum(features.labels == 1))
 
 
@@ -175,7 +174,7 @@ def test_early_stopping_and_save_best(workspace, tmp_path, monkeypatch):
     def scripted_evaluate(model, features, rows, device):
         return next(losses), {"accuracy": 0.5, "f1": 0.5, "roc_auc": 0.5}
 
-    monkeypatch.setattr(trainer, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(training, "evaluate", scripted_evaluate)
     output = tmp_path / "model.pth"
     assert trainer.main(train_args(workspace, output, "--epochs", "50", "--patience", "3", "--save-best")) == 0
     metadata = units.load_checkpoint(output)[1]
@@ -185,7 +184,7 @@ def test_early_stopping_and_save_best(workspace, tmp_path, monkeypatch):
 
 def test_interrupted_training_resumes_to_the_same_model(workspace, trained, tmp_path, monkeypatch):
     output = tmp_path / "model_fastesm650.pth"
-    calls, original = [], trainer.train_epoch
+    calls, original = [], training.train_epoch
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -193,12 +192,12 @@ def test_interrupted_training_resumes_to_the_same_model(workspace, trained, tmp_
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_epoch", interrupted)
+    monkeypatch.setattr(training, "train_epoch", interrupted)
     args = train_args(workspace, output, "--epochs", "6", "--patience", "10")
     with pytest.raises(KeyboardInterrupt):
         trainer.main(args)
     assert not output.exists() and (tmp_path / ("model_fastesm650.pth" + trainer.STATE_SUFFIX)).exists()
-    monkeypatch.setattr(trainer, "train_epoch", original)
+    monkeypatch.setattr(training, "train_epoch", original)
     assert trainer.main(args) == 0
     resumed, reference = units.load_checkpoint(output)[0], units.load_checkpoint(trained)[0]
     for key, value in reference.state_dict().items():
@@ -249,18 +248,18 @@ def test_training_refuses_features_of_the_wrong_width(tmp_path):
 
 # ------------------------------------------------------------ metrics and evaluation
 def test_metrics_equal_scikit_learn():
-    from sklearn import metrics
+    from sklearn import metrics as sklearn
 
     labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     virus = np.array([0.9, 0.6, 0.4, 0.2, 0.7, 0.5, 0.8, 0.1])       # 0.5: a tie, called 'others'
     probabilities = np.stack([1 - virus, virus], axis=1)
     predicted = np.array([1, 1, 0, 0, 1, 0, 1, 0])
-    result = evaluation.classification_metrics(labels, probabilities)
-    assert result["accuracy"] == metrics.accuracy_score(labels, predicted) == 0.75
-    assert result["precision"] == metrics.precision_score(labels, predicted)
-    assert result["recall"] == metrics.recall_score(labels, predicted)
-    assert result["f1"] == metrics.f1_score(labels, predicted)
-    assert result["roc_auc"] == metrics.roc_auc_score(labels, virus)
+    result = metrics.classification_metrics(labels, probabilities)
+    assert result["accuracy"] == sklearn.accuracy_score(labels, predicted) == 0.75
+    assert result["precision"] == sklearn.precision_score(labels, predicted)
+    assert result["recall"] == sklearn.recall_score(labels, predicted)
+    assert result["f1"] == sklearn.f1_score(labels, predicted)
+    assert result["roc_auc"] == sklearn.roc_auc_score(labels, virus)
     assert result["confusion_matrix"] == [[3, 1], [1, 3]]
 
 
@@ -355,9 +354,9 @@ def test_evaluation_fails_when_the_drop_is_surely_over_the_threshold(workspace, 
 
 
 def test_three_way_verdict_from_the_interval():
-    assert evaluate.verdict_of((-0.01, 0.03), 0.05) == "PASSED"
-    assert evaluate.verdict_of((0.02, 0.09), 0.05) == "INCONCLUSIVE"
-    assert evaluate.verdict_of((0.05, 0.12), 0.05) == "FAILED"
+    assert evaluation.verdict_of((-0.01, 0.03), 0.05) == "PASSED"
+    assert evaluation.verdict_of((0.02, 0.09), 0.05) == "INCONCLUSIVE"
+    assert evaluation.verdict_of((0.05, 0.12), 0.05) == "FAILED"
 
 
 def test_group_bootstrap_covers_a_known_difference_at_about_the_nominal_rate():
@@ -372,15 +371,15 @@ def test_group_bootstrap_covers_a_known_difference_at_about_the_nominal_rate():
         right_a = rng.random(len(groups)) < accuracy
         right_b = rng.random(len(groups)) < accuracy - 0.05
         calls = {name: np.where(right, labels, 1 - labels) for name, right in (("A", right_a), ("B", right_b))}
-        low, high = evaluation.group_bootstrap(groups.astype(str), labels, calls, replicates=400,
+        low, high = metrics.group_bootstrap(groups.astype(str), labels, calls, replicates=400,
                                           seed=int(rng.integers(1 << 30)))["difference"]["accuracy"]
         covered += low <= 0.05 <= high
     assert 0.88 <= covered / trials <= 0.99
 
 
 def test_precision_at_a_prevalence():
-    assert evaluation.precision_at_prevalence(0.9, 0.95, 0.01) == pytest.approx(0.009 / (0.009 + 0.0495))
-    assert evaluation.precision_at_prevalence(0.9, 0.95, 0.5) == pytest.approx(0.45 / (0.45 + 0.025))
+    assert metrics.precision_at_prevalence(0.9, 0.95, 0.01) == pytest.approx(0.009 / (0.009 + 0.0495))
+    assert metrics.precision_at_prevalence(0.9, 0.95, 0.5) == pytest.approx(0.45 / (0.45 + 0.025))
 
 
 # ------------------------------------------------------------ speed benchmark and environment

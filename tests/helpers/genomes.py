@@ -70,7 +70,7 @@ def extract_merged(records: dict[str, dict], work_dir, merge_dir, pipeline: str,
     dna = units.load_dnabert_s(dna_model, "cpu")
     protein = spec.load_protein(protein_model, "cpu")
     for stem in sorted({r["stem"] for r in records.values()}):
-        chunks = [(f"{record}_chunk_{k}", r["sequence"][start:start + chunk_length])
+        chunks = [(units.chunk_id(record, k), r["sequence"][start:start + chunk_length])
                   for record, r in records.items() if r["stem"] == stem
                   for k, start in enumerate(units.chunk_starts(len(r["sequence"]), chunk_length), start=1)]
         frames = [frame for frame in units.select_frames(chunks) if frame[2]]

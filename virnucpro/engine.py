@@ -24,9 +24,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-import units
+from .calls import NUM_CLASSES
+from .errors import DimensionError
 
 PROTEIN_TRUNCATION = 1024          # residues embedded per protein, as the published fair-esm extraction
+DNA_TOKS_PER_BATCH = 16384         # default token budgets of a padded batch, for every script and function
+PROTEIN_TOKS_PER_BATCH = 16384
 
 
 # =============================================================================
@@ -207,7 +210,7 @@ def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id
                 progress.update(1)
                 continue
             if tuple(pooled.shape) != (len(batch), encoder.width):
-                raise units.DimensionError(encoder.width, tuple(pooled.shape[1:]), ids[batch[0]], f"{desc} embeddings")
+                raise DimensionError(encoder.width, tuple(pooled.shape[1:]), ids[batch[0]], f"{desc} embeddings")
             embeddings[torch.from_numpy(batch).to(device)] = pooled
             progress.update(len(batch))
     # max and min propagate NaN: two reductions tell whether any row needs a look
@@ -276,8 +279,20 @@ class Engine:
         failures += [(frames.ids[row], self.protein_name, *failure) for row, failure in sorted(protein_failed.items())]
         failed = [*dna_failed, *protein_failed]
         kept = np.setdiff1d(np.arange(len(frames.ids)), failed)
-        probabilities = units.predict_probabilities(self.classifier, features[kept] if failed else features).numpy()
+        probabilities = predict_probabilities(self.classifier, features[kept] if failed else features).numpy()
         return Scores(kept, probabilities, dna, protein, failures)
+
+
+def predict_probabilities(model: torch.nn.Module, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Softmax class probabilities (float32, ``[others, virus]``) of each row."""
+    device = next(model.parameters()).device
+    model.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            logits = model(features[start:start + batch_size].to(device))
+            parts.append(torch.softmax(logits, dim=1).float().cpu())
+    return torch.cat(parts) if parts else torch.empty(0, NUM_CLASSES)
 
 
 def prefetched(items: Iterable, prepare: Callable, ahead: int = 1) -> Iterator:

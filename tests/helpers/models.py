@@ -1,0 +1,30 @@
+"""Tiny models the tests build themselves: the real architectures and
+published folder layouts at tiny depth (the real output widths), written by
+the package's random-weight builders and loaded through the functions users call."""
+from __future__ import annotations
+
+import torch
+
+import units
+from virnucpro import random_models
+
+TINY_DNABERT = (768, 2, 12, 64)      # DNABERT-S's output width, tiny depth: (hidden, layers, heads, ffn)
+TINY_FASTESM = (1280, 2, 4, 64)      # FastESM2_650's width
+TINY_ESM2_3B = (2560, 1, 4, 32)      # ESM2-3B's width
+
+
+def tiny_model_folders(root) -> dict[str, str]:
+    """DNABERT-S, FastESM2_650 and ESM2-3B folders under ``root``, in their published layouts."""
+    return {"dna": str(random_models.save_random_dnabert(root / "dnabert", TINY_DNABERT, vocab_size=64)),
+            "protein": str(random_models.save_random_esm(root / "fastesm", TINY_FASTESM, fast_esm=True)),
+            "esm2_3b": str(random_models.save_random_esm(root / "esm2_3b", TINY_ESM2_3B))}
+
+
+def save_classifier(path, seed: int = 1, chunk_length: int = 300) -> str:
+    """A FastESM2_650 classifier as train_fastesm.py saves one, its scores spread over both classes."""
+    torch.manual_seed(seed)
+    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    with torch.no_grad():
+        classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
+    units.save_checkpoint(classifier, path, chunk_length=chunk_length, epochs=1)
+    return str(path)

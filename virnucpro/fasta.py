@@ -1,0 +1,246 @@
+"""FASTA and FASTQ input, validated as it is read, and FASTA output.
+
+Every script reads sequences through ``read_fasta``: a user's mistake in a
+file stops with one line naming the file, the record or line and the fix.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Iterator, NamedTuple
+
+from .errors import InputError
+from .files import READ_ERRORS, atomic_write, open_binary
+from .log import logger, warn_once
+
+IUPAC_NUCLEOTIDES = "ACGTURYSWKMBDHVN"
+PROTEIN_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ALPHABETS = {
+    "dna": (IUPAC_NUCLEOTIDES, "an IUPAC nucleotide code"),
+    "protein": (PROTEIN_LETTERS, "an amino-acid letter"),
+}
+
+
+class FastaRecord(NamedTuple):
+    id: str            # first word of the header, as Biopython's record.id
+    title: str         # the whole header line without '>'
+    sequence: str      # as in the file (case kept), line breaks, spaces and tabs removed; U read as T for DNA
+    number: int        # 1-based position of the record in the file
+    line: int          # line number of its header
+
+
+# The allowed letters in both cases, as bytes: bytes.translate deletes them in C (a str table costs a dict
+# lookup per letter), so a valid sequence is checked in one call.
+_ALLOWED_BYTES = {name: (letters + letters.lower()).encode("ascii") for name, (letters, _) in _ALPHABETS.items()}
+
+
+def _first_invalid_letter(sequence: str, alphabet: str) -> str | None:
+    """The first letter of ``sequence`` outside ``alphabet`` (either case), or None."""
+    if sequence.isascii() and not sequence.encode("ascii").translate(None, _ALLOWED_BYTES[alphabet]):
+        return None
+    allowed = _ALLOWED_BYTES[alphabet].decode("ascii")
+    return next((letter for letter in sequence if letter not in allowed), None)
+
+
+class _RecordIds:
+    """Refuses a record id seen before in a file. Keeps a set of the ids'
+    hashes, not the ids (about 60 bytes a record instead of 200: flat memory
+    for millions of reads); a repeated hash is confirmed, and the first record
+    of that id found, by reading the file again up to it. A pipe cannot be
+    read twice, so for one the ids themselves are kept."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.hashes: set[int] = set()
+        self.ids: dict[str, tuple[int, int]] | None = None if os.path.isfile(path) else {}
+
+    def add(self, record_id: str, number: int, line: int) -> None:
+        if self.ids is not None:
+            first = self.ids.setdefault(record_id, (number, line))
+        elif hash(record_id) in self.hashes:
+            first = self._first_record(record_id)
+        else:
+            self.hashes.add(hash(record_id))
+            return
+        if first != (number, line):
+            raise InputError(
+                f"{self.path}: duplicate record id '{record_id}' at record {first[0]} (line {first[1]}) "
+                f"and record {number} (line {line}); record ids must be unique, rename one of them")
+
+    def _first_record(self, record_id: str) -> tuple[int, int]:
+        """(number, header line) of the first record with this id: the one
+        being read when its hash matched another id's."""
+        lines = _numbered_lines(self.path)
+        first = next((number, line) for number, line in lines if line)
+        entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
+        return next((number, line) for number, (title, line, _)
+                    in enumerate(entries(self.path, itertools.chain([first], lines)), start=1)
+                    if title.split(None, 1)[0] == record_id)
+
+
+def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, stripped line)`` of a text file, decoded line by line
+    so that bytes that are not UTF-8 are reported with their line."""
+    with open_binary(path) as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(f"{path}: line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at "
+                                 f"column {error.start + 1}); save the file as plain UTF-8 or ASCII") from None
+            yield number, (line.removeprefix("\ufeff") if number == 1 else line).strip()
+
+
+def _fasta_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
+    """``(header, header line number, sequence lines joined)`` of FASTA text."""
+    header, header_line, parts = None, 0, []
+    for number, line in lines:
+        if not line:
+            continue
+        if line.startswith(">"):
+            if header is not None:
+                yield header, header_line, "".join(parts)
+            header, header_line, parts = line[1:].strip(), number, []
+        elif header is None:
+            raise InputError(f"{path}: not a FASTA file (line {number} comes before any '>' header); "
+                             "expected FASTA records ('>id') or FASTQ records ('@id')")
+        else:
+            parts.append(line)
+    if header is not None:
+        yield header, header_line, "".join(parts)
+
+
+def _fastq_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
+    """``(header, header line number, sequence)`` of FASTQ text: four lines a
+    record (``@id``, sequence, ``+``, qualities), blank lines between records."""
+    for number, line in lines:
+        if not line:
+            continue
+        where = f"{path}: the FASTQ record at line {number}"
+        if not line.startswith("@"):
+            raise InputError(f"{where} does not start with '@'; a FASTQ record is four lines: "
+                             "@id, sequence, +, qualities")
+        sequence, plus, quality = (next(lines, (None, None)) for _ in range(3))
+        if quality[1] is None:
+            raise InputError(f"{where} is cut short; a FASTQ record is four lines: @id, sequence, +, qualities")
+        if not plus[1].startswith("+"):
+            raise InputError(f"{where} has no '+' line (line {plus[0]}); a FASTQ record is four lines: "
+                             "@id, sequence, +, qualities")
+        if len(quality[1]) != len(sequence[1]):
+            raise InputError(f"{where} has {len(sequence[1])} bases but {len(quality[1])} quality values")
+        yield line[1:].strip(), number, sequence[1]
+
+
+def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
+               keep_empty: bool = False) -> Iterator[FastaRecord]:
+    """Stream the records of a FASTA or FASTQ file (told apart by content;
+    plain, gzip, bzip2 or xz), validated.
+
+    ``alphabet`` is ``"dna"`` (IUPAC nucleotide codes), ``"protein"`` (letters)
+    or ``None`` (no check of the residues). Lower case is accepted; spaces and
+    tabs inside sequence lines, CR line ends and a UTF-8 BOM are dropped. For
+    ``"dna"``, U (RNA) is read as T, with one warning per file.
+
+    Raises ``InputError`` naming the file (and record or line) for: a missing,
+    empty or non-FASTA/FASTQ file, a damaged compressed file, bytes that are
+    not UTF-8, a malformed FASTQ record, a residue outside the alphabet, a
+    duplicate record id, a header without an id, or a file without any
+    sequence. A record without sequence is skipped with a warning, or yielded
+    with ``keep_empty``.
+    """
+    path = os.fspath(path)
+    record_ids = _RecordIds(path)
+    with_sequence = 0
+    rna_seen = False
+
+    def record_of(number: int, title: str, line: int, sequence: str) -> FastaRecord | None:
+        nonlocal rna_seen
+        record_id = title.split(None, 1)[0] if title.strip() else ""
+        if not record_id:
+            raise InputError(f"{path}: record {number} (line {line}) has a header without an id; give every "
+                             "record an id after '>'")
+        record_ids.add(record_id, number, line)
+        if " " in sequence or "\t" in sequence:
+            sequence = sequence.replace(" ", "").replace("\t", "")
+        if not sequence:
+            if not keep_empty:
+                logger.warning(f"{path}: record '{record_id}' (record {number}, line {line}) has no sequence; "
+                               "skipped")
+                return None
+        elif alphabet is not None:
+            invalid = _first_invalid_letter(sequence, alphabet)
+            if invalid is not None:
+                letters, what = _ALPHABETS[alphabet]
+                raise InputError(
+                    f"{path}: record '{record_id}' (record {number}, line {line}) contains {invalid!r}, which is "
+                    f"not {what} ({letters}); fix or remove that record")
+        if alphabet == "dna" and ("U" in sequence or "u" in sequence):
+            if not rna_seen:
+                warn_once(f"{path}: record '{record_id}' (record {number}, line {line}) holds U (RNA); U is read "
+                          "as T in it and in every other record of this file")
+                rna_seen = True
+            sequence = sequence.replace("U", "T").replace("u", "t")
+        return FastaRecord(record_id, title, sequence, number, line)
+
+    try:
+        lines = _numbered_lines(path)
+        first = next(((number, line) for number, line in lines if line), None)
+        if first is None:
+            raise InputError(f"{path}: the file is empty; expected FASTA records ('>id') or FASTQ records ('@id')")
+        entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
+        for number, (title, line, sequence) in enumerate(entries(path, itertools.chain([first], lines)), start=1):
+            record = record_of(number, title, line, sequence)
+            if record is not None:
+                with_sequence += bool(record.sequence)
+                yield record
+    except READ_ERRORS as error:
+        raise InputError(f"{path}: not a readable FASTA/FASTQ file, or a damaged compressed one "
+                         f"({error.__class__.__name__}: {error})") from None
+    if with_sequence == 0:
+        raise InputError(f"{path}: no record has a sequence")
+
+
+def write_fasta_record(handle, record_id: str, sequence: str, width: int | None = None) -> None:
+    """Write one FASTA record; ``width`` wraps the sequence (Biopython writes 60)."""
+    handle.write(f">{record_id}\n")
+    if width is None:
+        handle.write(f"{sequence}\n")
+    else:
+        handle.write("".join(f"{sequence[i:i + width]}\n" for i in range(0, len(sequence), width)))
+
+
+def split_fasta_file(input_file, output_dir, sequences_per_file):
+    """Split a FASTA file into ``output_dir/output_{n}.fa`` of
+    ``sequences_per_file`` records each (published name and layout).
+
+    Returns the paths written, in order.
+    """
+    if sequences_per_file < 1:
+        raise InputError(f"sequences_per_file must be at least 1, got {sequences_per_file}")
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    batch: list[FastaRecord] = []
+
+    def flush():
+        path = os.path.join(output_dir, f"output_{len(written) + 1}.fa")
+        with atomic_write(path) as out:
+            for record in batch:
+                write_fasta_record(out, record.title, record.sequence)
+        written.append(path)
+        batch.clear()
+
+    for record in read_fasta(input_file, alphabet=None):
+        batch.append(record)
+        if len(batch) == sequences_per_file:
+            flush()
+    if batch:
+        flush()
+    return written
+
+
+def write_fasta(path, records) -> str:
+    """Write ``(id, sequence)`` records to a FASTA file, one line a sequence; returns the path."""
+    with atomic_write(path) as handle:
+        for record_id, sequence in records:
+            write_fasta_record(handle, record_id, sequence)
+    return os.fspath(path)

@@ -1,0 +1,113 @@
+"""Training frames from RefSeq genome pairs (make_train_dataset.py): each
+``X.genomic.gbff.gz`` with its ``X.<n>.genomic.fna.gz``; the genomes cut into
+chunks, and each stop-free frame kept whose protein is part of an annotated
+CDS of the same record (the published selection, byte for byte).
+
+Beside each ``.fna.gz`` go the published ``X.<n>.identified_nucleotide.fa`` and
+``X.<n>.identified_protein.fa``, and ``X.<n>.identified.json`` (chunk length,
+counts, each record's organism and taxonomy), which marks the pair as done.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from .chunks import chunk_id, iter_chunks
+from .errors import InputError
+from .fasta import read_fasta
+from .files import atomic_write
+from .frames import IdentifiedWriter, ProteinIndex, batched, select_frames
+from .genbank import read_genbank
+from .log import logger
+
+GBFF_SUFFIX = "genomic.gbff.gz"
+FNA_SUFFIX = "genomic.fna.gz"
+CHUNKS_PER_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class GenomePair:
+    gbff: str
+    fna: str
+
+    def output(self, kind: str) -> str:
+        """Published naming: the .fna.gz suffix replaced by ``identified_<kind>``."""
+        return self.fna[:-len(FNA_SUFFIX)] + kind
+
+    @property
+    def nucleotide_file(self) -> str:
+        return self.output("identified_nucleotide.fa")
+
+    @property
+    def protein_file(self) -> str:
+        return self.output("identified_protein.fa")
+
+    @property
+    def manifest_file(self) -> str:
+        return self.output("identified.json")
+
+
+def find_genome_pairs(data_dir: str) -> list[GenomePair]:
+    """Pair each ``X.genomic.gbff.gz`` with the ``X.*genomic.fna.gz`` files
+    beside it (the published rule: the fna path starts with ``X.``)."""
+    if not os.path.isdir(data_dir):
+        raise InputError(f"{data_dir}: no such folder; download genomes first (scripts/download_data.py)")
+    gbffs, fnas = [], []
+    for root, _, names in os.walk(data_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            if name.endswith(GBFF_SUFFIX):
+                gbffs.append(path)
+            elif name.endswith(FNA_SUFFIX):
+                fnas.append(path)
+    pairs = []
+    for gbff in sorted(gbffs):
+        base = gbff[:-len(GBFF_SUFFIX)]
+        matches = [fna for fna in sorted(fnas) if fna.startswith(base)]
+        if not matches:
+            logger.warning(f"{gbff}: no matching *{FNA_SUFFIX} beside it; skipped")
+        pairs.extend(GenomePair(gbff, fna) for fna in matches)
+    return pairs
+
+
+def is_done(pair: GenomePair, chunk_size: int) -> bool:
+    """True when the pair was already built with this chunk size.
+
+    Outputs built with another chunk size share the published file names, so
+    they are never overwritten silently.
+    """
+    try:
+        with open(pair.manifest_file) as handle:
+            manifest = json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return False
+    if manifest.get("chunk_length") != chunk_size:
+        raise InputError(
+            f"{pair.nucleotide_file} was built with {manifest.get('chunk_length')}-bp chunks; move the "
+            f"identified_* files and {os.path.basename(pair.manifest_file)} away to build {chunk_size}-bp chunks")
+    return os.path.exists(pair.nucleotide_file) and os.path.exists(pair.protein_file)
+
+
+def build_pair(pair: GenomePair, chunk_size: int) -> dict:
+    """Write the identified files of one genome pair; return its counts."""
+    started = time.time()
+    proteins_by_record, lineages = read_genbank(pair.gbff)
+    records = chunks = 0
+    with IdentifiedWriter(pair.nucleotide_file, pair.protein_file) as writer:
+        for record in read_fasta(pair.fna, alphabet="dna"):
+            records += 1
+            reference = ProteinIndex(proteins_by_record.get(record.id, []))
+            record_chunks = ((chunk_id(record.id, k), chunk) for k, chunk
+                             in enumerate(iter_chunks(record.sequence.upper(), chunk_size), start=1))
+            for batch in batched(record_chunks, CHUNKS_PER_BATCH):
+                chunks += len(batch)
+                writer.write(select_frames(batch, reference))
+    summary = {"chunk_length": chunk_size, "gbff": os.path.basename(pair.gbff),
+               "fna": os.path.basename(pair.fna), "records": records, "chunks": chunks,
+               "frames": writer.frames, "seconds": round(time.time() - started, 1),
+               "lineages": lineages}          # organism and taxonomy per record: the test split groups by them
+    with atomic_write(pair.manifest_file) as handle:
+        json.dump(summary, handle, indent=1)
+    return summary

@@ -1,0 +1,172 @@
+"""Loading the language models: DNABERT-S on this project's own module,
+FastESM2_650 and ESM2-3B on transformers' ESM, each from a folder read as data
+(no remote code) with every encoder weight checked against the files; and
+the two embedding pipelines (DNABERT-S plus one protein model)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .devices import resolve_device
+from .dnabert_s import DnabertConfig, DnabertModel
+from .errors import InputError
+from .log import logger
+from .modelfiles import checkpoint_state, model_folder, read_config, require_weights, verify_weights
+from .pins import DNA_DIM, DNABERT_S, ESM2_3B, ESM2_3B_DIM, FASTESM2_650, PROTEIN_DIM, ModelSpec
+from .precision import dtype_name
+
+# The ESM-2 alphabet (fair-esm order), shared by ESM2-3B and FastESM2_650.
+ESM2_ALPHABET = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+
+
+def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype, expected_dim: int | None) -> torch.nn.Module:
+    verify_weights(spec, model, folder)
+    if expected_dim is not None and model.config.hidden_size != expected_dim:
+        raise InputError(f"{spec.name}: {folder} gives {model.config.hidden_size}-value embeddings, "
+                         f"not {expected_dim}; point {spec.option} at a {spec.name} model")
+    model = model.to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    logger.info(f"{spec.name}: loaded from {folder} ({dtype_name(dtype)}, {device})")
+    return model
+
+
+def load_dnabert_s(model: str | None = None, device: str | torch.device | None = None,
+                   expected_dim: int | None = DNA_DIM, dtype: torch.dtype = torch.float32):
+    """DNABERT-S (768-d) and its tokenizer, from a Hugging Face id (default:
+    the pinned ``zhihan1996/DNABERT-S``), a local folder or the offline cache.
+
+    The network is this project's own (``dnabert_s.py``): the config is read
+    as data, the checkpoint's tensors are mapped key for key onto the model
+    (any missing, left-over or misshapen key stops the load) and the
+    tokenizer is the fast BPE tokenizer of ``tokenizer.json``. Nothing in the
+    folder is executed. ``expected_dim=None`` skips the width check.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    folder = model_folder(DNABERT_S, model)
+    config = read_config(DNABERT_S, folder)
+    hint = f"point --dna-model at a DNABERT-S folder (layout of {DNABERT_S.hub_id})"
+    if config.get("model_type", "bert") != "bert":
+        raise InputError(f"DNABERT-S: {folder} is not a DNABERT-S folder: its config.json describes a "
+                         f"{config['model_type']} model; {hint}")
+    missing = DnabertConfig.missing(config)
+    if missing:
+        raise InputError(f"DNABERT-S: {folder}/config.json lacks {', '.join(missing)}; {hint}")
+    if not os.path.exists(os.path.join(folder, "tokenizer.json")):
+        raise InputError(f"DNABERT-S: {folder} has no tokenizer.json; {hint}")
+    network = DnabertModel(DnabertConfig.from_dict(config))
+    _load_dnabert_state(network, checkpoint_state(DNABERT_S, folder), folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    return _finish_loading(DNABERT_S, network, folder, device, dtype, expected_dim), tokenizer
+
+
+def _load_dnabert_state(network: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
+    """Copy the checkpoint into ``network``, whose parameter names are the
+    published checkpoint keys: every key must be there, with its shape, and
+    no other key may be left over."""
+    expected = network.state_dict()
+    where = f"DNABERT-S: {folder}"
+    hint = f"point --dna-model at a DNABERT-S folder (layout of {DNABERT_S.hub_id})"
+    absent = [key for key in expected if key not in state]
+    if absent:
+        known = ("encoder.layer.0.attention.self.Wqkv.weight", "encoder.layer.0.mlp.gated_layers.weight")
+        what = "a DNABERT-S (MosaicBERT) checkpoint" if any(k in absent for k in known) else "complete"
+        raise InputError(f"{where}: the weights are not {what}: {len(absent)} tensors missing "
+                         f"(first: {absent[0]}); {hint}")
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise InputError(f"{where}: the weights hold {len(extra)} tensors this DNABERT-S config has no place "
+                         f"for (first: {extra[0]}); {hint}")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise InputError(f"{where}: {key} is {tuple(state[key].shape)} in the checkpoint but "
+                             f"{tuple(tensor.shape)} in its config.json; {hint}")
+    network.load_state_dict(state)
+
+
+def esm_tokenizer():
+    """The ESM-2 tokenizer, built from the fixed ESM-2 alphabet (no download)."""
+    from transformers import EsmTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        vocab = os.path.join(folder, "vocab.txt")
+        with open(vocab, "w") as handle:
+            handle.write("\n".join(ESM2_ALPHABET) + "\n")
+        return EsmTokenizer(vocab)
+
+
+# Keys of a config.json that name code or classes, not the architecture:
+# FastESM2_650's says model_type "fast_esm" with an auto_map to its remote code.
+_CODE_CONFIG_KEYS = ("model_type", "auto_map", "architectures")
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load report: unused head weights and buffers
+    such as rotary ``inv_freq`` are expected, and ``verify_weights`` checks
+    every encoder weight against the files itself."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
+
+
+def _load_esm(spec: ModelSpec, model, device, dtype, expected_dim):
+    from transformers import EsmConfig, EsmModel
+
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    folder = model_folder(spec, model)
+    config = read_config(spec, folder)
+    if "hidden_size" not in config or config.get("vocab_size") != len(ESM2_ALPHABET):
+        raise InputError(f"{spec.name}: {folder} is not an ESM-2 model (its config has no "
+                         f"{len(ESM2_ALPHABET)}-token ESM-2 vocabulary); point {spec.option} at a {spec.name} model")
+    config = EsmConfig.from_dict({k: v for k, v in config.items() if k not in _CODE_CONFIG_KEYS})
+    require_weights(spec, folder)
+    with _quiet_transformers():
+        network = EsmModel.from_pretrained(folder, config=config, local_files_only=True, add_pooling_layer=False,
+                                           attn_implementation="sdpa", dtype=torch.float32)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" and spec is FASTESM2_650 else torch.float32
+    return _finish_loading(spec, network, folder, device, dtype, expected_dim), esm_tokenizer()
+
+
+def load_fast_esm(model: str | None = None, device=None, dtype: torch.dtype | None = None,
+                  expected_dim: int | None = PROTEIN_DIM):
+    """FastESM2_650 (1280-d) and its tokenizer: an ESM-2 checkpoint run by
+    transformers' own ESM with SDPA attention, in half precision on CUDA.
+    FastESM2_650's folder (``model_type: fast_esm`` with an ``auto_map`` to
+    remote code) is read as data; no remote code runs. ``expected_dim=None``
+    skips the width check."""
+    return _load_esm(FASTESM2_650, model, device, dtype, expected_dim)
+
+
+def load_esm2_3b(model: str | None = None, device=None, dtype: torch.dtype | None = None,
+                 expected_dim: int | None = ESM2_3B_DIM):
+    """The published baseline ESM2-3B (2560-d), in full precision as published."""
+    return _load_esm(ESM2_3B, model, device, dtype, expected_dim)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An embedding pipeline: DNABERT-S plus one protein model."""
+    name: str
+    protein: ModelSpec
+    load_protein: Callable
+
+    @property
+    def input_dim(self) -> int:
+        return DNA_DIM + self.protein.dim
+
+
+PIPELINES = {"fastesm650": Pipeline("fastesm650", FASTESM2_650, load_fast_esm),
+             "esm2_3b": Pipeline("esm2_3b", ESM2_3B, load_esm2_3b)}

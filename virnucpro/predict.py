@@ -1,0 +1,197 @@
+"""A prediction run: from a checked request (prediction.py's arguments) and a
+loaded classifier to the result files, resumable shard by shard.
+
+The run checks the input and the output folder first (one line for a user's
+mistake, before any model is loaded), decides whether it is new, a resume or
+already complete (run.json), scores the shards it owns (host work one shard
+ahead in a background thread on a GPU) and assembles the result files.
+Under torchrun process 0 leads: it holds the folder, checks, and assembles
+once every process has scored its shards. A SLURM array task checks for
+itself, holds the folder only to set the run up and to assemble, and the last
+task to finish assembles.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+from dataclasses import dataclass
+
+import torch
+
+from . import assembly, shards
+from .calibration import Calibration, calibration_path
+from .engine import Engine, prefetched
+from .errors import InputError
+from .files import file_sha256
+from .loaders import PIPELINES, load_dnabert_s
+from .log import logger
+from .modelfiles import model_fingerprint, model_folder
+from .outputs import SHARDS, read_run, run_state, start_over, write_run
+from .pins import DNABERT_S
+from .precision import model_precision
+from .runs import Team, check_writable, folder_lock, rare_garbage_collection, readable_input
+
+
+CHUNKS_PER_SHARD = 10_000      # the default: bounds memory, and the work a resumed run redoes
+
+
+def default_limits(chunk_length: int) -> tuple[int, int]:
+    """The defaults of ``--min-length`` (half the chunk length: one to a few codons are no evidence) and of
+    ``--min-region`` (the chunk length)."""
+    return chunk_length // 2, chunk_length
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a prediction run is asked to do: prediction.py's arguments, checked."""
+    input_path: str
+    chunk_length: int
+    classifier_path: str
+    pipeline: str
+    output_dir: str
+    min_length: int
+    min_region: int
+    min_score: float | None
+    max_fdr: float | None
+    device: str
+    dna_model: str | None
+    protein_model: str | None
+    models_dir: str | None
+    dna_batch_tokens: int
+    protein_batch_tokens: int
+    chunks_per_shard: int
+    keep_intermediate: bool
+    plot: bool
+    overwrite: bool
+
+
+def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibration: Calibration | None) -> dict | None:
+    """The run; its counts, or None when this process did not assemble (the run
+    was complete, or another process of the team assembles)."""
+    check_writable(request.output_dir)
+    team = Team.from_environment()
+    if team.world > 1 and not os.path.isfile(request.input_path):
+        raise InputError(f"{request.input_path}: under torchrun or in a SLURM array every process reads the "
+                         "input; give a file, not a pipe")
+    if team.array and request.overwrite:
+        raise InputError(f"--overwrite in a SLURM array would make every task start over; remove "
+                         f"{request.output_dir} or give another -o instead")
+    lock = folder_lock(request.output_dir) if team.rank == 0 and not team.array else contextlib.nullcontext()
+    with team, lock, readable_input(request.input_path, request.output_dir) as (input_path, identity), \
+            rare_garbage_collection():
+        return _run(request, input_path, identity, classifier, metadata, calibration, team)
+
+
+def settings_of(request: Request, input_identity: dict, dna_folder: str, protein_folder: str,
+                calibrated: bool) -> dict:
+    """What the results depend on, by content; a resumed run must match it."""
+    calibration = calibration_path(request.classifier_path)
+    return {"input": input_identity, "chunk_length": request.chunk_length, "min_length": request.min_length,
+            "min_region": request.min_region, "min_score": request.min_score, "max_fdr": request.max_fdr,
+            "calibration": {"path": os.path.abspath(calibration), "sha256": file_sha256(calibration)}
+            if calibrated else None,
+            "classifier": {"path": os.path.abspath(request.classifier_path),
+                           "sha256": file_sha256(request.classifier_path)},
+            "pipeline": request.pipeline, "dna_model": model_fingerprint(dna_folder),
+            "protein_model": model_fingerprint(protein_folder), "chunks_per_shard": request.chunks_per_shard}
+
+
+def warn_on_precision_change(classifier_path: str, metadata: dict, scorer: Engine) -> None:
+    """Warn when the classifier was trained on features of other encoder dtypes than this run's."""
+    trained = metadata.get("encoder_precision")
+    running = {"dna": model_precision(scorer.dna_encoder.model),
+               "protein": model_precision(scorer.protein_encoder.model)}
+    if trained and trained != running:
+        logger.warning(
+            f"{classifier_path}: trained on features of DNABERT-S in {trained['dna']} and the protein model in "
+            f"{trained['protein']}; this run embeds in {running['dna']} and {running['protein']}, so scores may "
+            "differ slightly from those of the training precision")
+
+
+def _run(request: Request, input_path: str, identity: dict, classifier, metadata: dict,
+         calibration: Calibration | None, team: Team) -> dict | None:
+    from tqdm import tqdm
+
+    output_dir, chunk_length = request.output_dir, request.chunk_length
+    pipeline = PIPELINES[request.pipeline]
+    dna_folder = model_folder(DNABERT_S, request.dna_model, request.models_dir)
+    protein_folder = model_folder(pipeline.protein, request.protein_model, request.models_dir)
+    settings = settings_of(request, identity, dna_folder, protein_folder, calibration is not None)
+    if team.leads:
+        n_records, n_chunks = shards.count_chunks(input_path, chunk_length)
+        with team.holding(output_dir):
+            state = run_state(output_dir, settings, request.overwrite)
+            if team.array and state == "new":           # the first task to start sets the run up
+                begin_run(output_dir, settings)
+    state, n_chunks = team.share((state, n_chunks) if team.leads else None)
+    if state == "complete":
+        if team.leads:
+            logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
+                        "--overwrite runs it again")
+        return None
+    device = team.device(request.device)
+    if team.leads:
+        logger.info(f"{request.input_path}: {n_records} sequences, {n_chunks} {chunk_length}-bp chunks; "
+                    f"{pipeline.name} pipeline on {device}"
+                    + (f", task {team.rank + 1} of a SLURM array of {team.world}" if team.array else
+                       f", {team.world} processes" if team.world > 1 else ""))
+    scorer = Engine(load_dnabert_s(dna_folder, device), pipeline.load_protein(protein_folder, device),
+                    classifier.to(device), request.dna_batch_tokens, request.protein_batch_tokens,
+                    pipeline.protein.name)
+    warn_on_precision_change(request.classifier_path, metadata, scorer)
+    if team.rank == 0 and not team.array:
+        if state == "new":
+            begin_run(output_dir, settings)
+        else:
+            logger.info(f"resuming the run in {output_dir}")
+    team.barrier()
+
+    folders = []
+    prepare = functools.partial(shards.prepare_shard, output_dir=output_dir, chunk_size=chunk_length,
+                                min_length=request.min_length, scorer=scorer, owns=team.owns)
+    numbered = enumerate(shards.shards(input_path, chunk_length, request.chunks_per_shard), start=1)
+    with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=not team.leads) as progress:
+        for shard in prefetched(numbered, prepare, ahead=int(device.type != "cpu")):
+            if not shard.done:
+                shards.score_shard(shard, scorer, request.classifier_path, request.keep_intermediate)
+            folders.append(shard.folder)
+            progress.update(shard.chunk_count)
+    team.barrier()                          # every shard scored, by whichever process
+    if team.array:
+        with team.holding(output_dir):
+            return assemble_when_all_scored(request, input_path, folders, calibration, settings, team)
+    return assemble(request, input_path, folders, calibration, settings) if team.rank == 0 else None
+
+
+def begin_run(output_dir: str, settings: dict) -> None:
+    start_over(output_dir)
+    write_run(output_dir, settings, "running")
+
+
+def assemble(request: Request, input_path: str, folders: list[str], calibration: Calibration | None,
+             settings: dict) -> dict:
+    """The final files from every shard; the run is complete."""
+    calls = assembly.Calls.of(folders, calibration, request.min_score, request.max_fdr)
+    counts = assembly.write_outputs(request.output_dir, input_path, request.input_path, folders, calls,
+                                    request.chunk_length, request.min_region, request.plot)
+    if not request.keep_intermediate:
+        shutil.rmtree(f"{request.output_dir}/{SHARDS}")
+    write_run(request.output_dir, settings, "complete", counts)
+    return counts
+
+
+def assemble_when_all_scored(request: Request, input_path: str, folders: list[str], calibration: Calibration | None,
+                             settings: dict, team: Team) -> dict | None:
+    """An array task, holding the folder: assemble when no shard waits for another task any more."""
+    run = read_run(request.output_dir)
+    complete = run is not None and run.get("status") == "complete"
+    waiting = 0 if complete else sum(not shards.is_done(folder) for folder in folders)
+    if not complete and waiting == 0:
+        return assemble(request, input_path, folders, calibration, settings)
+    logger.info(f"SLURM array task {team.rank + 1} of {team.world}: its shards are scored; "
+                + ("another task has assembled the results" if complete else
+                   f"{waiting} of {len(folders)} shards wait for other tasks, and the last task to finish "
+                   "assembles the results"))
+    return None

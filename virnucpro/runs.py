@@ -1,0 +1,261 @@
+"""Runs: one writer per folder (a lock), the processes of a run (one team
+for torchrun and SLURM arrays), the settings record a resumed run must match,
+and input read from a pipe (spooled once, as it is read more than once)."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+
+from .devices import resolve_device
+from .errors import InputError
+from .files import open_raw
+from .log import logger
+
+SPOOL_FILE = ".input.spool"          # input read from a pipe, while the run lasts
+
+
+LOCK_FILE = ".virnucpro.lock"
+
+
+LOCK_POLL_SECONDS = 1.0
+
+
+def _lock_holder_alive(holder: dict) -> bool:
+    """Whether the process that wrote a lock still runs (assumed so on another host)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, option: str = "-o", name: str = LOCK_FILE, wait: bool = False):
+    """Hold ``folder/<name>`` (default ``.virnucpro.lock``) while the block
+    runs, so one run at a time writes into ``folder``; a lock left by a
+    process that died on this host is taken over. Held by a live process, the
+    lock is refused, or with ``wait`` waited for. Creates ``folder`` if needed
+    and removes it again if it is still empty when the block ends."""
+    folder = os.fspath(folder)
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    waiting = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            try:
+                with open(path) as handle:
+                    holder = json.load(handle)
+            except (OSError, ValueError):
+                holder = {}
+            if not isinstance(holder, dict) or _lock_holder_alive(holder):
+                held_by = f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" \
+                    if isinstance(holder, dict) and holder else "a process that has not said who it is"
+                if not wait:
+                    raise InputError(f"{folder} is in use by another run ({held_by}); wait for it to end or give "
+                                     f"another {option}; if no such run exists any more, delete {path}") from None
+                if not waiting:
+                    logger.info(f"{folder}: waiting for {held_by} to release {path}")
+                    waiting = True
+                time.sleep(LOCK_POLL_SECONDS)
+                continue
+            logger.warning(f"{folder}: taking over the lock of a run that ended without releasing it "
+                           f"(pid {holder['pid']} on {holder['host']})")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": since}, handle)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        if created and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+@dataclass
+class Team:
+    """The processes of one run; process k of N scores shards k+1, k+1+N, ...
+    One process alone is a team of one.
+
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK; --nnodes for several
+    machines) the processes run together, on GPU LOCAL_RANK: process 0 holds
+    the output folder, checks the input and the folder first and assembles
+    the final files once every process has scored its shards. In a SLURM
+    array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) each task runs
+    whenever the scheduler starts it: it checks for itself, holds the folder
+    only to set the run up and to assemble, and the last task to finish
+    assembles."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    array: bool = False
+
+    @classmethod
+    def from_environment(cls) -> Team:
+        """torchrun and accelerate launch set RANK, WORLD_SIZE and LOCAL_RANK; a SLURM array task gets
+        SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT."""
+        env = os.environ
+        if int(env.get("WORLD_SIZE", 1)) > 1:
+            team = cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+            if not 0 <= team.rank < team.world:
+                raise InputError(f"RANK {team.rank} is not one of WORLD_SIZE {team.world} processes; start the "
+                                 "processes with torchrun")
+            return team
+        if int(env.get("SLURM_ARRAY_TASK_COUNT", 1)) > 1:
+            world = int(env["SLURM_ARRAY_TASK_COUNT"])
+            rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            if not 0 <= rank < world:
+                raise InputError(f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is not one of {world} "
+                                 "consecutive tasks; give the array as one range, e.g. --array=0-7")
+            return cls(rank, world, array=True)
+        return cls()
+
+    @property
+    def together(self) -> bool:
+        """Whether the processes run together (torchrun), so that they can wait for each other."""
+        return self.world > 1 and not self.array
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process checks the input and the folder, and reports."""
+        return self.rank == 0 or self.array
+
+    def __enter__(self):
+        if self.together:
+            import torch.distributed
+            # gloo: barriers and small objects only, on CPUs and GPUs alike; ranks may wait hours for each other
+            torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.together:
+            import torch.distributed
+            torch.distributed.destroy_process_group()
+
+    def owns(self, number: int) -> bool:
+        """Whether item ``number`` (1-based: a shard) is this process's."""
+        return (number - 1) % self.world == self.rank
+
+    def share_of(self, items: list) -> list:
+        """This process's items: those ``owns`` gives it."""
+        return items[self.rank::self.world]
+
+    def barrier(self) -> None:
+        if self.together:
+            import torch.distributed
+            torch.distributed.barrier()
+
+    def share(self, value):
+        """Process 0's ``value``, in every process of a torchrun team."""
+        if not self.together:
+            return value
+        import torch.distributed
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def holding(self, output_dir: str):
+        """The output folder's lock, for an array task (waited for, as its siblings take it too); process 0
+        of any other team holds it for the whole run."""
+        return folder_lock(output_dir, wait=True) if self.array else contextlib.nullcontext()
+
+    def device(self, requested: str):
+        """The device asked for; in a team, ``cuda`` means this process's GPU (LOCAL_RANK)."""
+        device = resolve_device(requested)
+        return resolve_device(f"cuda:{self.local_rank}") if device.type == "cuda" and self.world > 1 and \
+            device.index is None else device
+
+
+def read_record(path: str, writer: str, fix: str, keys: tuple[str, ...] = ()) -> dict | None:
+    """A JSON record ``writer`` keeps in a folder (run.json, extraction.json, ...), or None when there is
+    none; one that is not a readable JSON object holding ``keys`` is refused in one line ending with ``fix``."""
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or not all(key in record for key in keys):
+        raise InputError(f"{path}: damaged, or written by another version of {writer}; {fix}")
+    return record
+
+
+def changed_settings(recorded: dict, settings: dict) -> list[str]:
+    """The names of the settings whose recorded value differs (sorted): what a resume would mix."""
+    return sorted(key for key in settings if recorded.get(key) != settings[key])
+
+
+@contextlib.contextmanager
+def readable_input(path: str, output_dir: str):
+    """``(path to read, what identifies its content)``. A regular file is read
+    in place (identified by path, size and modification time); a pipe or a
+    process substitution, which can be read only once, is copied into the
+    output folder (identified by its SHA-256) and removed at the end."""
+    spool = os.path.join(output_dir, SPOOL_FILE)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(spool)                # left by a run that was killed; this process holds the folder now
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        yield path, {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return
+    digest = hashlib.sha256()
+    try:
+        with open_raw(path) as source, open(spool, "wb") as copy:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                digest.update(block)
+                copy.write(block)
+        yield spool, {"stream_sha256": digest.hexdigest()}
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(spool)
+
+
+def check_writable(output_dir: str) -> None:
+    """Stop at once, before any work, when the results could not be written."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise InputError(f"-o {output_dir}: is a file, not a folder; give a folder for the results")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise InputError(f"{output_dir}: the results cannot be written there ({existing}: {reason}); "
+                         "give -o a folder you can write to") from None
+
+
+@contextlib.contextmanager
+def rare_garbage_collection():
+    """Run Python's cycle collector rarely within the block. Prediction makes
+    millions of small containers (token id lists, table rows) that hold no
+    cycles; at the default pace (a collection every 700 new containers, each
+    scanning the survivors) the collector took about a sixth of its host time."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100_000, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
