@@ -1,6 +1,7 @@
 """A resumed prediction never mixes models: a run is bound to the content of
 its classifier and models; one process writes into an output folder; input
 may come through a pipe."""
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import torch
 import prediction
 import units
 from conftest import ROOT, interrupt_after, predict_args
-from virnucpro import outputs, runs, shards
+from virnucpro import assembly, outputs, runs, shards
 SAMPLE = ROOT / "data/sample.fasta"          # 10 reads, 10 chunks: 4 shards of 3 chunks
 
 
@@ -158,3 +159,48 @@ def test_input_through_a_pipe_gives_the_file_results(models, clean_sample_run, t
         args = sample_args(models, tmp_path / "unused", input_fasta=fifo)
         del args[args.index("-o"):args.index("-o") + 2]
         prediction.main(args)
+
+
+# ------------------------------------------------------------ an input changed while the run goes
+def other_first_id(text):
+    return text.replace(">NC_029549.1_chunk_2R2", ">NC_000001.1_chunk_2R2", 1)
+
+
+def other_first_sequence(text):
+    lines = text.splitlines()
+    lines[1] = lines[1][::-1]                                # same id, same length, another sequence
+    return "\n".join(lines) + "\n"
+
+
+def one_more_record(text):
+    return text + ">late_record\n" + "ACGT" * 100 + "\n"
+
+
+@pytest.mark.parametrize("change, words", [
+    (other_first_id, "record 1 is now 'NC_000001.1_chunk_2R2' (298 bp), where the run scored "
+                     "'NC_029549.1_chunk_2R2' (298 bp)"),
+    (other_first_sequence, "record 1, 'NC_029549.1_chunk_2R2', now holds another sequence than the one the run "
+                           "scored"),
+    (one_more_record, "record 11, 'late_record', is new"),
+])
+def test_an_input_replaced_during_the_run_stops_with_one_line(models, tmp_path, monkeypatch, change, words):
+    """Replaced by rename between the scoring and the assembly, as sed -i, rsync or a re-download do:
+    the assembly stops with one line and writes no result file, never files that name other records."""
+    reads = tmp_path / "reads.fasta"
+    shutil.copy(SAMPLE, reads)
+    assemble = assembly.write_outputs
+
+    def replaced_first(*args, **kwargs):
+        (tmp_path / "fresh.fasta").write_text(change(SAMPLE.read_text()))
+        os.replace(tmp_path / "fresh.fasta", reads)
+        return assemble(*args, **kwargs)
+
+    monkeypatch.setattr(assembly, "write_outputs", replaced_first)
+    output = tmp_path / "out"
+    with pytest.raises(units.InputError) as error:
+        prediction.main(sample_args(models, output, input_fasta=reads))
+    message = str(error.value)
+    assert message.startswith(f"{reads}: the input changed during the run: {words}") and "\n" not in message
+    assert "--overwrite" in message
+    assert not [name for name in os.listdir(output) if name not in ("run.json", "shards")]
+    assert json.loads((output / "run.json").read_text())["status"] == "running"

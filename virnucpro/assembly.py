@@ -175,14 +175,15 @@ def write_outputs(output_dir: str, input_path: str, input_name: str, shard_folde
     chunks = 0
     plotted: list = []                      # a heap of the sequences with the highest viral scores
     calibrated = calls.calibration is not None
-    with atomic_write(f"{output_dir}/{FRAMES_FILE}") as frames_out:
+    sequences = read_fasta(input_path, alphabet="dna", keep_empty=True)
+    # every file is renamed into place only once all are complete: a stopped assembly leaves none
+    with atomic_write(f"{output_dir}/{FRAMES_FILE}") as frames_out, \
+            atomic_write(f"{output_dir}/{CHUNKS_FILE}") as chunks_out, \
+            atomic_write(f"{output_dir}/{SUMMARY_FILE}") as summary_out, Hits(output_dir) as hits:
         frames_out.write(FRAME_HEADER)
         for folder in shard_folders:
             with open(f"{folder}/frames.tsv") as handle:
                 shutil.copyfileobj(handle, frames_out)
-    sequences = read_fasta(input_path, alphabet="dna", keep_empty=True)
-    with atomic_write(f"{output_dir}/{CHUNKS_FILE}") as chunks_out, \
-            atomic_write(f"{output_dir}/{SUMMARY_FILE}") as summary_out, Hits(output_dir) as hits:
         chunks_out.write(CHUNK_HEADER)
         summary_out.write(SUMMARY_HEADER)
         for block in record_blocks(shard_folders):

@@ -21,8 +21,10 @@ from .files import atomic_write
 from .frames import IdentifiedWriter, ProteinIndex, batched, select_frames
 from .genbank import read_genbank
 from .log import logger
+from .runs import read_record
 
 GBFF_SUFFIX = "genomic.gbff.gz"
+MANIFEST_SUFFIX = ".identified.json"
 FNA_SUFFIX = "genomic.fna.gz"
 CHUNKS_PER_BATCH = 4096
 
@@ -46,7 +48,7 @@ class GenomePair:
 
     @property
     def manifest_file(self) -> str:
-        return self.output("identified.json")
+        return self.output(MANIFEST_SUFFIX[1:])
 
 
 def find_genome_pairs(data_dir: str) -> list[GenomePair]:
@@ -72,16 +74,20 @@ def find_genome_pairs(data_dir: str) -> list[GenomePair]:
     return pairs
 
 
+def read_manifest(path: str) -> dict | None:
+    """The record this step keeps beside a pair's identified files (``X.<n>.identified.json``), or None."""
+    return read_record(path, "scripts/make_train_dataset.py",
+                       "delete it and run scripts/make_train_dataset.py again to rebuild the pair")
+
+
 def is_done(pair: GenomePair, chunk_size: int) -> bool:
     """True when the pair was already built with this chunk size.
 
     Outputs built with another chunk size share the published file names, so
     they are never overwritten silently.
     """
-    try:
-        with open(pair.manifest_file) as handle:
-            manifest = json.load(handle)
-    except (FileNotFoundError, ValueError):
+    manifest = read_manifest(pair.manifest_file)
+    if manifest is None:
         return False
     if manifest.get("chunk_length") != chunk_size:
         raise InputError(

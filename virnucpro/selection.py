@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .errors import InputError
 from .fasta import read_fasta, split_fasta_file
 from .files import atomic_write
+from .genomes import MANIFEST_SUFFIX, read_manifest
 from .log import logger
 from .modelfiles import model_fingerprint
 from .runs import changed_settings, read_record
@@ -98,15 +99,8 @@ def split_once(fasta: str, sequences_per_file: int) -> list[tuple[str, int]]:
 
 def chunk_length_of(nucleotide: str) -> int | None:
     """The chunk length recorded by make_train_dataset.py beside an identified file."""
-    manifest = nucleotide[:-len(NUCLEOTIDE_SUFFIX)] + ".identified.json"
-    try:
-        with open(manifest) as handle:
-            return json.load(handle).get("chunk_length")
-    except FileNotFoundError:
-        return None
-    except (ValueError, AttributeError):
-        raise InputError(f"{manifest}: not a readable record of scripts/make_train_dataset.py; "
-                               "rebuild the identified files with it") from None
+    manifest = read_manifest(nucleotide[:-len(NUCLEOTIDE_SUFFIX)] + MANIFEST_SUFFIX)
+    return manifest.get("chunk_length") if manifest else None
 
 
 def full_split_files(pairs, sequences_per_file: int) -> list[SplitFile]:

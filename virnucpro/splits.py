@@ -16,6 +16,7 @@ import numpy as np
 from .errors import InputError
 from .fasta import FastaRecord, read_fasta
 from .features import FeatureSet
+from .genomes import MANIFEST_SUFFIX, read_manifest
 from .log import logger
 
 CLASSES = {1: "viral", 0: "host"}
@@ -200,9 +201,8 @@ def read_lineages(data_dir: str) -> dict[str, dict]:
     lineages = {}
     for root, _, names in os.walk(data_dir):
         for name in names:
-            if name.endswith(".identified.json"):
-                with open(os.path.join(root, name)) as handle:
-                    lineages.update(json.load(handle).get("lineages", {}))
+            if name.endswith(MANIFEST_SUFFIX):
+                lineages.update(read_manifest(os.path.join(root, name)).get("lineages", {}))
     return lineages
 
 
