@@ -14,7 +14,8 @@ genomes only.
 Every epoch is logged (train loss and accuracy; validation loss, accuracy,
 F1, ROC-AUC; learning rate; time) to the terminal and to
 training_log_<pipeline>.txt beside the model. Saves model_<pipeline>_<length>.pth
-(300 or 500: the chunk length the features record) with metadata, including
+(300 or 500: the chunk length the features record; in data/ unless --output
+says otherwise) with metadata, including
 fingerprints of its training, validation and test record sets (evaluation
 refuses a model trained on another split): the final model, or the best
 validation epoch with --save-best. Records the split does not know (added
@@ -53,7 +54,7 @@ def parse_args(argv):
                         help="chunk length of the training frames; needed only when the merged files do not "
                              "record it (features extracted before they did)")
     parser.add_argument("--output", help="checkpoint to write, or a folder to write it in (default: "
-                                         "model_<pipeline>_<length>.pth)")
+                                         "data/model_<pipeline>_<length>.pth)")
     parser.add_argument("--install", action="store_true",
                         help="also install the checkpoint in the models folder, where prediction.py uses it "
                              "by default for its chunk length")
@@ -91,7 +92,9 @@ def main(argv=None):
     train, val, records = training.split_rows(features, args.split, args.val_fraction, args.seed)
     device = resolve_device(args.device)
     settings = training.settings_of(args, train, val)
-    log_path = os.path.join(os.path.dirname(os.path.abspath(args.output)), f"training_log_{args.pipeline}.txt")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
+    log_path = os.path.join(folder, f"training_log_{args.pipeline}.txt")
     state_path = args.output + STATE_SUFFIX
     logger.info(f"{len(train)} training and {len(val)} validation rows, {len(features)} in all; on {device}")
 

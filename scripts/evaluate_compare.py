@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Evaluate the FastESM2_650 classifier on the held-out records, against the ESM2-3B baseline.
 
-    python scripts/evaluate_compare.py [--model model_fastesm650_500.pth] \\
-        --baseline-model model_esm2_3b_500.pth [--baseline-merge-dir data/data_merge_esm2_3b]
+    python scripts/evaluate_compare.py [--model data/model_fastesm650_500.pth] \\
+        [--baseline-model data/model_esm2_3b_500.pth] [--baseline-merge-dir data/data_merge_esm2_3b]
 
 Like for like: the baseline is the ESM2-3B classifier trained by
-train_fastesm.py --pipeline esm2_3b on the same split. Each model must record
+train_fastesm.py --pipeline esm2_3b on the same split (found in data/ when
+--baseline-model is not given). Each model must record
 the split it was trained on (train_fastesm.py does): a model trained on
 another split is refused, since some test records would be its training data.
 The published 300_model.pth / 500_model.pth were trained on a random
@@ -96,12 +97,16 @@ def load_classifiers(args, split: dict) -> list[evaluation.Classifier]:
     model_path = default_checkpoint_path(args.model, features.chunk_length())
     model, _, metadata = load_model(model_path, "fastesm650", features, device, args.split, test)
     classifiers = [evaluation.Classifier("FastESM2_650", model_path, "fastesm650", model, features, True, metadata)]
+    trained_baseline = default_checkpoint_path(None, features.chunk_length(), "esm2_3b")
+    if args.baseline_model is None and os.path.isfile(trained_baseline):
+        args.baseline_model = trained_baseline
+        logger.info(f"baseline: {trained_baseline}, the ESM2-3B classifier train_fastesm.py --pipeline esm2_3b wrote")
     if args.baseline_model:
         baseline = FeatureSet(find_merged_files(args.baseline_merge_dir), PIPELINES["esm2_3b"].input_dim)
         baseline_model, like_for_like, metadata = load_model(args.baseline_model, "esm2_3b", baseline, device,
                                                              args.split, test)
-        classifiers.append(evaluation.Classifier("ESM2-3B", args.baseline_model, "esm2_3b", baseline_model, baseline,
-                                      like_for_like, metadata))
+        classifiers.append(evaluation.Classifier("ESM2-3B", args.baseline_model, "esm2_3b", baseline_model,
+                                                 baseline, like_for_like, metadata))
     return classifiers
 
 
@@ -129,11 +134,12 @@ def prediction_runner(args, chunk_length: int) -> evaluation.Predict:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="FastESM2_650 checkpoint, or the folder holding it (default: "
-                                        "model_fastesm650_<length>.pth, the chunk length the features record)")
+                                        "data/model_fastesm650_<length>.pth, the chunk length the features record)")
     parser.add_argument("--merge-dir", default="data/data_merge", help="FastESM2_650 merged features")
     parser.add_argument("--split", default="data/test_set/test_metadata.json", help="test split (create_test_set.py)")
     parser.add_argument("--baseline-model", help="ESM2-3B checkpoint: train_fastesm.py --pipeline esm2_3b on the "
-                                                 "same split, or a published one (reported apart)")
+                                                 "same split (default: data/model_esm2_3b_<length>.pth when it is "
+                                                 "there), or a published one (reported apart)")
     parser.add_argument("--baseline-merge-dir", default="data/data_merge_esm2_3b",
                         help="ESM2-3B merged features (features_extract.py --pipeline esm2_3b)")
     parser.add_argument("--frames-only", action="store_true",

@@ -20,6 +20,7 @@ from virnucpro import evaluation, metrics, outputs, splits
 from virnucpro.report import VERDICT_ORDER
 
 EXAMPLE_REPORT = ROOT / "reports/example_validation_report.md"
+SLOW = pytest.mark.slow          # what builds the study: genomes, features of both pipelines, two classifiers
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def evaluated(study):
     return reports
 
 
+@SLOW
 def test_the_report_has_every_level_with_intervals_and_a_verdict(evaluated):
     report = (evaluated / "validation_report.md").read_text()
     result = re.search(r"\*\*Result: (PASSED|FAILED|INCONCLUSIVE)\*\*", report)
@@ -87,6 +89,7 @@ def read_tsv(path):
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
+@SLOW
 def test_the_levels_are_predictions_own_calls(study, evaluated, tmp_path):
     """prediction.py run by hand on the held-out sequences gives the evaluation's sequence and chunk figures."""
     work, models = study["root"] / "evaluation", study["models"]
@@ -110,6 +113,7 @@ def test_the_levels_are_predictions_own_calls(study, evaluated, tmp_path):
         calibration.chunk_probabilities([float(row["Viral_score"]) for row in chunks]), abs=1e-6)
 
 
+@SLOW
 def test_each_classifier_is_calibrated_on_its_validation_records(study, evaluated):
     root, work = study["root"], study["root"] / "evaluation"
     test_records = set(json.loads(study["split"].read_text())["test_accessions"])
@@ -134,6 +138,7 @@ def test_each_classifier_is_calibrated_on_its_validation_records(study, evaluate
     assert (evaluated / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@SLOW
 def test_held_out_sequences_are_slices_of_held_out_records_only(study, evaluated):
     work, records = study["root"] / "evaluation", study["records"]
     split = json.loads(study["split"].read_text())
@@ -188,6 +193,7 @@ def test_level_rules_by_hand(tmp_path):
     assert result["accuracy"] == 0 and result["confusion_matrix"] == [[0, 1], [1, 0]] and result["roc_auc"] == 0
 
 
+@SLOW
 def test_missing_genomes_are_named_and_frames_only_needs_none(study, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -210,6 +216,7 @@ def test_ani_clusters_join_genomes_of_one_species(tmp_path):
     assert splits.ani_clusters({"a": [first], "b": [strain]}, ani=99) == {"a": "a", "b": "b"}
 
 
+@SLOW
 def test_split_by_ani_holds_out_strains_with_their_species(study, tmp_path):
     """Two organisms of the study are made strains of one species: the ANI split keeps them on one side."""
     data = tmp_path / "data"
@@ -238,6 +245,7 @@ def test_split_by_ani_holds_out_strains_with_their_species(study, tmp_path):
         assert species & set(split["test_accessions"]) in (set(), species)
 
 
+@SLOW
 def test_folds_are_group_disjoint_and_cover_every_group(study, tmp_path):
     splits = []
     for fold in (1, 2, 3):
@@ -259,6 +267,7 @@ def test_folds_are_group_disjoint_and_cover_every_group(study, tmp_path):
                               "--folds", "20", "--fold", "1", "--output", str(tmp_path / "x.json")])
 
 
+@SLOW
 def test_cross_validation_tests_every_record_once_and_reports_the_spread(study, tmp_path):
     root = study["root"]
     work, report = tmp_path / "cv", tmp_path / "cross_validation.md"
@@ -290,6 +299,7 @@ def report_outline(text: str) -> list[str]:
     return outline
 
 
+@SLOW
 def test_the_example_report_is_what_the_evaluation_writes(study, evaluated):
     """reports/example_validation_report.md (shown in README) is this test's synthetic run;
     UPDATE_EXAMPLE_REPORT=1 writes it again, with this run's paths made relative."""

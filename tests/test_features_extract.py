@@ -142,6 +142,7 @@ def test_resuming_with_another_model_is_refused_until_restart(tiny_models, tmp_p
     assert json.loads((data / "data_merge/extraction.json").read_text())["dna_model"] == units.model_fingerprint(str(dna))
 
 
+@pytest.mark.slow
 def test_two_processes_together_produce_what_one_produces(reference, tiny_models, tmp_path):
     data = make_data_tree(tmp_path)
     processes = []

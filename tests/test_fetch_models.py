@@ -244,6 +244,7 @@ def test_prediction_picks_its_classifier_from_the_models_folder(tiny_models, pub
     assert fetcher.default_items(str(models)) == ["dnabert-s", "fastesm650"]
 
 
+@pytest.mark.slow
 def test_the_first_command_on_a_fresh_machine(tiny_models, published_classifiers, tmp_path):
     """README's first command, in a folder holding the sample: with a models
     folder unpacked from a bundle it runs; with nothing prepared and no network

@@ -175,6 +175,7 @@ def test_records_longer_than_a_shard_spread_over_shards_and_resume(models, refer
         assert same_within(output_dir / name, reference_run / name, 1e-6), name
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_write_what_one_process_writes(models, reference_run, tmp_path):
     output = tmp_path / "team"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -187,6 +188,7 @@ def test_two_processes_under_torchrun_write_what_one_process_writes(models, refe
         assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_a_slurm_array_scores_by_task_and_the_last_task_assembles(models, reference_run, tmp_path, monkeypatch,
                                                                    caplog):
     caplog.set_level(logging.INFO, logger="virnucpro")

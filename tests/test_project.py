@@ -1,7 +1,11 @@
 """The project's own files: scripts answer --help, environments agree, CI runs README's command."""
+import argparse
+import importlib
 import re
 import shlex
 import sys
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -43,43 +47,107 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "python -m pip install torch==2.13.0" in ci_commands
     # and the whole suite once more on the oldest supported transformers
     assert any('"transformers==4.57.*"' in line for line in ci_commands)
-    assert any(line.endswith("/bin/python -m pytest") for line in ci_commands[:-1])
+    assert any(line.endswith('/bin/python -m pytest -m "slow or not slow"') for line in ci_commands[:-1])
 
 
-def _scripts_named(command: str) -> list[str]:
-    return [word for word in shlex.split(command) if word.endswith(".py")]
+PIXI = tomllib.loads((ROOT / "pixi.toml").read_text())
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_pixi_tasks_name_existing_scripts_and_pins_agree():
-    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
-    tasks = pixi["tasks"]
-    assert "test" in tasks and tasks["test"] == "python -m pytest"
-    for name, command in tasks.items():
-        for script in _scripts_named(command):
-            assert (ROOT / script).is_file(), f"pixi task {name} names missing {script}"
-    torch_pin = pixi["pypi-dependencies"]["torch"]
+class Parsed(Exception):
+    """Raised by a script's argument parser, carrying it, before the script does anything."""
+
+    def __init__(self, parser):
+        super().__init__()
+        self.parser = parser
+
+
+def parser_of(script: str) -> argparse.ArgumentParser:
+    module = importlib.import_module(Path(script).stem)
+
+    def caught(parser, args=None, namespace=None):
+        raise Parsed(parser)
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", caught), pytest.raises(Parsed) as parsed:
+        module.main([])
+    return parsed.value.parser
+
+
+def check_command(words: list[str], where: str) -> None:
+    """``python <script> [arguments]``: the script exists, and takes every option given, with its value."""
+    assert words[0] == "python", where
+    if words[1:3] == ["-m", "pytest"]:
+        return
+    script, arguments = words[1], words[2:]
+    assert (ROOT / script).is_file(), f"{where} names missing {script}"
+    parser = parser_of(script)
+    options = parser._option_string_actions
+    k = 0
+    while k < len(arguments):
+        word = arguments[k]
+        if word.startswith("-"):
+            assert word in options, f"{where}: {script} has no option {word}"
+            action = options[word]
+            if action.nargs != 0:
+                value = (action.type or str)(arguments[k + 1])
+                assert action.choices is None or value in action.choices, f"{where}: {word} {value}"
+                k += 1
+        k += 1
+    required = [action for action in parser._actions if not action.option_strings and action.nargs is None]
+    if len([word for word in arguments if not word.startswith("-")]) >= len(required) > 0:
+        parser.parse_args(arguments)                     # a complete command line parses as a whole
+
+
+def test_pixi_tasks_and_compose_services_are_the_same_steps():
+    tasks = {name: shlex.split(command) for name, command in PIXI["tasks"].items()}
+    services = {name: service["entrypoint"] for name, service in COMPOSE["services"].items()}
+    assert tasks == services                             # same names, same commands, extra arguments appended
+    for name, words in tasks.items():
+        check_command(words, f"pixi task / compose service {name}")
+    predict = COMPOSE["services"]["predict"]
+    check_command(predict["entrypoint"] + predict["command"], "compose service predict with its default arguments")
+    assert tasks["test"] == ["python", "-m", "pytest"]
+
+
+def test_the_recipe_writes_where_the_next_step_reads():
+    """Each step's default output is the next step's default input, and in a folder compose mounts."""
+    import create_test_set
+    import evaluate_compare
+    import features_extract
+    import train_fastesm
+
+    mounted = {volume.split(":")[1].removeprefix("/app/") for volume in COMPOSE["x-virnucpro"]["volumes"]
+               if volume.startswith("./")}
+    extraction = features_extract.parse_args([])
+    training = train_fastesm.parse_args([])
+    evaluation = evaluate_compare.parse_args([])
+    assert training.merge_dir == extraction.merge_dir and evaluation.merge_dir == extraction.merge_dir
+    assert parser_of("scripts/create_test_set.py").get_default("output") == training.split == evaluation.split
+    for path in (extraction.merge_dir, training.split, evaluation.work_dir):
+        assert path.split("/")[0] in mounted, path
+    from virnucpro.checkpoints import TRAINED_DIR
+    assert training.output is None and evaluation.model is None and TRAINED_DIR in mounted
+
+
+def test_pins_agree_everywhere():
+    torch_pin = PIXI["pypi-dependencies"]["torch"]
     assert f"pip install --no-cache-dir torch{torch_pin}" in (ROOT / "Dockerfile").read_text()
     assert f"pip install torch{torch_pin}" in (ROOT / ".ci/run").read_text()
-    assert pixi["pypi-dependencies"]["virnucpro"]["path"] == "."          # the rest from pyproject
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "torch>=2.4" in pyproject["project"]["dependencies"]           # admits the pin
+    assert PIXI["pypi-dependencies"]["virnucpro"]["path"] == "."          # the rest from pyproject
+    assert "torch>=2.4" in PYPROJECT["project"]["dependencies"]           # admits the pin
 
 
-def test_docker_compose_services_run_existing_scripts_on_the_gpu():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert "hf-cache" in compose["volumes"]
-    for name, service in compose["services"].items():
+def test_docker_builds_the_package_and_sends_no_data():
+    for name, service in COMPOSE["services"].items():
         assert service["build"] == "."
         assert "hf-cache:/cache/huggingface" in service["volumes"] and "./models:/app/models" in service["volumes"]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
-        for script in _scripts_named(" ".join(service["command"])):
-            assert (ROOT / script).is_file(), f"compose service {name} names missing {script}"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
-    assert 'pip install --no-cache-dir -e ".[test]"' in dockerfile
     assert "HF_HOME=/cache/huggingface" in dockerfile and "VIRNUCPRO_MODELS=/app/models" in dockerfile
     before_install = dockerfile[:dockerfile.index('pip install --no-cache-dir -e ".[test]"')]
     copied = {name.rstrip("/") for line in re.findall(r"^COPY (.*) \S+$", before_install, re.M) for name in line.split()}
     assert set(INSTALLED) <= copied                        # the editable install needs what pyproject installs
-    assert compose["services"]["fetch-models"]["command"][-1] == "scripts/fetch_models.py"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"models", "data/*", "!data/sample.fasta", ".git"} <= set(ignored)

@@ -52,9 +52,16 @@ def read_tsv(path):
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
-def test_region_files_follow_the_chunking_and_the_input(models, tmp_path):
-    output = tmp_path / "out"
+@pytest.fixture(scope="module")
+def every_region(models, tmp_path_factory):
+    """The golden input with every viral region reported (--min-region 1)."""
+    output = tmp_path_factory.mktemp("regions") / "out"
     assert predictor.main(predict_args(models, output, "--min-region", "1")) == 0
+    return output
+
+
+def test_region_files_follow_the_chunking_and_the_input(every_region):
+    output = every_region
     inputs = {r.id: r.sequence for r in units.read_fasta(GOLDEN / "prediction/input.fasta")}
     summary = {row["Sequence_ID"]: row for row in read_tsv(output / "prediction_summary.tsv")}
     regions = read_tsv(output / "viral_regions.tsv")
@@ -80,10 +87,10 @@ def test_region_files_follow_the_chunking_and_the_input(models, tmp_path):
     assert run["chunks"] == sum(int(row["Chunks"]) for row in summary.values())
 
 
-def test_min_region_leaves_short_regions_out(models, tmp_path):
-    assert predictor.main(predict_args(models, tmp_path / "all", "--min-region", "1")) == 0
+@pytest.mark.slow
+def test_min_region_leaves_short_regions_out(models, every_region, tmp_path):
     assert predictor.main(predict_args(models, tmp_path / "long", "--min-region", "700")) == 0
-    every = read_tsv(tmp_path / "all/viral_regions.tsv")
+    every = read_tsv(every_region / "viral_regions.tsv")
     assert read_tsv(tmp_path / "long/viral_regions.tsv") == [r for r in every if int(r["length"]) >= 700]
 
 

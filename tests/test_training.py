@@ -223,7 +223,7 @@ def test_training_knows_the_chunk_length_of_its_features(workspace, tmp_path, mo
     args = train_args(workspace, "unused", "--epochs", "1")
     del args[args.index("--output"):args.index("--output") + 2]
     assert trainer.main(args) == 0
-    assert units.load_checkpoint(tmp_path / "model_fastesm650_300.pth")[1]["chunk_length"] == 300
+    assert units.load_checkpoint(tmp_path / "data/model_fastesm650_300.pth")[1]["chunk_length"] == 300   # by default in data/
     with pytest.raises(units.InputError, match="--length 500, but the features in .* come from 300-bp chunks"):
         trainer.main(args + ["--length", "500"])
     merge = make_merged(tmp_path / "merge", accessions=2)
@@ -417,6 +417,7 @@ def test_host_ceiling_benchmark_runs_the_prediction_path(tmp_path):
     assert 0 < stages["    of which padded batches (host)"] < stages["  of which encoders and classifier"]
 
 
+@pytest.mark.slow
 def test_environment_checks(tiny_models, capsys):
     status = environment.main(["--device", "cpu", "--protein-model", tiny_models["protein"]])
     lines = capsys.readouterr().out.splitlines()

@@ -97,14 +97,18 @@ def install_classifier(checkpoint: str, chunk_length: int, models: str | None = 
     return target
 
 
+TRAINED_DIR = "data"          # where train_fastesm.py writes its classifiers, and evaluation looks for them
+
+
 def default_checkpoint_path(given: str | None, chunk_length: int | None, pipeline: str = "fastesm650") -> str:
-    """``given`` itself, or ``model_<pipeline>_<length>.pth`` when it is a folder or not given."""
-    if given and not os.path.isdir(given):
+    """``given`` itself, or ``model_<pipeline>_<length>.pth`` in it when it is a folder (or ends with a
+    slash), or in ``data/`` when not given."""
+    if given is not None and not (os.path.isdir(given) or given.endswith(os.sep)):
         return given
     if chunk_length is None:
         raise InputError("the features do not record their chunk length, so the classifier's name is unknown; "
                          "give the checkpoint's path")
-    return os.path.join(given or "", f"model_{pipeline}_{chunk_length}.pth")
+    return os.path.join(TRAINED_DIR if given is None else given, f"model_{pipeline}_{chunk_length}.pth")
 
 
 class _PublishedMLP(torch.nn.Module):
