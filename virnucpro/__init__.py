@@ -2,15 +2,19 @@
 protein language-model embeddings of their stop-free frames.
 
 The card's functions are in ``units`` (beside this package); every other part
-of the tool is a module here, each one responsibility, imports flowing one way:
+of the tool is a module here, one responsibility each, imports flowing one way
+(nothing here imports ``units`` or a script). docs/layout.md has the table:
 
-- errors, log, cli, files: one-line errors, messages, how scripts run, reading and writing files
-- fasta, chunks, frames, genbank: sequences in, chunks and the id format, translation and frames
-- pins, modelfiles, loaders, dnabert_s, devices, precision: the models, where they are, how they load
+- errors, log, cli, files: one-line errors, the tool's messages, how scripts run, files in and out
+- fasta, chunks, frames, genbank: sequences in; chunks and the one id format; frames; annotations
+- pins, modelfiles, loaders, dnabert_s, devices, precision: what is downloaded, where models are,
+  how they load, the device and the dtypes
 - engine, features, checkpoints, calibration, calls: embedding and scoring, feature files,
-  classifiers, calibrated probabilities, the decision rules
-- shards, outputs, assembly, runs, predict, plots: a prediction run and its result files
-- genomes, selection, training, splits, metrics, evaluation, report: building, training and evaluating a model
-- fetching, random_models, published, synthetic: downloads, stand-in models and inputs for tests and benchmarks
+  classifier checkpoints, calibrated probabilities, the decision rules
+- shards, assembly, outputs, runs, predict, plots: a prediction run and its result files
+- genomes, selection, training, splits, metrics, evaluation, report: training data, training,
+  held-out splits and the evaluation
+- fetching, random_models, synthetic, published, benchmarks, host_ceiling: downloads, stand-in
+  models and inputs, the published per-codon method, timing
 """
 __version__ = "2.0.0.dev0"
