@@ -23,10 +23,10 @@ extraction.json records what the features depend on (pipeline, the models by
 snapshot commit or by their files, split size, seed): a re-run with anything
 different is refused, naming it, unless --restart redoes this selection.
 
-Several GPUs or nodes: run the same command under torchrun, accelerate launch
-or a SLURM array; each process takes files i, i+N, ... of the same selection by
-its rank (RANK/WORLD_SIZE, or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) and
-uses GPU LOCAL_RANK.
+Several GPUs or nodes: run the same command under torchrun or accelerate
+launch, or as a SLURM array with --slurm-array; each process takes files i,
+i+N, ... of the same selection by its rank (RANK/WORLD_SIZE, or
+SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) and uses GPU LOCAL_RANK.
 """
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ import units
 from virnucpro import selection
 from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.errors import InputError
+from virnucpro.cli import at_least
 from virnucpro.features import load_merged_file
+from virnucpro.files import check_writable
 from virnucpro.loaders import PIPELINES, load_dnabert_s
 from virnucpro.log import logger
 from virnucpro.modelfiles import model_folder
@@ -57,13 +59,16 @@ def parse_args(argv):
     parser.add_argument("--protein-model", help="protein model id or folder (default: the pipeline's)")
     parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
                                              f"${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
-    parser.add_argument("--dna-batch-tokens", type=int, default=DNA_TOKS_PER_BATCH,
+    parser.add_argument("--dna-batch-tokens", type=at_least(1), default=DNA_TOKS_PER_BATCH,
                         help="DNABERT-S tokens per batch (default %(default)s)")
-    parser.add_argument("--protein-batch-tokens", type=int, default=PROTEIN_TOKS_PER_BATCH,
+    parser.add_argument("--protein-batch-tokens", type=at_least(1), default=PROTEIN_TOKS_PER_BATCH,
                         help="protein-model tokens per batch (default %(default)s)")
-    parser.add_argument("--sequences-per-file", type=int, default=10000,
+    parser.add_argument("--sequences-per-file", type=at_least(1), default=10000,
                         help="frames per split file; only full files are used (default %(default)s, as published)")
     parser.add_argument("--seed", type=int, default=42, help="host sampling seed (default 42, as published)")
+    parser.add_argument("--slurm-array", action="store_true",
+                        help="share the selection among the tasks of the SLURM array job this is a task of: task "
+                             "i takes files i, i+N, ...")
     parser.add_argument("--restart", action="store_true",
                         help="extract this selection again, replacing features made with other settings")
     args = parser.parse_args(argv)
@@ -108,7 +113,8 @@ def extract_share(args, mine: list[selection.SplitFile], team: Team):
 
 def main(argv=None):
     args = parse_args(argv)
-    team = Team.from_environment()
+    check_writable(args.merge_dir, "--merge-dir", "the features")
+    team = Team.from_environment(args.slurm_array)
     pairs = selection.discover(args.data_dir)
     if not pairs:
         raise InputError(f"{args.data_dir}: no *{selection.NUCLEOTIDE_SUFFIX} files; run scripts/make_train_dataset.py")
@@ -122,7 +128,7 @@ def main(argv=None):
 
     rows = {"viral": 0, "host": 0}
     for split in mine:
-        checked = load_merged_file(split.merged(args.merge_dir))
+        checked = load_merged_file(split.merged(args.merge_dir), PIPELINES[args.pipeline].input_dim)
         rows["viral" if checked["label"] == 1 else "host"] += len(checked["ids"])
     logger.info(f"done: {len(todo)} files merged now, {len(mine) - len(todo)} before; {rows['viral']} viral "
                 f"and {rows['host']} host rows checked in {args.merge_dir}; {failed} sequences failed"

@@ -56,9 +56,10 @@ is not redone (--overwrite starts over); one run at a time writes into an
 output folder.
 
 Several GPUs or machines: under torchrun (--nproc-per-node, --nnodes) or as
-a SLURM array (sbatch --array=0-7 for 8 tasks), process k of N scores shards
-k+1, k+1+N, ...; the results are assembled once, by process 0 of torchrun or
-by the last array task to finish.
+a SLURM array with --slurm-array (sbatch --array=0-7 for 8 tasks), process k
+of N scores shards k+1, k+1+N, ...; the results are assembled once, by process
+0 of torchrun or by the last array task to finish. An array job whose tasks
+each run their own input needs nothing: each task is a run of its own.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ import units
 from virnucpro import outputs, predict
 from virnucpro.calibration import calibration_path, load_calibration
 from virnucpro.checkpoints import default_classifier
+from virnucpro.cli import at_least, fraction
 from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.errors import InputError
 from virnucpro.loaders import PIPELINES
@@ -87,16 +89,16 @@ def parse_args(argv):
     parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV}, else "
                                              f"{DEFAULT_MODELS_DIR})")
     parser.add_argument("-o", "--output-dir", help="output folder (default: <input without extension>_merged)")
-    parser.add_argument("--min-length", type=int,
+    parser.add_argument("--min-length", type=at_least(1),
                         help="shortest sequence scored, in bp (default: half the chunk length, 150 or 250); "
                              "shorter ones are listed as too_short")
-    parser.add_argument("--min-region", type=int,
+    parser.add_argument("--min-region", type=at_least(1),
                         help="shortest viral region reported, in bp (default: the chunk length)")
-    parser.add_argument("--min-score", type=float,
+    parser.add_argument("--min-score", type=fraction,
                         help="a sequence the chunk rule calls viral stays a virus call only when its calibrated "
                              "Viral_probability is at least this (0-1; needs a calibrated classifier); "
                              "else its call is below_threshold")
-    parser.add_argument("--max-fdr", type=float,
+    parser.add_argument("--max-fdr", type=fraction,
                         help="keep as virus calls only those with an FDR of at most this (0-1; needs a calibrated "
                              "classifier), e.g. 0.05; the others are called below_threshold")
     parser.add_argument("--uncalibrated", action="store_true",
@@ -109,12 +111,12 @@ def parse_args(argv):
                                             f"(default {DNABERT_S.hub_id})")
     parser.add_argument("--protein-model", help="protein model: Hugging Face id or local folder (default "
                                                 f"{FASTESM2_650.hub_id}, or {ESM2_3B.hub_id} for esm2_3b)")
-    parser.add_argument("--dna-batch-tokens", type=int, default=DNA_TOKS_PER_BATCH,
+    parser.add_argument("--dna-batch-tokens", type=at_least(1), default=DNA_TOKS_PER_BATCH,
                         help="DNABERT-S tokens per batch (default %(default)s; batches that run out of "
                              "GPU memory are split)")
-    parser.add_argument("--protein-batch-tokens", type=int, default=PROTEIN_TOKS_PER_BATCH,
+    parser.add_argument("--protein-batch-tokens", type=at_least(1), default=PROTEIN_TOKS_PER_BATCH,
                         help="protein-model tokens per batch (default %(default)s)")
-    parser.add_argument("--chunks-per-shard", type=int, default=predict.CHUNKS_PER_SHARD,
+    parser.add_argument("--chunks-per-shard", type=at_least(1), default=predict.CHUNKS_PER_SHARD,
                         help="chunks processed together; bounds memory and the work redone on resume "
                              "(default %(default)s)")
     parser.add_argument("--keep-intermediate", action="store_true",
@@ -123,23 +125,17 @@ def parse_args(argv):
     parser.add_argument("--plot", action="store_true",
                         help=f"also draw prediction.png: chunk scores and viral regions along the {PLOTTED_SEQUENCES} "
                              "sequences with the highest viral scores")
+    parser.add_argument("--slurm-array", action="store_true",
+                        help="share this run among the tasks of the SLURM array job it is a task of (sbatch "
+                             "--array=0-7 gives 8 tasks): each scores its part of the shards, the last to finish "
+                             "assembles; without it every task is a run of its own")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over: redo a finished run, replace a run of other settings or the result "
                              "files of something else in the output folder")
     args = parser.parse_args(argv)
-    for option in ("dna_batch_tokens", "protein_batch_tokens", "chunks_per_shard"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be at least 1")
     min_length, min_region = predict.default_limits(args.expect_length)
     args.min_region = min_region if args.min_region is None else args.min_region
     args.min_length = min_length if args.min_length is None else args.min_length
-    for option in ("min_region", "min_length"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be at least 1")
-    for option in ("min_score", "max_fdr"):
-        value = getattr(args, option)
-        if value is not None and not 0 <= value <= 1:
-            parser.error(f"--{option.replace('_', '-')} must be between 0 and 1")
     if args.uncalibrated and (args.min_score is not None or args.max_fdr is not None):
         parser.error("--min-score and --max-fdr filter on calibrated probabilities; leave out --uncalibrated")
     return args
@@ -168,7 +164,7 @@ def main(argv=None):
         device=args.device, dna_model=args.dna_model, protein_model=args.protein_model, models_dir=args.models_dir,
         dna_batch_tokens=args.dna_batch_tokens, protein_batch_tokens=args.protein_batch_tokens,
         chunks_per_shard=args.chunks_per_shard, keep_intermediate=args.keep_intermediate, plot=args.plot,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, slurm_array=args.slurm_array)
     counts = predict.run(request, classifier, metadata, calibration)
     if counts is not None:
         logger.info(outputs.report(counts, args.min_length, request.output_dir))

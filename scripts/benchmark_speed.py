@@ -50,7 +50,7 @@ import units
 from virnucpro import predict, random_models, synthetic
 from virnucpro.benchmarks import device_name, timed
 from virnucpro.checkpoints import HIDDEN_DIM
-from virnucpro.cli import run_cli
+from virnucpro.cli import at_least, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.errors import InputError
@@ -118,7 +118,7 @@ def time_end_to_end(args, device) -> list[dict]:
                 dna_model=args.dna_model, protein_model=args.fastesm_model if name == "fastesm650" else
                 args.esm2_3b_model, models_dir=args.models_dir, dna_batch_tokens=DNA_TOKS_PER_BATCH,
                 protein_batch_tokens=PROTEIN_TOKS_PER_BATCH, chunks_per_shard=predict.CHUNKS_PER_SHARD,
-                keep_intermediate=False, plot=False, overwrite=False)
+                keep_intermediate=False, plot=False, overwrite=False, slurm_array=False)
             seconds = timed(lambda: predict.run(request, classifier, metadata, None), device)
         rows.append({"pipeline": name, "seconds": seconds, "reads": reads, "reads_per_s": reads / seconds})
     if not rows:
@@ -142,7 +142,8 @@ def host_ceiling(args) -> dict:
             output_dir=os.path.join(folder, "out"), min_length=min_length, min_region=min_region, min_score=None,
             max_fdr=None, device="cpu", dna_model=TOKENIZER_FOLDER, protein_model=PROTEIN_FOLDER, models_dir=None,
             dna_batch_tokens=DNA_TOKS_PER_BATCH, protein_batch_tokens=PROTEIN_TOKS_PER_BATCH,
-            chunks_per_shard=predict.CHUNKS_PER_SHARD, keep_intermediate=False, plot=False, overwrite=False)
+            chunks_per_shard=predict.CHUNKS_PER_SHARD, keep_intermediate=False, plot=False, overwrite=False,
+            slurm_array=False)
         description = (f"one {args.contig_length}-bp contig" if args.contig_length else
                        f"{reads} reads of {ORF_READ_LENGTH} bp")
         return measure(request, classifier, metadata, description)
@@ -179,9 +180,9 @@ def write_end_to_end_report(path, device, rows) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    parser.add_argument("--sequences", type=int, help="proteins per run (default 2000 on a GPU, 16 on a CPU)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (default 3)")
-    parser.add_argument("--toks-per-batch", type=int, default=PROTEIN_TOKS_PER_BATCH,
+    parser.add_argument("--sequences", type=at_least(1), help="proteins per run (default 2000 on a GPU, 16 on a CPU)")
+    parser.add_argument("--runs", type=at_least(1), default=3, help="timed runs after the warm-up (default 3)")
+    parser.add_argument("--toks-per-batch", type=at_least(1), default=PROTEIN_TOKS_PER_BATCH,
                         help="tokens per batch (default %(default)s)")
     parser.add_argument("--reads", default=SAMPLE, help="sample reads (default: data/sample.fasta)")
     parser.add_argument("--fastesm-model", help=f"FastESM2_650 id or folder (default {FASTESM2_650.hub_id})")
@@ -197,14 +198,10 @@ def main(argv=None):
                         help="time the prediction path with zero-cost stand-in encoders (--sequences reads, "
                              f"default {HOST_CEILING_READS:,}: enough to outweigh the start-up)")
     parser.add_argument("--json", help="with --host-ceiling: write the result to this JSON file")
-    parser.add_argument("--contig-length", type=int, metavar="BP",
+    parser.add_argument("--contig-length", type=at_least(1), metavar="BP",
                         help="with --host-ceiling: one synthetic contig of this length instead of reads")
     parser.add_argument("--report", default="reports/speed_benchmark.md", help="report path (default: %(default)s)")
     args = parser.parse_args(argv)
-    for option, value in (("--runs", args.runs), ("--sequences", args.sequences),
-                          ("--contig-length", args.contig_length)):
-        if value is not None and value < 1:
-            parser.error(f"{option} must be at least 1")
     if args.host_ceiling:
         result = host_ceiling(args)
         print_result(result)

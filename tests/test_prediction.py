@@ -196,20 +196,35 @@ def test_a_slurm_array_scores_by_task_and_the_last_task_assembles(models, refere
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")                 # sbatch --array=3-4: 4 shards, 2 each
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")                  # tasks start in any order, one at a time
-    assert prediction.main(predict_args(models, output, "--plot")) == 0
+    assert prediction.main(predict_args(models, output, "--plot", "--slurm-array")) == 0
     assert "2 of 4 shards wait for other tasks" in caplog.text
-    assert sorted(p.name for p in (output / "shards").iterdir()) == ["000002", "000004"]
+    assert sorted(p.name for p in (output / "shards").iterdir()) == [outputs.SHARDS_MARK, "000002", "000004"]
     assert not (output / "prediction_summary.tsv").exists()
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
-    assert prediction.main(predict_args(models, output, "--plot")) == 0
+    assert prediction.main(predict_args(models, output, "--plot", "--slurm-array")) == 0
     assert "40 sequences: " in caplog.text and not (output / "shards").exists()
     for name in outputs.RESULT_FILES:
         assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
     with pytest.raises(units.InputError, match="--overwrite in a SLURM array would make every task start over"):
-        prediction.main(predict_args(models, output, "--overwrite"))
+        prediction.main(predict_args(models, output, "--overwrite", "--slurm-array"))
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     with pytest.raises(units.InputError, match="is not one of 2 consecutive tasks"):
-        prediction.main(predict_args(models, output))
+        prediction.main(predict_args(models, output, "--slurm-array"))
+
+
+def test_each_task_of_an_array_of_inputs_is_a_run_of_its_own(models, reference_run, tmp_path, monkeypatch):
+    """sbatch --array=0-3, one FASTA a task (the usual pattern): a task without --slurm-array scores its whole
+    input and writes its results, as one process does."""
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert prediction.main(predict_args(models, tmp_path / "task_2", "--plot")) == 0
+    for name in outputs.RESULT_FILES:
+        assert (tmp_path / "task_2" / name).read_bytes() == (reference_run / name).read_bytes(), name
+    for name in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name)
+    with pytest.raises(units.InputError, match="--slurm-array: this is not a task of a SLURM array job"):
+        prediction.main(predict_args(models, tmp_path / "alone", "--slurm-array"))
 
 
 def test_a_lock_can_be_waited_for(tmp_path, monkeypatch):

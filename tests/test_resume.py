@@ -1,6 +1,7 @@
 """A resumed prediction never mixes models: a run is bound to the content of
 its classifier and models; one process writes into an output folder; input
 may come through a pipe."""
+import contextlib
 import json
 import os
 import shutil
@@ -145,7 +146,7 @@ def test_a_killed_run_leaves_a_lock_that_the_next_run_takes_over(models, clean_s
     assert prediction.main(sample_args(models, output)) == 0
     assert "taking over the lock of a run that ended without releasing it" in caplog.text
     assert results(output) == results(clean_sample_run)
-    assert not (output / units.LOCK_FILE).exists() and not (output / runs.SPOOL_FILE).exists()
+    assert not (output / units.LOCK_FILE).exists() and not (output / outputs.SPOOL_FILE).exists()
 
 
 def test_input_through_a_pipe_gives_the_file_results(models, clean_sample_run, tmp_path):
@@ -204,3 +205,93 @@ def test_an_input_replaced_during_the_run_stops_with_one_line(models, tmp_path, 
     assert "--overwrite" in message
     assert not [name for name in os.listdir(output) if name not in ("run.json", "shards")]
     assert json.loads((output / "run.json").read_text())["status"] == "running"
+
+
+# ------------------------------------------------------------ SIGTERM and a full disk: one line, and a rerun resumes
+GOLDEN_INPUT = ROOT / "tests/data/golden/prediction/input.fasta"     # 377 chunks: 8 shards of 50
+
+
+def golden_args(models, output):
+    args = predict_args(models, output, input_fasta=GOLDEN_INPUT)
+    args[args.index("--chunks-per-shard") + 1] = "50"
+    return args
+
+
+def start_run(models, output):
+    return subprocess.Popen([sys.executable, str(ROOT / "prediction.py"), *golden_args(models, output)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_shards(output, count, process, seconds=300):
+    for _ in range(int(seconds / 0.05)):
+        if len(list(output.glob("shards/*/chunks.tsv"))) >= count or process.poll() is not None:
+            return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def clean_golden_run(models, tmp_path_factory):
+    output = tmp_path_factory.mktemp("clean_golden") / "out"
+    assert prediction.main(golden_args(models, output)) == 0
+    return output
+
+
+@pytest.mark.slow
+def test_sigterm_releases_the_folder_and_the_run_resumes(models, clean_golden_run, tmp_path):
+    """What SLURM sends at a time limit and on scancel: handled as Ctrl-C is."""
+    output = tmp_path / "out"
+    run = start_run(models, output)
+    wait_for_shards(output, 2, run)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM); run the same command again")
+    assert not (output / units.LOCK_FILE).exists() and not (output / "prediction_summary.tsv").exists()
+    assert 2 <= len(list(output.glob("shards/*/chunks.tsv"))) < 8
+    assert prediction.main(golden_args(models, output)) == 0
+    assert results(output) == results(clean_golden_run)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4-MB file system of its own (root, and the right to mount, are needed; else the test is skipped)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this machine does not let tests mount a tmpfs")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_the_run_is_one_line_and_the_run_resumes(models, clean_golden_run, small_disk):
+    output, filler = small_disk / "out", small_disk / "filler"
+    run = start_run(models, output)
+    wait_for_shards(output, 1, run)
+    with open(filler, "wb") as handle:                   # someone else fills the disk
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(bytes(1 << 16))
+                handle.flush()
+    _, stderr = run.communicate(timeout=300)
+    lines = stderr.strip().splitlines()
+    assert run.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    assert lines[-1].startswith("error: ") and "no space left on its disk" in lines[-1], lines[-1]
+    assert "run the same command again" in lines[-1]
+    assert not (output / units.LOCK_FILE).exists() and not (output / "prediction_summary.tsv").exists()
+    filler.unlink()
+    assert prediction.main(golden_args(models, output)) == 0
+    assert results(output) == results(clean_golden_run)
+
+
+def test_a_lock_no_run_wrote_whole_is_taken_over(tmp_path, caplog):
+    """An empty lock (an older version on a full disk) blocks nothing; this version never leaves one."""
+    (tmp_path / units.LOCK_FILE).write_text("")
+    with runs.folder_lock(tmp_path):
+        holder = json.loads((tmp_path / units.LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+    assert "taking over the lock of a run that ended without releasing it" in caplog.text
+    assert not (tmp_path / units.LOCK_FILE).exists()

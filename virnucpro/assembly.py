@@ -23,8 +23,9 @@ from .calls import chunk_is_viral, sequence_calls, thresholded_call, viral_regio
 from .errors import InputError
 from .fasta import FastaRecord, read_fasta
 from .files import atomic_write
+from .inputs import Input
 from .outputs import (CHUNK_HEADER, CHUNKS_FILE, FRAME_HEADER, FRAMES_FILE, PLOT_FILE, PLOTTED_SEQUENCES,
-                      SUMMARY_FILE, SUMMARY_HEADER, UNCALIBRATED, Hits, probability_cells)
+                      RESULT_FILES, SUMMARY_FILE, SUMMARY_HEADER, UNCALIBRATED, Hits, probability_cells)
 from .plots import plot_chunk_scores
 from .shards import DONE_MARK, checksum, read_columns
 
@@ -166,8 +167,8 @@ def checked_record(sequences: Iterator[FastaRecord], input_name: str, record_id:
                      "--overwrite on the input as it is now")
 
 
-def write_outputs(output_dir: str, input_path: str, input_name: str, shard_folders: list[str], calls: Calls,
-                  chunk_size: int, min_region: int, plot: bool) -> dict:
+def write_outputs(output_dir: str, source: Input, shard_folders: list[str], calls: Calls, chunk_size: int,
+                  min_region: int, plot: bool) -> dict:
     """Assemble the final files from the shards and the input's sequences (each
     file written atomically); returns the run's counts: sequences per call,
     chunks, viral sequences and regions."""
@@ -175,7 +176,7 @@ def write_outputs(output_dir: str, input_path: str, input_name: str, shard_folde
     chunks = 0
     plotted: list = []                      # a heap of the sequences with the highest viral scores
     calibrated = calls.calibration is not None
-    sequences = read_fasta(input_path, alphabet="dna", keep_empty=True)
+    sequences = read_fasta(source.path, alphabet="dna", keep_empty=True, name=source.name)
     # every file is renamed into place only once all are complete: a stopped assembly leaves none
     with atomic_write(f"{output_dir}/{FRAMES_FILE}") as frames_out, \
             atomic_write(f"{output_dir}/{CHUNKS_FILE}") as chunks_out, \
@@ -196,7 +197,7 @@ def write_outputs(output_dir: str, input_path: str, input_name: str, shard_folde
             records = block.records
             for record_id, length, skipped, crc in zip(records["record_id"], records["length"], records["skipped"],
                                                        records["checksum"]):
-                sequence = checked_record(sequences, input_name, record_id, length, crc)
+                sequence = checked_record(sequences, source.name, record_id, length, crc)
                 if skipped:
                     summary_out.write(f"{record_id}\t{length}\t0\t0\t0\tNA\t{skipped}\tNA\tNA\n")
                     counted[skipped] += 1
@@ -222,10 +223,11 @@ def write_outputs(output_dir: str, input_path: str, input_name: str, shard_folde
                     (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
         extra = next(sequences, None)
         if extra is not None:
-            raise InputError(f"{input_name}: the input changed during the run: record {extra.number}, "
+            raise InputError(f"{source.name}: the input changed during the run: record {extra.number}, "
                              f"'{extra.id}', is new; run prediction again with --overwrite on the input as it is now")
     counts = {"sequences": sum(counted.values()), "calls": dict(counted), "chunks": chunks,
-              "viral_sequences": hits.viral_sequences, "viral_regions": hits.regions}
+              "viral_sequences": hits.viral_sequences, "viral_regions": hits.regions,
+              "files": [*RESULT_FILES, *[PLOT_FILE] * bool(plot and plotted)]}
     if plot and plotted:
         shown = sorted(plotted, reverse=True)
         title = (f"the {len(shown)} of {counts['sequences']} sequences with the highest viral scores"

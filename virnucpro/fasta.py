@@ -5,12 +5,13 @@ file stops with one line naming the file, the record or line and the fix.
 """
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from typing import Iterator, NamedTuple
 
 from .errors import InputError
-from .files import READ_ERRORS, atomic_write, open_binary
+from .files import READ_ERRORS, atomic_write, is_disk_full, open_binary
 from .log import logger, warn_once
 
 IUPAC_NUCLEOTIDES = "ACGTURYSWKMBDHVN"
@@ -49,8 +50,8 @@ class _RecordIds:
     of that id found, by reading the file again up to it. A pipe cannot be
     read twice, so for one the ids themselves are kept."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, name: str):
+        self.path, self.name = path, name
         self.hashes: set[int] = set()
         self.ids: dict[str, tuple[int, int]] | None = None if os.path.isfile(path) else {}
 
@@ -64,34 +65,51 @@ class _RecordIds:
             return
         if first != (number, line):
             raise InputError(
-                f"{self.path}: duplicate record id '{record_id}' at record {first[0]} (line {first[1]}) "
+                f"{self.name}: duplicate record id '{record_id}' at record {first[0]} (line {first[1]}) "
                 f"and record {number} (line {line}); record ids must be unique, rename one of them")
 
     def _first_record(self, record_id: str) -> tuple[int, int]:
         """(number, header line) of the first record with this id: the one
         being read when its hash matched another id's."""
-        lines = _numbered_lines(self.path)
+        lines = _numbered_lines(self.path, self.name)
         first = next((number, line) for number, line in lines if line)
         entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
         return next((number, line) for number, (title, line, _)
-                    in enumerate(entries(self.path, itertools.chain([first], lines)), start=1)
+                    in enumerate(entries(self.name, itertools.chain([first], lines)), start=1)
                     if title.split(None, 1)[0] == record_id)
 
 
-def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """``(line number, stripped line)`` of a text file, decoded line by line
-    so that bytes that are not UTF-8 are reported with their line."""
-    with open_binary(path) as stream:
-        for number, raw in enumerate(stream, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise InputError(f"{path}: line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at "
-                                 f"column {error.start + 1}); save the file as plain UTF-8 or ASCII") from None
-            yield number, (line.removeprefix("\ufeff") if number == 1 else line).strip()
+MAX_LINE = 1 << 29        # characters: a longer line is refused before more of it is read
 
 
-def _fasta_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
+def _numbered_lines(path: str, name: str, tap=None) -> Iterator[tuple[int, str]]:
+    """``(line number, stripped line)`` of a text file. Lines may end in LF,
+    CRLF or CR (old Mac editors); bytes that are not UTF-8 are reported with
+    their line and column; a line is read at most ``MAX_LINE`` characters at
+    a time, so a file without line ends cannot fill the memory."""
+    with open_binary(path, name, tap) as stream:
+        readline = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=None).readline
+        number = 0
+        while line := readline(MAX_LINE):
+            number += 1
+            if not line.isascii():
+                _check_utf8(line, name, number)
+            if len(line) == MAX_LINE and not line.endswith("\n"):
+                raise InputError(f"{name}: line {number} is longer than {MAX_LINE:,} characters; a FASTA or FASTQ "
+                                 "file has shorter lines (wrap long sequences, e.g. seqkit seq -w 80)")
+            yield number, line.strip()
+
+
+def _check_utf8(line: str, name: str, number: int) -> None:
+    """Refuse a line holding bytes that are not UTF-8 (decoded as lone surrogates), naming the first."""
+    bad = next((k for k, char in enumerate(line) if "\udc80" <= char <= "\udcff"), None)
+    if bad is not None:
+        column = len(line[:bad].encode("utf-8", "surrogateescape")) + 1
+        raise InputError(f"{name}: line {number} is not UTF-8 text (byte {ord(line[bad]) - 0xdc00:#04x} at column "
+                         f"{column}); save the file as plain UTF-8 or ASCII")
+
+
+def _fasta_entries(name: str, lines) -> Iterator[tuple[str, int, str]]:
     """``(header, header line number, sequence lines joined)`` of FASTA text."""
     header, header_line, parts = None, 0, []
     for number, line in lines:
@@ -102,7 +120,7 @@ def _fasta_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
                 yield header, header_line, "".join(parts)
             header, header_line, parts = line[1:].strip(), number, []
         elif header is None:
-            raise InputError(f"{path}: not a FASTA file (line {number} comes before any '>' header); "
+            raise InputError(f"{name}: not a FASTA file (line {number} comes before any '>' header); "
                              "expected FASTA records ('>id') or FASTQ records ('@id')")
         else:
             parts.append(line)
@@ -110,13 +128,13 @@ def _fasta_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
         yield header, header_line, "".join(parts)
 
 
-def _fastq_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
+def _fastq_entries(name: str, lines) -> Iterator[tuple[str, int, str]]:
     """``(header, header line number, sequence)`` of FASTQ text: four lines a
     record (``@id``, sequence, ``+``, qualities), blank lines between records."""
     for number, line in lines:
         if not line:
             continue
-        where = f"{path}: the FASTQ record at line {number}"
+        where = f"{name}: the FASTQ record at line {number}"
         if not line.startswith("@"):
             raise InputError(f"{where} does not start with '@'; a FASTQ record is four lines: "
                              "@id, sequence, +, qualities")
@@ -131,10 +149,10 @@ def _fastq_entries(path: str, lines) -> Iterator[tuple[str, int, str]]:
         yield line[1:].strip(), number, sequence[1]
 
 
-def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
-               keep_empty: bool = False) -> Iterator[FastaRecord]:
+def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty: bool = False,
+               name: str | None = None, tap=None) -> Iterator[FastaRecord]:
     """Stream the records of a FASTA or FASTQ file (told apart by content;
-    plain, gzip, bzip2 or xz), validated.
+    plain, gzip, bzip2, xz or zstd; ``-`` is standard input), validated.
 
     ``alphabet`` is ``"dna"`` (IUPAC nucleotide codes), ``"protein"`` (letters)
     or ``None`` (no check of the residues). Lower case is accepted; spaces and
@@ -146,10 +164,12 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
     not UTF-8, a malformed FASTQ record, a residue outside the alphabet, a
     duplicate record id, a header without an id, or a file without any
     sequence. A record without sequence is skipped with a warning, or yielded
-    with ``keep_empty``.
+    with ``keep_empty``. Messages call the file ``name`` (default: its path);
+    ``tap`` reads its raw bytes through (``files.open_binary``).
     """
     path = os.fspath(path)
-    record_ids = _RecordIds(path)
+    name = name or path
+    record_ids = _RecordIds(path, name)
     with_sequence = 0
     rna_seen = False
 
@@ -157,14 +177,14 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
         nonlocal rna_seen
         record_id = title.split(None, 1)[0] if title.strip() else ""
         if not record_id:
-            raise InputError(f"{path}: record {number} (line {line}) has a header without an id; give every "
+            raise InputError(f"{name}: record {number} (line {line}) has a header without an id; give every "
                              "record an id after '>'")
         record_ids.add(record_id, number, line)
         if " " in sequence or "\t" in sequence:
             sequence = sequence.replace(" ", "").replace("\t", "")
         if not sequence:
             if not keep_empty:
-                logger.warning(f"{path}: record '{record_id}' (record {number}, line {line}) has no sequence; "
+                logger.warning(f"{name}: record '{record_id}' (record {number}, line {line}) has no sequence; "
                                "skipped")
                 return None
         elif alphabet is not None:
@@ -172,32 +192,34 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna",
             if invalid is not None:
                 letters, what = _ALPHABETS[alphabet]
                 raise InputError(
-                    f"{path}: record '{record_id}' (record {number}, line {line}) contains {invalid!r}, which is "
+                    f"{name}: record '{record_id}' (record {number}, line {line}) contains {invalid!r}, which is "
                     f"not {what} ({letters}); fix or remove that record")
         if alphabet == "dna" and ("U" in sequence or "u" in sequence):
             if not rna_seen:
-                warn_once(f"{path}: record '{record_id}' (record {number}, line {line}) holds U (RNA); U is read "
+                warn_once(f"{name}: record '{record_id}' (record {number}, line {line}) holds U (RNA); U is read "
                           "as T in it and in every other record of this file")
                 rna_seen = True
             sequence = sequence.replace("U", "T").replace("u", "t")
         return FastaRecord(record_id, title, sequence, number, line)
 
     try:
-        lines = _numbered_lines(path)
+        lines = _numbered_lines(path, name, tap)
         first = next(((number, line) for number, line in lines if line), None)
         if first is None:
-            raise InputError(f"{path}: the file is empty; expected FASTA records ('>id') or FASTQ records ('@id')")
+            raise InputError(f"{name}: the file is empty; expected FASTA records ('>id') or FASTQ records ('@id')")
         entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
-        for number, (title, line, sequence) in enumerate(entries(path, itertools.chain([first], lines)), start=1):
+        for number, (title, line, sequence) in enumerate(entries(name, itertools.chain([first], lines)), start=1):
             record = record_of(number, title, line, sequence)
             if record is not None:
                 with_sequence += bool(record.sequence)
                 yield record
     except READ_ERRORS as error:
-        raise InputError(f"{path}: not a readable FASTA/FASTQ file, or a damaged compressed one "
+        if is_disk_full(error):                 # writing a spool of it: the disk's fault, not the file's
+            raise
+        raise InputError(f"{name}: not a readable FASTA/FASTQ file, or a damaged compressed one "
                          f"({error.__class__.__name__}: {error})") from None
     if with_sequence == 0:
-        raise InputError(f"{path}: no record has a sequence")
+        raise InputError(f"{name}: no record has a sequence")
 
 
 def write_fasta_record(handle, record_id: str, sequence: str, width: int | None = None) -> None:

@@ -17,17 +17,18 @@ from unittest import mock
 
 import torch
 
-from . import assembly, engine, predict, shards
-from .loaders import PIPELINES, Pipeline, esm_tokenizer
+from . import assembly, engine, inputs, predict, shards
+from .loaders import ESM2_ALPHABET, PIPELINES, Pipeline, esm_tokenizer
 from .pins import DNA_DIM, FASTESM2_650
 
 
 class StandInModel(torch.nn.Module):
-    """Where a language model would be: its output width and a parameter (for its device and dtype)."""
+    """Where a language model would be: its output width, its vocabulary, and a parameter (for its device
+    and dtype)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, vocab_size: int):
         super().__init__()
-        self.config = types.SimpleNamespace(hidden_size=width)
+        self.config = types.SimpleNamespace(hidden_size=width, vocab_size=vocab_size)
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
 
@@ -62,7 +63,7 @@ class StageClock:
 # work runs in line (on a GPU, a background thread runs it while the device works).
 SCORING_STAGE = "  of which encoders and classifier"
 BATCHING_STAGE = "    of which padded batches (host)"
-STAGES = (("input check and count", shards, "count_chunks"),
+STAGES = (("input check and count", inputs, "count_chunks"),
           ("host work: chunks, frames, tokens", shards, "prepare_shard"),
           ("  of which DNA tokenization", engine, "dna_tokens"),
           ("  of which protein tokenization", engine, "protein_tokens"),
@@ -84,10 +85,11 @@ def measure(request: predict.Request, classifier: torch.nn.Module, metadata: dic
     clock = StageClock()
     dna_tokenizer = PreTrainedTokenizerFast.from_pretrained(request.dna_model, local_files_only=True)
     stand_in = Pipeline("fastesm650", FASTESM2_650,
-                        lambda *_, **__: (StandInModel(FASTESM2_650.dim), esm_tokenizer()))
+                        lambda *_, **__: (StandInModel(FASTESM2_650.dim, len(ESM2_ALPHABET)), esm_tokenizer()))
     with contextlib.ExitStack() as patches:
         patches.enter_context(mock.patch.object(predict, "load_dnabert_s",
-                                                lambda *_, **__: (StandInModel(DNA_DIM), dna_tokenizer)))
+                                                lambda *_, **__: (StandInModel(DNA_DIM, len(dna_tokenizer)),
+                                                                  dna_tokenizer)))
         patches.enter_context(mock.patch.dict(PIPELINES, {"fastesm650": stand_in}))
         for encoder in ("DnaEncoder", "ProteinEncoder"):
             patches.enter_context(mock.patch.object(engine, encoder, ZeroCostEncoder))

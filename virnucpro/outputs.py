@@ -16,7 +16,7 @@ from .chunks import chunk_of_frame, split_chunk_id
 from .errors import InputError
 from .fasta import FastaRecord, write_fasta_record
 from .files import atomic_write
-from .runs import LOCK_FILE, SPOOL_FILE, changed_settings, read_record
+from .runs import LOCK_FILE, changed_settings, read_record
 
 # The files of an output folder; RESULT_FILES make a complete run.
 FRAMES_FILE = "prediction_results.txt"
@@ -27,6 +27,8 @@ RESULT_FILES = (FRAMES_FILE, CHUNKS_FILE, SUMMARY_FILE, *HIT_FILES)
 PLOT_FILE = "prediction.png"
 RUN_FILE = "run.json"
 SHARDS = "shards"                    # the shards' tables while the run lasts (shards.py)
+SHARDS_MARK = ".virnucpro-shards"    # in shards/: the tool made this folder, and may remove it
+SPOOL_FILE = ".input.spool"          # input read from a pipe, while the run lasts (inputs.py)
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt")
 REGION_COLUMNS = ["sequence_id", "start", "end", "length", "chunks", "mean_score", "max_score"]
@@ -41,7 +43,8 @@ PLOTTED_SEQUENCES = 20
 
 def default_output_dir(input_fasta: str) -> str:
     """``reads.fasta(.gz)`` -> ``reads_merged`` beside it, as published."""
-    if os.path.exists(input_fasta) and not os.path.isfile(input_fasta) and not os.path.isdir(input_fasta):
+    if input_fasta == "-" or os.path.exists(input_fasta) and not os.path.isfile(input_fasta) \
+            and not os.path.isdir(input_fasta):
         raise InputError(f"{input_fasta}: input from a pipe needs an output folder; give -o")
     stem = input_fasta[:-3] if input_fasta.endswith(".gz") else input_fasta
     for suffix in FASTA_SUFFIXES:
@@ -111,20 +114,29 @@ def report(counts: dict, min_length: int, output_dir: str) -> str:
             + f"; results in {output_dir}/")
 
 
+RUN_FIX = "move it away or give another -o"
+
+
 def read_run(output_dir: str) -> dict | None:
-    """The folder's run.json, or None when it has none."""
-    return read_record(f"{output_dir}/{RUN_FILE}", "prediction.py",
-                       "give another -o, or --overwrite to start over in that folder", keys=("settings",))
+    """The folder's run.json, or None when it has none; a run.json this tool did not write is refused:
+    it is never replaced, nor taken for a run's record."""
+    return read_record(f"{output_dir}/{RUN_FILE}", "prediction.py", RUN_FIX, keys=("settings", "status"))
 
 
 def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
     """``new``, ``resume`` or ``complete``. A folder holding another run or
     files of something else is refused, unless ``overwrite`` (then ``new``)."""
-    if not os.path.isdir(output_dir) or overwrite:
+    if not os.path.isdir(output_dir):
         return "new"
     run = read_run(output_dir)
+    shards = f"{output_dir}/{SHARDS}"
+    if run is None and os.path.isdir(shards) and os.listdir(shards) and not own_shards(output_dir):
+        raise InputError(f"{shards}: a folder this tool did not write, which a run would use for its shards; "
+                         f"{RUN_FIX}")
+    if overwrite:
+        return "new"
     if run is None:
-        others = sorted(set(os.listdir(output_dir)) - {LOCK_FILE, SPOOL_FILE})
+        others = sorted(set(os.listdir(output_dir)) - {LOCK_FILE, SPOOL_FILE, SHARDS})   # shards: checked above
         if others:
             raise InputError(f"{output_dir} holds files but no prediction run of this tool "
                              f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give another "
@@ -142,7 +154,7 @@ def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
 
 def write_run(output_dir: str, settings: dict, status: str, counts: dict | None = None) -> None:
     """run.json: the settings, the state, and once complete the counts (sequences per call, chunks, viral
-    sequences, regions) and the thresholds that made them."""
+    sequences, regions), the files written and the thresholds that made them."""
     thresholds = {key: settings[key] for key in ("min_length", "min_region", "min_score", "max_fdr")}
     thresholds["scores"] = "calibrated" if settings["calibration"] else UNCALIBRATED
     with atomic_write(f"{output_dir}/{RUN_FILE}") as handle:
@@ -150,12 +162,52 @@ def write_run(output_dir: str, settings: dict, status: str, counts: dict | None 
                   handle, indent=1)
 
 
-def start_over(output_dir: str) -> None:
-    """Remove what a previous run left, so that no old result outlives a new run."""
-    shutil.rmtree(f"{output_dir}/{SHARDS}", ignore_errors=True)
-    for name in (*RESULT_FILES, PLOT_FILE, RUN_FILE):
+def start_over(output_dir: str, input_path: str, plot: bool) -> None:
+    """Remove what a previous run of this tool left (its run.json, shards and plot) and the result files,
+    so that no old result outlives a new run; nothing else of the folder. The input itself, when it is one
+    of them (the viral sequences of an earlier run, say), is never removed: the run is refused."""
+    previous = read_run(output_dir) or {}
+    replaced = [*RESULT_FILES, RUN_FILE] + [PLOT_FILE] * (PLOT_FILE in previous.get("files", ()))
+    given = os.path.realpath(input_path) if input_path != "-" else None
+    inside = [name for name in replaced if os.path.realpath(f"{output_dir}/{name}") == given]
+    if given and os.path.commonpath([given, os.path.realpath(f"{output_dir}/{SHARDS}")]) == \
+            os.path.realpath(f"{output_dir}/{SHARDS}"):
+        inside.append(SHARDS)
+    if inside:
+        raise InputError(f"{input_path}: the input is the {inside[0]} a run in {output_dir} replaces; copy it "
+                         "elsewhere or give another -o")
+    if plot and os.path.exists(f"{output_dir}/{PLOT_FILE}") and PLOT_FILE not in replaced:
+        raise InputError(f"{output_dir}/{PLOT_FILE}: a plot this tool did not draw, which --plot would replace; "
+                         f"{RUN_FIX}")
+    remove_shards(output_dir)
+    for name in replaced:
         with contextlib.suppress(FileNotFoundError):
             os.remove(f"{output_dir}/{name}")
+    make_shards(output_dir)
+
+
+def own_shards(output_dir: str) -> bool:
+    return os.path.exists(f"{output_dir}/{SHARDS}/{SHARDS_MARK}")
+
+
+def make_shards(output_dir: str) -> None:
+    """The shards' folder, marked as this tool's."""
+    os.makedirs(f"{output_dir}/{SHARDS}", exist_ok=True)
+    with atomic_write(f"{output_dir}/{SHARDS}/{SHARDS_MARK}") as handle:
+        handle.write("the shards of a run of prediction.py; removed when the run is complete\n")
+
+
+def remove_shards(output_dir: str) -> None:
+    """Remove the shards' folder (this tool's: ``run_state`` refuses another's): its content, and the folder
+    itself unless it is a link (to scratch space, say), which stays for the next run."""
+    folder = f"{output_dir}/{SHARDS}"
+    if not os.path.isdir(folder):
+        return
+    for name in sorted(os.listdir(folder), key=lambda entry: entry == SHARDS_MARK):     # the mark last
+        path = f"{folder}/{name}"
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    if not os.path.islink(folder):
+        os.rmdir(folder)
 
 
 def best_chunk_scores(results_file: str) -> dict[str, dict[int, tuple[np.float32, np.float32]]]:

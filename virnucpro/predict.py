@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 from dataclasses import dataclass
 
 import torch
@@ -24,14 +23,15 @@ from . import assembly, shards
 from .calibration import Calibration, calibration_path
 from .engine import Engine, prefetched
 from .errors import InputError
-from .files import file_sha256
+from .files import check_writable, file_sha256
 from .loaders import PIPELINES, load_dnabert_s
 from .log import logger
 from .modelfiles import model_fingerprint, model_folder
-from .outputs import SHARDS, read_run, run_state, start_over, write_run
+from .outputs import read_run, remove_shards, run_state, start_over, write_run
 from .pins import DNABERT_S
 from .precision import model_precision
-from .runs import Team, check_writable, folder_lock, rare_garbage_collection, readable_input
+from .inputs import Input, is_pipe, run_input
+from .runs import Team, folder_lock, rare_garbage_collection
 
 
 CHUNKS_PER_SHARD = 10_000      # the default: bounds memory, and the work a resumed run redoes
@@ -65,23 +65,24 @@ class Request:
     keep_intermediate: bool
     plot: bool
     overwrite: bool
+    slurm_array: bool                     # the tasks of this SLURM array job share the run
 
 
 def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibration: Calibration | None) -> dict | None:
     """The run; its counts, or None when this process did not assemble (the run
     was complete, or another process of the team assembles)."""
-    check_writable(request.output_dir)
-    team = Team.from_environment()
-    if team.world > 1 and not os.path.isfile(request.input_path):
+    check_writable(request.output_dir, "-o")
+    team = Team.from_environment(request.slurm_array)
+    if team.world > 1 and is_pipe(request.input_path):
         raise InputError(f"{request.input_path}: under torchrun or in a SLURM array every process reads the "
                          "input; give a file, not a pipe")
     if team.array and request.overwrite:
         raise InputError(f"--overwrite in a SLURM array would make every task start over; remove "
                          f"{request.output_dir} or give another -o instead")
     lock = folder_lock(request.output_dir) if team.rank == 0 and not team.array else contextlib.nullcontext()
-    with team, lock, readable_input(request.input_path, request.output_dir) as (input_path, identity), \
+    with team, lock, run_input(request.input_path, request.output_dir, request.chunk_length, team.leads) as source, \
             rare_garbage_collection():
-        return _run(request, input_path, identity, classifier, metadata, calibration, team)
+        return _run(request, source, classifier, metadata, calibration, team)
 
 
 def settings_of(request: Request, input_identity: dict, dna_folder: str, protein_folder: str,
@@ -110,22 +111,21 @@ def warn_on_precision_change(classifier_path: str, metadata: dict, scorer: Engin
             "differ slightly from those of the training precision")
 
 
-def _run(request: Request, input_path: str, identity: dict, classifier, metadata: dict,
-         calibration: Calibration | None, team: Team) -> dict | None:
+def _run(request: Request, source: Input, classifier, metadata: dict, calibration: Calibration | None,
+         team: Team) -> dict | None:
     from tqdm import tqdm
 
     output_dir, chunk_length = request.output_dir, request.chunk_length
     pipeline = PIPELINES[request.pipeline]
     dna_folder = model_folder(DNABERT_S, request.dna_model, request.models_dir)
     protein_folder = model_folder(pipeline.protein, request.protein_model, request.models_dir)
-    settings = settings_of(request, identity, dna_folder, protein_folder, calibration is not None)
+    settings = settings_of(request, source.identity, dna_folder, protein_folder, calibration is not None)
     if team.leads:
-        n_records, n_chunks = shards.count_chunks(input_path, chunk_length)
         with team.holding(output_dir):
             state = run_state(output_dir, settings, request.overwrite)
             if team.array and state == "new":           # the first task to start sets the run up
-                begin_run(output_dir, settings)
-    state, n_chunks = team.share((state, n_chunks) if team.leads else None)
+                begin_run(request, settings)
+    state, n_chunks = team.share((state, source.chunks) if team.leads else None)
     if state == "complete":
         if team.leads:
             logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
@@ -133,7 +133,7 @@ def _run(request: Request, input_path: str, identity: dict, classifier, metadata
         return None
     device = team.device(request.device)
     if team.leads:
-        logger.info(f"{request.input_path}: {n_records} sequences, {n_chunks} {chunk_length}-bp chunks; "
+        logger.info(f"{source.name}: {source.records} sequences, {n_chunks} {chunk_length}-bp chunks; "
                     f"{pipeline.name} pipeline on {device}"
                     + (f", task {team.rank + 1} of a SLURM array of {team.world}" if team.array else
                        f", {team.world} processes" if team.world > 1 else ""))
@@ -143,7 +143,7 @@ def _run(request: Request, input_path: str, identity: dict, classifier, metadata
     warn_on_precision_change(request.classifier_path, metadata, scorer)
     if team.rank == 0 and not team.array:
         if state == "new":
-            begin_run(output_dir, settings)
+            begin_run(request, settings)
         else:
             logger.info(f"resuming the run in {output_dir}")
     team.barrier()
@@ -151,7 +151,7 @@ def _run(request: Request, input_path: str, identity: dict, classifier, metadata
     folders = []
     prepare = functools.partial(shards.prepare_shard, output_dir=output_dir, chunk_size=chunk_length,
                                 min_length=request.min_length, scorer=scorer, owns=team.owns)
-    numbered = enumerate(shards.shards(input_path, chunk_length, request.chunks_per_shard), start=1)
+    numbered = enumerate(shards.shards(source, chunk_length, request.chunks_per_shard), start=1)
     with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=not team.leads) as progress:
         for shard in prefetched(numbered, prepare, ahead=int(device.type != "cpu")):
             if not shard.done:
@@ -161,35 +161,35 @@ def _run(request: Request, input_path: str, identity: dict, classifier, metadata
     team.barrier()                          # every shard scored, by whichever process
     if team.array:
         with team.holding(output_dir):
-            return assemble_when_all_scored(request, input_path, folders, calibration, settings, team)
-    return assemble(request, input_path, folders, calibration, settings) if team.rank == 0 else None
+            return assemble_when_all_scored(request, source, folders, calibration, settings, team)
+    return assemble(request, source, folders, calibration, settings) if team.rank == 0 else None
 
 
-def begin_run(output_dir: str, settings: dict) -> None:
-    start_over(output_dir)
-    write_run(output_dir, settings, "running")
+def begin_run(request: Request, settings: dict) -> None:
+    start_over(request.output_dir, request.input_path, request.plot)
+    write_run(request.output_dir, settings, "running")
 
 
-def assemble(request: Request, input_path: str, folders: list[str], calibration: Calibration | None,
+def assemble(request: Request, source: Input, folders: list[str], calibration: Calibration | None,
              settings: dict) -> dict:
     """The final files from every shard; the run is complete."""
     calls = assembly.Calls.of(folders, calibration, request.min_score, request.max_fdr)
-    counts = assembly.write_outputs(request.output_dir, input_path, request.input_path, folders, calls,
-                                    request.chunk_length, request.min_region, request.plot)
+    counts = assembly.write_outputs(request.output_dir, source, folders, calls, request.chunk_length,
+                                    request.min_region, request.plot)
     if not request.keep_intermediate:
-        shutil.rmtree(f"{request.output_dir}/{SHARDS}")
+        remove_shards(request.output_dir)
     write_run(request.output_dir, settings, "complete", counts)
     return counts
 
 
-def assemble_when_all_scored(request: Request, input_path: str, folders: list[str], calibration: Calibration | None,
+def assemble_when_all_scored(request: Request, source: Input, folders: list[str], calibration: Calibration | None,
                              settings: dict, team: Team) -> dict | None:
     """An array task, holding the folder: assemble when no shard waits for another task any more."""
     run = read_run(request.output_dir)
     complete = run is not None and run.get("status") == "complete"
     waiting = 0 if complete else sum(not shards.is_done(folder) for folder in folders)
     if not complete and waiting == 0:
-        return assemble(request, input_path, folders, calibration, settings)
+        return assemble(request, source, folders, calibration, settings)
     logger.info(f"SLURM array task {team.rank + 1} of {team.world}: its shards are scored; "
                 + ("another task has assembled the results" if complete else
                    f"{waiting} of {len(folders)} shards wait for other tasks, and the last task to finish "

@@ -1,12 +1,11 @@
 """Runs: one writer per folder (a lock), the processes of a run (one team
-for torchrun and SLURM arrays), the settings record a resumed run must match,
-and input read from a pipe (spooled once, as it is read more than once)."""
+for torchrun and SLURM arrays), and the settings record a resumed run must match."""
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import gc
-import hashlib
 import json
 import os
 import socket
@@ -16,11 +15,7 @@ from dataclasses import dataclass
 
 from .devices import resolve_device
 from .errors import InputError
-from .files import open_raw
 from .log import logger
-
-SPOOL_FILE = ".input.spool"          # input read from a pipe, while the run lasts
-
 
 LOCK_FILE = ".virnucpro.lock"
 
@@ -41,46 +36,87 @@ def _lock_holder_alive(holder: dict) -> bool:
     return True
 
 
+def _take(path: str) -> bool:
+    """Create the lock ``path`` holding this process's pid, host and start, in one step: written to a
+    temporary file, then linked into place (refused when a lock is there), so that a lock is never empty,
+    even on a full disk; False when another holds it."""
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since})
+    fd, written = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f"{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(holder)
+        os.link(written, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        return _create(path, holder)                   # a file system without hard links
+    finally:
+        os.remove(written)
+
+
+def _create(path: str, holder: str) -> bool:
+    """The lock by exclusive creation, then its record; removed again when the record cannot be written."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(holder)
+    except BaseException:
+        os.remove(path)
+        raise
+    return True
+
+
+def _holder(path: str) -> dict | None:
+    """Who holds a lock: ``{'pid', 'host', 'since'}``; None when nobody (gone meanwhile) or a record that no
+    run of this tool writes (empty or damaged: left by an older version on a full disk), which is stale."""
+    try:
+        with open(path) as handle:
+            holder = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else {}
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, option: str = "-o", name: str = LOCK_FILE, wait: bool = False):
     """Hold ``folder/<name>`` (default ``.virnucpro.lock``) while the block
     runs, so one run at a time writes into ``folder``; a lock left by a
-    process that died on this host is taken over. Held by a live process, the
-    lock is refused, or with ``wait`` waited for. Creates ``folder`` if needed
-    and removes it again if it is still empty when the block ends."""
+    process that died on this host, or one no run wrote whole, is taken
+    over. Held by a live process, the lock is refused, or with ``wait``
+    waited for. Creates ``folder`` if needed and removes it again if it is
+    still empty when the block ends."""
     folder = os.fspath(folder)
     created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
     waiting = False
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            break
-        except FileExistsError:
-            try:
-                with open(path) as handle:
-                    holder = json.load(handle)
-            except (OSError, ValueError):
-                holder = {}
-            if not isinstance(holder, dict) or _lock_holder_alive(holder):
-                held_by = f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" \
-                    if isinstance(holder, dict) and holder else "a process that has not said who it is"
-                if not wait:
-                    raise InputError(f"{folder} is in use by another run ({held_by}); wait for it to end or give "
-                                     f"another {option}; if no such run exists any more, delete {path}") from None
-                if not waiting:
-                    logger.info(f"{folder}: waiting for {held_by} to release {path}")
-                    waiting = True
-                time.sleep(LOCK_POLL_SECONDS)
-                continue
-            logger.warning(f"{folder}: taking over the lock of a run that ended without releasing it "
-                           f"(pid {holder['pid']} on {holder['host']})")
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": since}, handle)
+    while not _take(path):
+        holder = _holder(path)
+        if holder is None:
+            continue                                     # released meanwhile: try again
+        if holder and _lock_holder_alive(holder):
+            held_by = f"pid {holder['pid']} on {holder.get('host')} since {holder.get('since')}"
+            if not wait:
+                raise InputError(f"{folder} is in use by another run ({held_by}); wait for it to end or give "
+                                 f"another {option}; if no such run exists any more, delete {path}")
+            if not waiting:
+                logger.info(f"{folder}: waiting for {held_by} to release {path}")
+                waiting = True
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
+        logger.warning(f"{folder}: taking over the lock of a run that ended without releasing it"
+                       + (f" (pid {holder['pid']} on {holder.get('host')})" if holder else ""))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
     try:
         yield
     finally:
@@ -98,20 +134,22 @@ class Team:
     Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK; --nnodes for several
     machines) the processes run together, on GPU LOCAL_RANK: process 0 holds
     the output folder, checks the input and the folder first and assembles
-    the final files once every process has scored its shards. In a SLURM
-    array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) each task runs
-    whenever the scheduler starts it: it checks for itself, holds the folder
-    only to set the run up and to assemble, and the last task to finish
-    assembles."""
+    the final files once every process has scored its shards. The tasks of a
+    SLURM array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) share a run only
+    when asked to (--slurm-array; an array whose tasks each run their own
+    input is the usual pattern): each task runs whenever the scheduler starts
+    it, checks for itself, holds the folder only to set the run up and to
+    assemble, and the last task to finish assembles."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
     array: bool = False
 
     @classmethod
-    def from_environment(cls) -> Team:
+    def from_environment(cls, slurm_array: bool = False) -> Team:
         """torchrun and accelerate launch set RANK, WORLD_SIZE and LOCAL_RANK; a SLURM array task gets
-        SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT."""
+        SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT, which make it a member of
+        a team with ``slurm_array`` only."""
         env = os.environ
         if int(env.get("WORLD_SIZE", 1)) > 1:
             team = cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
@@ -119,8 +157,11 @@ class Team:
                 raise InputError(f"RANK {team.rank} is not one of WORLD_SIZE {team.world} processes; start the "
                                  "processes with torchrun")
             return team
-        if int(env.get("SLURM_ARRAY_TASK_COUNT", 1)) > 1:
-            world = int(env["SLURM_ARRAY_TASK_COUNT"])
+        if slurm_array:
+            if "SLURM_ARRAY_TASK_ID" not in env:
+                raise InputError("--slurm-array: this is not a task of a SLURM array job (no SLURM_ARRAY_TASK_ID); "
+                                 "submit it with sbatch --array=0-N, or leave --slurm-array out")
+            world = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
             rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
             if not 0 <= rank < world:
                 raise InputError(f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is not one of {world} "
@@ -202,49 +243,6 @@ def read_record(path: str, writer: str, fix: str, keys: tuple[str, ...] = ()) ->
 def changed_settings(recorded: dict, settings: dict) -> list[str]:
     """The names of the settings whose recorded value differs (sorted): what a resume would mix."""
     return sorted(key for key in settings if recorded.get(key) != settings[key])
-
-
-@contextlib.contextmanager
-def readable_input(path: str, output_dir: str):
-    """``(path to read, what identifies its content)``. A regular file is read
-    in place (identified by path, size and modification time); a pipe or a
-    process substitution, which can be read only once, is copied into the
-    output folder (identified by its SHA-256) and removed at the end."""
-    spool = os.path.join(output_dir, SPOOL_FILE)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(spool)                # left by a run that was killed; this process holds the folder now
-    if os.path.isfile(path):
-        stat = os.stat(path)
-        yield path, {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        return
-    digest = hashlib.sha256()
-    try:
-        with open_raw(path) as source, open(spool, "wb") as copy:
-            for block in iter(lambda: source.read(1 << 20), b""):
-                digest.update(block)
-                copy.write(block)
-        yield spool, {"stream_sha256": digest.hexdigest()}
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(spool)
-
-
-def check_writable(output_dir: str) -> None:
-    """Stop at once, before any work, when the results could not be written."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise InputError(f"-o {output_dir}: is a file, not a folder; give a folder for the results")
-    existing = os.path.abspath(output_dir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    try:
-        if not os.path.isdir(existing):
-            raise NotADirectoryError(f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise InputError(f"{output_dir}: the results cannot be written there ({existing}: {reason}); "
-                         "give -o a folder you can write to") from None
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from .fasta import FastaRecord, read_fasta
 from .features import log_failures, save_dna_features, save_merged_features, save_protein_features
 from .files import atomic_write
 from .frames import IdentifiedWriter, stop_free_frames
+from .inputs import Input
 from .outputs import SHARDS
 from .precision import model_precision
 
@@ -48,13 +49,13 @@ def checksum(sequence: str) -> str:
 
 
 # ---------------------------------------------------------------- the input in shards
-def shards(input_path: str, chunk_size: int, chunks_per_shard: int) -> Iterator[tuple[list, int]]:
+def shards(source: Input, chunk_size: int, chunks_per_shard: int) -> Iterator[tuple[list, int]]:
     """``(pieces, chunk count)`` of ``chunks_per_shard`` chunks each (the last
     one fewer): a piece is ``(record, first chunk, end chunk)``, so that a
     record longer than a shard (a chromosome-sized contig) is spread over
     several and memory stays flat whatever the records' lengths."""
     shard, room = [], chunks_per_shard
-    for record in read_fasta(input_path, alphabet="dna", keep_empty=True):
+    for record in read_fasta(source.path, alphabet="dna", keep_empty=True, name=source.name):
         total, first = len(chunk_starts(len(record.sequence), chunk_size)), 0
         while True:
             taken = min(total - first, room)
@@ -67,15 +68,6 @@ def shards(input_path: str, chunk_size: int, chunks_per_shard: int) -> Iterator[
                 break
     if shard:
         yield shard, chunks_per_shard - room
-
-
-def count_chunks(input_path: str, chunk_size: int) -> tuple[int, int]:
-    """Read (and validate) the whole input once: ``(records, chunks)``."""
-    records = chunks = 0
-    for record in read_fasta(input_path, alphabet="dna", keep_empty=True):
-        records += 1
-        chunks += len(chunk_starts(len(record.sequence), chunk_size))
-    return records, chunks
 
 
 def skip_reason(record: FastaRecord, min_length: int) -> str:
