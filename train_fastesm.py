@@ -33,8 +33,10 @@ import torch
 import units
 from virnucpro import training
 from virnucpro.checkpoints import HIDDEN_DIM, default_checkpoint_path, install_classifier
+from virnucpro.cli import at_least, fraction, positive_float
 from virnucpro.devices import resolve_device
 from virnucpro.features import FeatureSet, find_merged_files
+from virnucpro.files import check_writable_file
 from virnucpro.loaders import PIPELINES
 from virnucpro.log import logger
 from virnucpro.pins import DEFAULT_MODELS_DIR, MODELS_ENV
@@ -60,22 +62,24 @@ def parse_args(argv):
                              "by default for its chunk length")
     parser.add_argument("--models-dir", help=f"models folder for --install (default: ${MODELS_ENV}, else "
                                              f"{DEFAULT_MODELS_DIR})")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
+    parser.add_argument("--val-fraction", type=fraction, default=0.1,
                         help="share of the non-test genomes used for validation (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=200, help="maximum epochs (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="default %(default)s, as published")
-    parser.add_argument("--lr", type=float, default=2e-4, help="SGD learning rate (default %(default)s)")
-    parser.add_argument("--momentum", type=float, default=0.9, help="default %(default)s")
-    parser.add_argument("--step-size", type=int, default=10, help="StepLR step in epochs (default %(default)s)")
-    parser.add_argument("--gamma", type=float, default=0.85, help="StepLR factor (default %(default)s)")
-    parser.add_argument("--patience", type=int, default=5,
+    parser.add_argument("--epochs", type=at_least(1), default=200, help="maximum epochs (default %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(2), default=32,
+                        help="default %(default)s, as published (BatchNorm needs two rows a batch)")
+    parser.add_argument("--lr", type=positive_float, default=2e-4, help="SGD learning rate (default %(default)s)")
+    parser.add_argument("--momentum", type=fraction, default=0.9, help="default %(default)s")
+    parser.add_argument("--step-size", type=at_least(1), default=10,
+                        help="StepLR step in epochs (default %(default)s)")
+    parser.add_argument("--gamma", type=positive_float, default=0.85, help="StepLR factor (default %(default)s)")
+    parser.add_argument("--patience", type=at_least(1), default=5,
                         help="epochs without a better validation loss before stopping (default %(default)s)")
     parser.add_argument("--save-best", action="store_true", help="save the best validation epoch, not the last")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
-        parser.error("--val-fraction must be between 0 and 1")
+        parser.error("--val-fraction must be between 0 and 1, both excluded")
     if args.install and args.pipeline != "fastesm650":
         parser.error("--install installs FastESM2_650 classifiers; the ESM2-3B baseline is for evaluation")
     args.merge_dir = args.merge_dir or ("data/data_merge" if args.pipeline == "fastesm650" else
@@ -89,6 +93,7 @@ def main(argv=None):
     features = FeatureSet(find_merged_files(args.merge_dir), pipeline.input_dim)       # checks the width
     length = training.features_chunk_length(features, args.merge_dir, args.length)
     args.output = default_checkpoint_path(args.output, length, args.pipeline)
+    check_writable_file(args.output, "--output", "the classifier")
     train, val, records = training.split_rows(features, args.split, args.val_fraction, args.seed)
     device = resolve_device(args.device)
     settings = training.settings_of(args, train, val)

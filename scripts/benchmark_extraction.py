@@ -32,7 +32,7 @@ import torch
 import units
 from virnucpro import dnabert_s, random_models, synthetic
 from virnucpro.benchmarks import agreement, device_name, timed
-from virnucpro.cli import run_cli
+from virnucpro.cli import at_least, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.fasta import read_fasta, write_fasta
@@ -108,9 +108,9 @@ def bench_protein(protein_file, device, dtype, toks_per_batch):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
-    parser.add_argument("--dna-frames", type=int, default=None,
+    parser.add_argument("--dna-frames", type=at_least(1), default=None,
                         help="DNA frames for benchmark 1 (default 2000 on GPU, 64 on CPU)")
-    parser.add_argument("--proteins", type=int, default=None,
+    parser.add_argument("--proteins", type=at_least(1), default=None,
                         help="proteins for benchmark 2 (default 2000 on GPU, 8 on CPU)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ import time
 
 from virnucpro import synthetic
 from virnucpro.chunks import chunk_id, iter_chunks
-from virnucpro.cli import run_cli
+from virnucpro.cli import at_least, run_cli
 from virnucpro.frames import ProteinIndex, batched, select_frames
 from virnucpro.published import published_frames
 
@@ -60,9 +60,10 @@ def bench_training(n_genes, length, rng):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunks", type=int, default=100_000, help="random chunks for benchmark 1 (default 100000)")
-    parser.add_argument("--genes", type=int, default=4_000, help="annotated CDS for benchmark 2 (default 4000)")
-    parser.add_argument("--length", type=int, default=500, help="chunk length in bases (default 500)")
+    parser.add_argument("--chunks", type=at_least(1), default=100_000,
+                        help="random chunks for benchmark 1 (default 100000)")
+    parser.add_argument("--genes", type=at_least(1), default=4_000, help="annotated CDS for benchmark 2 (default 4000)")
+    parser.add_argument("--length", type=at_least(3), default=500, help="chunk length in bases (default 500)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)

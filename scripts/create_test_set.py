@@ -39,9 +39,9 @@ import json
 import os
 
 from virnucpro import splits
-from virnucpro.cli import run_cli
+from virnucpro.cli import fraction, run_cli
 from virnucpro.features import FeatureSet, find_merged_files
-from virnucpro.files import atomic_write
+from virnucpro.files import atomic_write, check_writable_file
 from virnucpro.log import logger
 
 
@@ -49,7 +49,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--merge-dir", default="data/data_merge", help="merged features (default: data/data_merge)")
     parser.add_argument("--data-dir", default="data", help="where the split FASTA files are, for frame lengths")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each class held out (default 0.1)")
+    parser.add_argument("--test-fraction", type=fraction, default=0.1,
+                        help="share of each class held out (default 0.1)")
     parser.add_argument("--group-by", choices=splits.GROUP_LEVELS, default="organism",
                         help="what is held out together (default: organism)")
     parser.add_argument("--ani", type=float, default=splits.ANI_PERCENT,
@@ -68,6 +69,7 @@ def main(argv=None):
         parser.error("--folds and --fold go together")
     if args.folds is not None and not (args.folds >= 2 and 1 <= args.fold <= args.folds):
         parser.error("--folds must be at least 2, and --fold between 1 and --folds")
+    check_writable_file(args.output, "--output", "the split")
     features = FeatureSet(find_merged_files(args.merge_dir))
     lengths = splits.frame_lengths(features.files, args.data_dir)
     split = splits.build_split(features, args.test_fraction, args.seed, lengths, splits.read_lineages(args.data_dir),

@@ -26,9 +26,9 @@ import subprocess
 import sys
 
 from virnucpro import report
-from virnucpro.cli import run_cli
+from virnucpro.cli import at_least, run_cli
 from virnucpro.errors import InputError
-from virnucpro.files import atomic_write
+from virnucpro.files import atomic_write, check_writable, check_writable_file
 from virnucpro.log import logger
 from virnucpro.runs import changed_settings, read_record
 from virnucpro.splits import GROUP_LEVELS
@@ -40,7 +40,7 @@ SETTINGS_FILE = "cross_validation.json"
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folds", type=int, default=5, help="number of folds (default %(default)s)")
+    parser.add_argument("--folds", type=at_least(2), default=5, help="number of folds (default %(default)s)")
     parser.add_argument("--group-by", choices=GROUP_LEVELS, default="organism",
                         help="what is held out together (default: organism)")
     parser.add_argument("--merge-dir", default="data/data_merge", help="FastESM2_650 merged features")
@@ -60,10 +60,7 @@ def parse_args(argv):
     parser.add_argument("--lr", type=float, help="passed to train_fastesm.py")
     parser.add_argument("--patience", type=int, help="passed to train_fastesm.py")
     parser.add_argument("--batch-size", type=int, help="passed to train_fastesm.py")
-    args = parser.parse_args(argv)
-    if args.folds < 2:
-        parser.error("--folds must be at least 2")
-    return args
+    return parser.parse_args(argv)
 
 
 def options(args, names) -> list[str]:
@@ -139,6 +136,8 @@ def read_fold(reports: str, baseline: bool) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    check_writable(args.work_dir, "--work-dir", "the folds")
+    check_writable_file(args.report, "--report", "the report")
     baseline = os.path.isdir(args.baseline_merge_dir)
     if not baseline:
         logger.warning(f"{args.baseline_merge_dir}: no ESM2-3B features; FastESM2_650 alone")

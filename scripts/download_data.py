@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from virnucpro import fetching
 from virnucpro.cli import run_cli
+from virnucpro.files import check_writable
 from virnucpro.log import logger
 
 
@@ -55,6 +56,7 @@ def main(argv=None):
                 print(f"| {url} | {sizes[url] / 1e6:,.1f} | {'yes' if present else 'no'} |")
             print(f"\n{len(urls)} files, {sum(sizes.values()) / 1e9:,.2f} GB in all")
             return 0
+        check_writable(args.data_dir, "--data-dir", "the genomes")
         os.makedirs(args.data_dir, exist_ok=True)
         outcome = {"present": 0, "downloaded": 0}
         for url in tqdm(urls, desc="files", unit="file"):

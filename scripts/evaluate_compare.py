@@ -59,10 +59,11 @@ import sys
 import units
 from virnucpro import evaluation, report
 from virnucpro.checkpoints import default_checkpoint_path
-from virnucpro.cli import run_cli
+from virnucpro.cli import at_least, fraction, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.errors import InputError
 from virnucpro.features import FeatureSet, find_merged_files
+from virnucpro.files import check_writable
 from virnucpro.loaders import PIPELINES
 from virnucpro.log import logger
 from virnucpro.pins import DEFAULT_MODELS_DIR, MODELS_ENV
@@ -145,10 +146,10 @@ def parse_args(argv):
     parser.add_argument("--frames-only", action="store_true",
                         help="only the frames of annotated CDS in the merged features: no prediction run, no "
                              "language models needed")
-    parser.add_argument("--fragment-lengths", type=int, nargs="+", metavar="BP",
+    parser.add_argument("--fragment-lengths", type=at_least(1), nargs="+", metavar="BP",
                         help="lengths of the reads and contigs cut from each held-out record (default: the chunk "
                              "length, 1000 and 3000; a record not longer than a length is taken whole)")
-    parser.add_argument("--fragments-per-record", type=int, default=10,
+    parser.add_argument("--fragments-per-record", type=at_least(1), default=10,
                         help="at most this many of each length per record, spread evenly (default %(default)s)")
     parser.add_argument("--work-dir", default="data/test_set/evaluation",
                         help="held-out sequences and the prediction runs on them (default: %(default)s)")
@@ -157,24 +158,23 @@ def parse_args(argv):
     parser.add_argument("--dna-model", help="DNABERT-S: Hugging Face id or local folder")
     parser.add_argument("--protein-model", help="FastESM2_650: Hugging Face id or local folder")
     parser.add_argument("--baseline-protein-model", help="ESM2-3B: Hugging Face id or local folder")
-    parser.add_argument("--threshold", type=float, default=0.05,
+    parser.add_argument("--threshold", type=fraction, default=0.05,
                         help="largest acceptable accuracy drop (default 0.05: 5 points)")
-    parser.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates (default %(default)s)")
+    parser.add_argument("--replicates", type=at_least(100), default=2000,
+                        help="bootstrap replicates (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--data-dir", default="data",
                         help="where the genomes (*genomic.fna.gz) and the split FASTA files are (default: data)")
     parser.add_argument("--report-dir", default="reports", help="where the report goes (default: reports)")
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    args = parser.parse_args(argv)
-    if args.replicates < 100:
-        parser.error("--replicates must be at least 100")
-    if args.fragments_per_record < 1 or any(length < 1 for length in args.fragment_lengths or ()):
-        parser.error("--fragments-per-record and --fragment-lengths must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_writable(args.report_dir, "--report-dir", "the report")
+    if not args.frames_only:
+        check_writable(args.work_dir, "--work-dir", "the held-out sequences and their prediction runs")
     split = read_split(args.split)
     classifiers = load_classifiers(args, split)
     like_for_like = len(classifiers) == 2 and classifiers[1].like_for_like

@@ -33,6 +33,7 @@ import sys
 
 from virnucpro import fetching
 from virnucpro.cli import run_cli
+from virnucpro.files import check_writable, check_writable_file
 from virnucpro.log import logger
 from virnucpro.pins import ARTIFACTS, DEFAULT_MODELS_DIR, MODELS_ENV, models_dir
 
@@ -60,6 +61,9 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     models = models_dir(args.models_dir)
+    check_writable(models, "--models-dir", "the models")
+    if args.bundle:
+        check_writable_file(args.bundle, "--bundle", "the bundle")
     if args.from_bundle:
         items = fetching.unpack_bundle(args.from_bundle, models)
         logger.info(f"{args.from_bundle}: {', '.join(items)} unpacked and verified into {models}/")

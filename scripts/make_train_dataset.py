@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from tqdm import tqdm
 
 from virnucpro import genomes
-from virnucpro.cli import run_cli
+from virnucpro.cli import at_least, run_cli
 from virnucpro.errors import InputError
 from virnucpro.log import logger
 
@@ -33,12 +33,9 @@ def parse_args(argv):
     parser.add_argument("--length", type=int, choices=(300, 500), required=True,
                         help="chunk length in bases (the model's read length)")
     parser.add_argument("--data-dir", default="data", help="folder searched for genome pairs (default: data)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=at_least(1), default=min(4, os.cpu_count() or 1),
                         help="genome pairs processed in parallel (default: min(4, CPUs))")
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
@@ -50,19 +47,27 @@ def main(argv=None):
     todo = [pair for pair in pairs if not genomes.is_done(pair, args.length)]
     logger.info(f"{len(pairs)} genome pairs, {len(pairs) - len(todo)} already done, "
                 f"{len(todo)} to build with {args.length}-bp chunks")
-    frames = 0
+    frames, without_genbank = 0, []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = {pool.submit(genomes.build_pair, pair, args.length): pair for pair in todo}
         try:
             for future in tqdm(as_completed(futures), total=len(futures), desc="genome pairs", unit="pair"):
                 summary = future.result()
                 frames += summary["frames"]
+                missing = summary["without_genbank"]
                 tqdm.write(f"{futures[future].nucleotide_file}: {summary['chunks']} chunks, "
                            f"{summary['frames']} frames ({summary['seconds']} s)")
+                if missing["records"]:
+                    without_genbank.append((futures[future].fna, missing))
+                    logger.warning(f"{futures[future].fna}: {missing['records']} of {summary['records']} records "
+                                   f"have no record in {futures[future].gbff} (first: {missing['first'][0]}); "
+                                   "their frames were not kept")
         except BaseException:
             pool.shutdown(cancel_futures=True)   # pairs already finished stay done
             raise
-    logger.info(f"done: {len(todo)} pairs built, {frames} frames written")
+    logger.info(f"done: {len(todo)} pairs built, {frames} frames written"
+                + (f"; {sum(m['records'] for _, m in without_genbank)} FASTA records without their GenBank record, "
+                   f"in {len(without_genbank)} pairs (first: {without_genbank[0][0]})" if without_genbank else ""))
     return 0
 
 

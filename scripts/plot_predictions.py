@@ -21,6 +21,7 @@ from virnucpro.calls import chunk_is_viral
 from virnucpro.chunks import chunk_starts
 from virnucpro.cli import run_cli
 from virnucpro.errors import InputError
+from virnucpro.files import check_writable_file
 from virnucpro.log import logger
 from virnucpro.plots import plot_chunk_scores
 
@@ -36,7 +37,8 @@ def chunk_length(folder: str, given: int | None) -> int:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", help="prediction_results.txt, or the folder holding it")
-    parser.add_argument("--length", type=int, help="chunk length (default: from run.json beside the results, else 500)")
+    parser.add_argument("--length", type=int, choices=(300, 500),
+                        help="chunk length (default: from run.json beside the results, else 500)")
     parser.add_argument("-o", "--output", help="PNG to write (default: prediction.png beside the results)")
     args = parser.parse_args(argv)
     results = os.path.join(args.results, outputs.FRAMES_FILE) if os.path.isdir(args.results) else args.results
@@ -56,6 +58,7 @@ def main(argv=None):
     if not panels:
         raise InputError(f"{results}: no scored frames to plot")
     output = args.output or os.path.join(folder, outputs.PLOT_FILE)
+    check_writable_file(output, "-o", "the plot")
     plot_chunk_scores(panels, output, size)
     logger.info(f"plotted {len(panels)} sequences to {output}")
     return 0

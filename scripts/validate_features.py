@@ -11,12 +11,14 @@ names each bad file when a check fails.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from virnucpro.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.features import find_merged_files, load_merged_file
 from virnucpro.loaders import PIPELINES
+from virnucpro.selection import DEFAULT_MERGE_DIR
 
 
 def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
@@ -42,12 +44,13 @@ def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("merge_dir", nargs="?", default="data/data_merge",
-                        help="folder of merged files (default: data/data_merge)")
+    parser.add_argument("merge_dir", nargs="?",
+                        help="folder of merged files (default: data/data_merge, or data/data_merge_esm2_3b for "
+                             "--pipeline esm2_3b)")
     parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="fastesm650",
                         help="which features: fastesm650 (2048-d, default) or esm2_3b (3328-d)")
     args = parser.parse_args(argv)
-    files = find_merged_files(args.merge_dir)
+    files = find_merged_files(args.merge_dir or os.path.join("data", DEFAULT_MERGE_DIR[args.pipeline]))
     counts, problems = validate(files, PIPELINES[args.pipeline].input_dim)
     print(f"{len(files)} merged files: {counts['viral_files']} viral ({counts['viral_rows']} rows), "
           f"{counts['host_files']} host ({counts['host_rows']} rows)")

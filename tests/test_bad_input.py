@@ -13,10 +13,13 @@ import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import zstandard
 
 import prediction
 import units
@@ -59,14 +62,79 @@ def option(name, value_of):
     return prepare
 
 
-def output_folder(fill):
-    """A case whose output folder ``tmp/out`` is first filled by ``fill(folder, models)``."""
+def output_folder(fill, *extra, input_in=None):
+    """A case whose output folder ``tmp/out`` is first filled by ``fill(folder, models)``; the input is
+    the sample, or the file ``input_in`` of that folder."""
     def prepare(tmp, models):
         folder = tmp / "out"
         folder.mkdir()
         fill(folder, models)
-        return predict_args(models, folder, input_fasta=SAMPLE)
+        return predict_args(models, folder, *extra, input_fasta=folder / input_in if input_in else SAMPLE)
     return prepare
+
+
+def model_folder(which, edit):
+    """A case whose DNABERT-S (``dna``) or protein model folder is a copy of the tiny one, edited."""
+    def prepare(tmp, models):
+        folder = tmp / which
+        shutil.copytree(models[which], folder)
+        edit(folder)
+        args = predict_args(models, tmp / "out", input_fasta=SAMPLE)
+        args[args.index("--dna-model" if which == "dna" else "--protein-model") + 1] = str(folder)
+        return args
+    return prepare
+
+
+def edit_config(**changes):
+    def edit(folder):
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return edit
+
+
+def weights_with_code(folder):
+    (folder / "model.safetensors").unlink()
+    torch.save({"encoder.layer.0.weight": Exploit()}, folder / "pytorch_model.bin")
+
+
+def truncate(name, size):
+    return lambda folder: (folder / name).write_bytes((folder / name).read_bytes()[:size])
+
+
+def archive(kind):
+    """The sample as a member of a zip or (gzipped) tar archive."""
+    import io
+    import tarfile
+    import zipfile
+
+    buffer = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buffer, "w") as bundle:
+            bundle.writestr("sample.fasta", DNA)
+        return buffer.getvalue()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if kind == "tar.gz" else "w") as bundle:
+        info = tarfile.TarInfo("sample.fasta")
+        info.size = len(DNA.encode())
+        bundle.addfile(info, io.BytesIO(DNA.encode()))
+    return buffer.getvalue()
+
+
+def symlink_loop(tmp, models):
+    os.symlink(tmp / "loop_b.fa", tmp / "loop_a.fa")
+    os.symlink(tmp / "loop_a.fa", tmp / "loop_b.fa")
+    return predict_args(models, tmp / "out", input_fasta=tmp / "loop_a.fa")
+
+
+def complete_run(folder, models):
+    """A finished run of the sample, whose viral sequences (made up here) a user gives as the next input."""
+    assert prediction.main(predict_args(models, folder, input_fasta=SAMPLE)) == 0
+    shutil.copy(SAMPLE, folder / "viral_sequences.fna")
+
+
+def stdin_without_output(tmp, models):
+    args = predict_args(models, tmp / "out", input_fasta="-")
+    del args[args.index("-o"):args.index("-o") + 2]
+    return args
 
 
 def classifier(num_classes=2, input_dim=units.MERGED_DIM):
@@ -193,6 +261,51 @@ CASES = [
      "run.json: damaged, or written by another version of prediction.py"),
     ("a run of other settings", output_folder(earlier_run), "holds a run with other settings (chunks_per_shard)"),
     ("a run in progress", output_folder(live_lock), "is in use by another run (pid"),
+    # ---- inputs of other formats
+    ("zip archive", input_file("in.zip", archive("zip")), "a zip archive, not a FASTA or FASTQ file; unzip it"),
+    ("tar archive", input_file("in.tar", archive("tar")), "a tar archive, not a FASTA or FASTQ file; extract it"),
+    ("gzipped tar archive", input_file("in.tar.gz", archive("tar.gz")), "a tar archive (gzip-compressed)"),
+    ("gzip inside gzip", input_file("in.fa.gz.gz", gzip.compress(gzip.compress(DNA.encode()))),
+     "compressed twice (gzip inside gzip); decompress it once (gzip -dc"),
+    ("binary data", input_file("zeros.fa", bytes(1 << 16)), "binary data (byte 0x00 at offset 0)"),
+    ("gzipped binary data", input_file("zeros.fa.gz", gzip.compress(bytes(1 << 16))),
+     "binary data (byte 0x00 at offset 0 once gzip-decompressed)"),
+    ("symlink loop as input", symlink_loop, "loop_a.fa: cannot be opened (Too many levels of symbolic links)"),
+    ("standard input without -o", stdin_without_output, "-: input from a pipe needs an output folder; give -o"),
+    # ---- model folders
+    ("DNABERT-S tokenizer of another vocabulary",
+     model_folder("dna", lambda folder: shutil.copy(ARCH_TINY / "dnabert_s/tokenizer.json", folder)),
+     "tokenizer.json holds 4096 tokens, but the model's config.json 64: the tokenizer is not this model's"),
+    ("FastESM2_650 config of another width", model_folder("protein", edit_config(hidden_size=640)),
+     "config.json does not describe its weights (hidden_size 640, the weights 1280)"),
+    ("FastESM2_650 config of another depth", model_folder("protein", edit_config(num_hidden_layers=5)),
+     "config.json does not describe its weights (num_hidden_layers 5, the weights 2)"),
+    ("truncated model.safetensors", model_folder("protein", truncate("model.safetensors", 4000)),
+     "model.safetensors: not readable as weights, truncated or damaged"),
+    ("half-written weight index", model_folder("protein", lambda folder: (
+        folder / "model.safetensors.index.json").write_text('{"weight_map": {"esm.embeddings')),
+     "model.safetensors.index.json: not a readable index of weight files (damaged, or written only in part)"),
+    ("FastESM2_650 weights that carry code", model_folder("protein", weights_with_code),
+     "pytorch_model.bin: holds Python objects besides tensors, which are refused because loading them could run "
+     "code"),
+    ("a safetensors file as checkpoint", checkpoint(lambda path: shutil.copy(
+        ARCH_TINY / "fastesm650/model.safetensors", path)), "a safetensors file (a language model's weights, say)"),
+    # ---- the output folder is the user's: only this tool's files are ever replaced
+    ("--overwrite and a shards/ folder of someone else's", output_folder(lambda folder, models: (
+        (folder / "shards").mkdir(), (folder / "shards/mine.txt").write_text("keep\n")), "--overwrite"),
+     "shards: a folder this tool did not write, which a run would use for its shards"),
+    ("--overwrite and a run.json of someone else's", output_folder(lambda folder, models: (
+        folder / "run.json").write_text('{"run": "mine"}'), "--overwrite"),
+     "run.json: damaged, or written by another version of prediction.py; move it away or give another -o"),
+    ("--overwrite --plot and a plot of someone else's", output_folder(lambda folder, models: (
+        folder / "prediction.png").write_bytes(b"mine"), "--overwrite", "--plot"),
+     "prediction.png: a plot this tool did not draw, which --plot would replace"),
+    ("--overwrite and the input among the result files",
+     output_folder(complete_run, "--overwrite", input_in="viral_sequences.fna"),
+     "viral_sequences.fna: the input is the viral_sequences.fna a run in"),
+    ("--slurm-array outside an array job",
+     lambda tmp, models: predict_args(models, tmp / "out", "--slurm-array", input_fasta=SAMPLE),
+     "--slurm-array: this is not a task of a SLURM array job"),
 ]
 
 # Cases that fail once the run has started: the run's own state stays (to resume), no result file.
@@ -224,7 +337,7 @@ def cli(capsys):
 @pytest.mark.parametrize("name, prepare, words", CASES, ids=[case[0] for case in CASES])
 def test_bad_input_gives_one_line_and_leaves_nothing(name, prepare, words, models, tmp_path, cli):
     args = prepare(tmp_path, models)
-    output = Path(args[args.index("-o") + 1])
+    output = Path(args[args.index("-o") + 1]) if "-o" in args else tmp_path / "out"
     before = snapshot(output) if output.is_dir() else None
     status, stderr = cli(args)
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -290,14 +403,46 @@ def test_fastq_compressed_bom_tabs_and_crlf_read_as_the_fasta(models, sample_run
     text = fastq(records)
     variants = {"reads.fq.gz": gzip.compress(text.encode()), "reads.fq.bz2": bz2.compress(text.encode()),
                 "reads.fastq.xz": __import__("lzma").compress(text.encode()),
+                "reads.fq.zst": zstandard.ZstdCompressor().compress(text.encode()),
                 "bom_crlf.fa": b"\xef\xbb\xbf" + DNA.replace("\n", "\r\n").encode(),
+                "old_mac.fa": DNA.replace("\n", "\r").encode(),
                 "tabs.fa": "".join(line if line.startswith(">") else line[:30] + "\t" + line[30:]
                                    for line in DNA.splitlines(True)).encode()}
     for name, content in variants.items():
         (tmp_path / name).write_bytes(content)
         assert [(r.id, r.sequence) for r in units.read_fasta(tmp_path / name)] == expected, name
-    output = run_prediction(models, tmp_path, "fastq", tmp_path / "reads.fq.bz2")
+    for name in ("reads.fq.bz2", "reads.fq.zst", "old_mac.fa"):
+        assert result_bytes(run_prediction(models, tmp_path, name + "_out", tmp_path / name)) == \
+            result_bytes(sample_run), name
+
+
+def test_standard_input_is_read_as_the_file(models, sample_run, tmp_path):
+    """``-`` is standard input, as for seqkit, samtools and bedtools."""
+    args = predict_args(models, tmp_path / "out", input_fasta="-")
+    done = subprocess.run([sys.executable, str(ROOT / "prediction.py"), *args], input=SAMPLE.read_bytes(),
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert result_bytes(tmp_path / "out") == result_bytes(sample_run)
+    assert b"-: 10 sequences" in done.stderr
+
+
+def test_ids_with_dollar_signs_are_plotted_as_they_are(models, tmp_path):
+    reads = tmp_path / "dollars.fa"
+    reads.write_text("".join(f">read_${k}$_x^2\n{record.sequence}\n"
+                             for k, record in enumerate(units.read_fasta(SAMPLE))))
+    output = run_prediction(models, tmp_path, "out", reads, "--plot")
+    assert (output / "prediction.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((output / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_shards_folder_linked_to_scratch_space_stays_linked(models, sample_run, tmp_path):
+    output, scratch = tmp_path / "out", tmp_path / "scratch"
+    output.mkdir()
+    scratch.mkdir()
+    (output / "shards").symlink_to(scratch)
+    assert prediction.main(predict_args(models, output, input_fasta=SAMPLE)) == 0
     assert result_bytes(output) == result_bytes(sample_run)
+    assert (output / "shards").is_symlink() and list(scratch.iterdir()) == []
 
 
 def test_every_record_has_a_summary_row_with_its_reason(models, tmp_path, caplog):
@@ -343,9 +488,12 @@ def test_overwrite_replaces_the_results_of_something_else(models, sample_run, tm
     output.mkdir()
     shutil.copy(GOLDEN / "reference_vanilla/prediction_results.txt", output)
     (output / "notes.txt").write_text("mine\n")
+    (output / "prediction.png").write_bytes(b"my plot")
     assert prediction.main(predict_args(models, output, "--overwrite", input_fasta=SAMPLE)) == 0
     assert result_bytes(output) == result_bytes(sample_run)
     assert (output / "notes.txt").read_text() == "mine\n"                  # only result files are replaced
+    assert (output / "prediction.png").read_bytes() == b"my plot"         # not this tool's: kept
+    assert json.loads((output / "run.json").read_text())["files"] == list(outputs.RESULT_FILES)
 
 
 def test_a_stale_lock_is_taken_over(models, sample_run, tmp_path, caplog):

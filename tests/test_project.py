@@ -111,7 +111,6 @@ def test_pixi_tasks_and_compose_services_are_the_same_steps():
 
 def test_the_recipe_writes_where_the_next_step_reads():
     """Each step's default output is the next step's default input, and in a folder compose mounts."""
-    import create_test_set
     import evaluate_compare
     import features_extract
     import train_fastesm

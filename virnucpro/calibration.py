@@ -79,6 +79,8 @@ def load_calibration(checkpoint) -> Calibration | None:
             content = json.load(handle)
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
     except (ValueError, UnicodeDecodeError):
         content = None
     if not isinstance(content, dict) or content.get("format") != CALIBRATION_FORMAT:

@@ -132,11 +132,16 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: the checkpoint file is empty (0 bytes): it was not written or copied "
                          "completely; copy or train it again")
+    if _is_safetensors(path):
+        raise InputError(f"{path}: a safetensors file (a language model's weights, say), not a VirNucPro "
+                         "classifier; give a classifier checkpoint saved by train_fastesm.py")
     try:
         with torch.serialization.safe_globals(_PUBLISHED_PICKLE_GLOBALS), warnings.catch_warnings():
             # published checkpoints use pickle protocol 4, which the weights-only reader handles
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             content = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
     except Exception as error:
         # torch's own message suggests weights_only=False, which would let the file run code: never echo it
         if "unsupported global" in str(error).lower():
@@ -155,6 +160,16 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: not a VirNucPro checkpoint (no classifier weights in it)")
     return state, metadata
+
+
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file begins with the length of its JSON header, then the header."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(9)
+    except OSError:
+        return False                            # torch.load says what is wrong
+    return len(start) == 9 and start[8:9] == b"{" and int.from_bytes(start[:8], "little") < os.path.getsize(path)
 
 
 def checkpoint_pipeline(state: dict, metadata: dict | None) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .calls import NUM_CLASSES
-from .errors import DimensionError
+from .errors import DimensionError, InputError
 
 PROTEIN_TRUNCATION = 1024          # residues embedded per protein, as the published fair-esm extraction
 DNA_TOKS_PER_BATCH = 16384         # default token budgets of a padded batch, for every script and function
@@ -259,9 +259,13 @@ class Engine:
         self.protein_name = protein_name
 
     def tokenize(self, ids: list[str], nucleotides: list[str], proteins: list[str]) -> Frames:
-        """Host work: the token rows of frames, given as columns."""
-        return Frames(ids, nucleotides, proteins, dna_tokens(self.dna_tokenizer, nucleotides),
-                      protein_tokens(self.protein_tokenizer, self.residues, proteins))
+        """Host work: the token rows of frames, given as columns; every DNA token must have an embedding."""
+        dna = dna_tokens(self.dna_tokenizer, nucleotides)
+        vocabulary = self.dna_encoder.model.config.vocab_size
+        if len(dna.ids) and int(dna.ids.max()) >= vocabulary:
+            raise InputError(f"the DNABERT-S tokenizer gives token {int(dna.ids.max())}, but the model has "
+                             f"{vocabulary} tokens: the tokenizer is not this model's")
+        return Frames(ids, nucleotides, proteins, dna, protein_tokens(self.protein_tokenizer, self.residues, proteins))
 
     def score(self, frames: Frames) -> Scores:
         """Device work: embed the frames with both encoders and classify the

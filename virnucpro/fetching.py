@@ -327,14 +327,24 @@ def make_bundle(path: str, keys: list[str], models: str) -> int:
     return os.path.getsize(path)
 
 
-def _safe_member(name: str) -> bool:
-    parts = name.split("/")
-    return not name.startswith("/") and ".." not in parts and len(parts) == 2
+def _known_member(name: str) -> bool:
+    """Whether a bundle member is a file of a pinned artifact, as make_bundle names them: a language
+    model's ``<key>/<file>``, or a published classifier's ``classifiers/<file>``."""
+    key, _, file = name.partition("/")
+    if key == CLASSIFIERS:
+        return file in {item.file for item in ARTIFACTS.values() if isinstance(item, PublishedClassifier)}
+    return isinstance(ARTIFACTS.get(key), ModelSpec) and bool(file) and "/" not in file and file not in (".", "..")
 
 
 def unpack_bundle(path: str, models: str) -> list[str]:
     """Unpack a bundle into the models folder, every file verified against the
-    manifest before anything is put in place; returns the items unpacked."""
+    manifest before anything is put in place; returns the items unpacked. Each
+    member must be a file of a pinned artifact; a language model it holds
+    replaces that model's folder, a classifier that classifier's file, and
+    nothing else in the models folder is touched."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {'a folder' if os.path.isdir(path) else 'no such file'}; --from-bundle takes "
+                         "the .tar file that scripts/fetch_models.py --bundle wrote")
     staging = os.path.join(models, ".bundle.incomplete")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -345,16 +355,16 @@ def unpack_bundle(path: str, models: str) -> list[str]:
             for member in tar.getmembers():
                 if member.name == MANIFEST:
                     continue
-                if not member.isfile() or member.name not in manifest or not _safe_member(member.name):
-                    raise InputError(f"{path}: {member.name} is not a file listed in the bundle's manifest; "
-                                           "not a bundle of scripts/fetch_models.py")
+                if not member.isfile() or member.name not in manifest or not _known_member(member.name):
+                    raise InputError(f"{path}: {member.name} is not a file of a pinned model or classifier listed "
+                                     "in the bundle's manifest; not a bundle of scripts/fetch_models.py")
                 target = os.path.join(staging, member.name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with tar.extractfile(member) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out)
                 if file_sha256(target) != manifest[member.name]:
                     raise InputError(f"{path}: {member.name} does not match its SHA-256 in the manifest; "
-                                           "the bundle is damaged: copy it again")
+                                     "the bundle is damaged: copy it again")
                 unpacked.add(member.name)
         if unpacked != set(manifest):
             raise InputError(f"{path}: the bundle lacks {sorted(set(manifest) - unpacked)[0]}; copy it again")
@@ -369,8 +379,10 @@ def unpack_bundle(path: str, models: str) -> list[str]:
                 shutil.rmtree(os.path.join(models, item), ignore_errors=True)
                 os.replace(os.path.join(staging, item), os.path.join(models, item))
         return items
+    except PermissionError as error:
+        raise InputError(f"{error.filename or path}: permission denied") from None
     except (tarfile.TarError, KeyError, ValueError, EOFError) as error:
         raise InputError(f"{path}: not a readable bundle of scripts/fetch_models.py "
-                               f"({error.__class__.__name__})") from None
+                         f"({error.__class__.__name__})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)

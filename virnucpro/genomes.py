@@ -97,23 +97,43 @@ def is_done(pair: GenomePair, chunk_size: int) -> bool:
 
 
 def build_pair(pair: GenomePair, chunk_size: int) -> dict:
-    """Write the identified files of one genome pair; return its counts."""
+    """Write the identified files of one genome pair; return its counts. A pair whose FASTA records have
+    no GenBank record, or that yields no frame, is refused in one line (nothing is written, nothing marked
+    done); records without their GenBank record among others are counted (``without_genbank``)."""
     started = time.time()
     proteins_by_record, lineages = read_genbank(pair.gbff)
     records = chunks = 0
+    without_genbank: list[str] = []
     with IdentifiedWriter(pair.nucleotide_file, pair.protein_file) as writer:
         for record in read_fasta(pair.fna, alphabet="dna"):
             records += 1
+            if record.id not in proteins_by_record:
+                without_genbank.append(record.id)
             reference = ProteinIndex(proteins_by_record.get(record.id, []))
             record_chunks = ((chunk_id(record.id, k), chunk) for k, chunk
                              in enumerate(iter_chunks(record.sequence.upper(), chunk_size), start=1))
             for batch in batched(record_chunks, CHUNKS_PER_BATCH):
                 chunks += len(batch)
                 writer.write(select_frames(batch, reference))
+        if len(without_genbank) == records:
+            raise InputError(f"{pair.fna}: none of its {records} records is in {pair.gbff} (first: "
+                             f"{without_genbank[0]}{_version_hint(without_genbank[0], proteins_by_record)}); give "
+                             "each genome FASTA the GenBank file of the same assembly")
+        if writer.frames == 0:
+            raise InputError(f"{pair.fna}: no frame of its {chunks} chunks is part of a CDS translation of "
+                             f"{pair.gbff}; check that its CDS carry /translation qualifiers")
     summary = {"chunk_length": chunk_size, "gbff": os.path.basename(pair.gbff),
                "fna": os.path.basename(pair.fna), "records": records, "chunks": chunks,
                "frames": writer.frames, "seconds": round(time.time() - started, 1),
+               "without_genbank": {"records": len(without_genbank), "first": without_genbank[:3]},
                "lineages": lineages}          # organism and taxonomy per record: the test split groups by them
     with atomic_write(pair.manifest_file) as handle:
         json.dump(summary, handle, indent=1)
     return summary
+
+
+def _version_hint(record_id: str, genbank: dict) -> str:
+    """When the GenBank file has the same accession in another version, say so."""
+    accession = record_id.rsplit(".", 1)[0]
+    other = next((key for key in genbank if key.rsplit(".", 1)[0] == accession), None)
+    return f"; the GenBank file has {other}: another version of it" if other else ""

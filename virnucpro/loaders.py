@@ -16,7 +16,8 @@ from .devices import resolve_device
 from .dnabert_s import DnabertConfig, DnabertModel
 from .errors import InputError
 from .log import logger
-from .modelfiles import checkpoint_state, model_folder, read_config, require_weights, verify_weights
+from .modelfiles import (checkpoint_shapes, checkpoint_state, model_folder, read_config, require_weights,
+                         verify_weights)
 from .pins import DNA_DIM, DNABERT_S, ESM2_3B, ESM2_3B_DIM, FASTESM2_650, PROTEIN_DIM, ModelSpec
 from .precision import dtype_name
 
@@ -46,8 +47,6 @@ def load_dnabert_s(model: str | None = None, device: str | torch.device | None =
     tokenizer is the fast BPE tokenizer of ``tokenizer.json``. Nothing in the
     folder is executed. ``expected_dim=None`` skips the width check.
     """
-    from transformers import PreTrainedTokenizerFast
-
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(DNABERT_S, model)
     config = read_config(DNABERT_S, folder)
@@ -58,12 +57,35 @@ def load_dnabert_s(model: str | None = None, device: str | torch.device | None =
     missing = DnabertConfig.missing(config)
     if missing:
         raise InputError(f"DNABERT-S: {folder}/config.json lacks {', '.join(missing)}; {hint}")
-    if not os.path.exists(os.path.join(folder, "tokenizer.json")):
-        raise InputError(f"DNABERT-S: {folder} has no tokenizer.json; {hint}")
     network = DnabertModel(DnabertConfig.from_dict(config))
     _load_dnabert_state(network, checkpoint_state(DNABERT_S, folder), folder)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    tokenizer = _dnabert_tokenizer(folder, config["vocab_size"], hint)
     return _finish_loading(DNABERT_S, network, folder, device, dtype, expected_dim), tokenizer
+
+
+def _dnabert_tokenizer(folder: str, vocab_size: int, hint: str):
+    """The folder's tokenizer.json, which must be the model's: as many tokens as its config's vocabulary,
+    and the special tokens the pooling and the padding need (every id it gives then has an embedding)."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        raise InputError(f"DNABERT-S: {folder} has no tokenizer.json; {hint}")
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    except PermissionError:
+        raise InputError(f"DNABERT-S: {path}: permission denied") from None
+    except Exception as error:
+        raise InputError(f"DNABERT-S: {path} is not a readable tokenizer ({error.__class__.__name__}); "
+                         f"{hint}") from None
+    if len(tokenizer) != vocab_size:
+        raise InputError(f"DNABERT-S: {path} holds {len(tokenizer)} tokens, but the model's config.json "
+                         f"{vocab_size}: the tokenizer is not this model's; {hint}")
+    absent = [name for name in ("cls_token", "sep_token", "pad_token") if getattr(tokenizer, name) is None]
+    if absent:
+        raise InputError(f"DNABERT-S: {path} has no {absent[0].replace('_token', '').upper()} token: it is not "
+                         f"DNABERT-S's tokenizer; {hint}")
+    return tokenizer
 
 
 def _load_dnabert_state(network: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
@@ -130,14 +152,34 @@ def _load_esm(spec: ModelSpec, model, device, dtype, expected_dim):
     if "hidden_size" not in config or config.get("vocab_size") != len(ESM2_ALPHABET):
         raise InputError(f"{spec.name}: {folder} is not an ESM-2 model (its config has no "
                          f"{len(ESM2_ALPHABET)}-token ESM-2 vocabulary); point {spec.option} at a {spec.name} model")
-    config = EsmConfig.from_dict({k: v for k, v in config.items() if k not in _CODE_CONFIG_KEYS})
     require_weights(spec, folder)
+    _check_esm_shapes(spec, folder, config)
+    config = EsmConfig.from_dict({k: v for k, v in config.items() if k not in _CODE_CONFIG_KEYS})
     with _quiet_transformers():
         network = EsmModel.from_pretrained(folder, config=config, local_files_only=True, add_pooling_layer=False,
                                            attn_implementation="sdpa", dtype=torch.float32)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" and spec is FASTESM2_650 else torch.float32
     return _finish_loading(spec, network, folder, device, dtype, expected_dim), esm_tokenizer()
+
+
+def _check_esm_shapes(spec: ModelSpec, folder: str, config: dict) -> None:
+    """Refuse a config whose width, depth or feed-forward size is not its weights' (transformers' own
+    report of it is silenced, and would say only "look at the above report")."""
+    shapes = checkpoint_shapes(folder)
+    prefix = "esm." if any(key.startswith("esm.") for key in shapes) else ""
+    numbers = {key[len(f"{prefix}encoder.layer."):].split(".")[0] for key in shapes
+               if key.startswith(f"{prefix}encoder.layer.")}
+    layers = {number for number in numbers if number.isdigit()}   # transformers 5 saves a shared "*" buffer
+    found = {"hidden_size": shapes.get(f"{prefix}embeddings.word_embeddings.weight", (None, None))[1],
+             "num_hidden_layers": len(layers),
+             "intermediate_size": shapes.get(f"{prefix}encoder.layer.0.intermediate.dense.weight", (None,))[0]}
+    differ = [f"{key} {config.get(key)}, the weights {value}" for key, value in found.items()
+              if config.get(key) != value]
+    if differ:
+        raise InputError(f"{spec.name}: {folder}/config.json does not describe its weights ({'; '.join(differ)}): "
+                         f"they are of different models; fetch the model again, or point {spec.option} at a "
+                         f"complete {spec.name} folder")
 
 
 def load_fast_esm(model: str | None = None, device=None, dtype: torch.dtype | None = None,

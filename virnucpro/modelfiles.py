@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from typing import Callable
 
 import torch
@@ -69,31 +70,61 @@ def model_fingerprint(folder: str) -> dict:
 
 
 def weight_files(folder: str) -> list[str]:
-    """The checkpoint files transformers loads from ``folder``, safetensors first."""
+    """The checkpoint files transformers loads from ``folder``, safetensors first; an index of them that
+    cannot be read (half-written) is refused in one line."""
     for index, single in (("model.safetensors.index.json", "model.safetensors"),
                           ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index_path = os.path.join(folder, index)
         if os.path.exists(index_path):
-            with open(index_path) as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
+            try:
+                with open(index_path) as handle:
+                    shards = sorted(set(json.load(handle)["weight_map"].values()))
+            except PermissionError:
+                raise InputError(f"{index_path}: permission denied") from None
+            except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+                raise InputError(f"{index_path}: not a readable index of weight files (damaged, or written only "
+                                 "in part); fetch the model again") from None
             return [os.path.join(folder, shard) for shard in shards]
         if os.path.exists(os.path.join(folder, single)):
             return [os.path.join(folder, single)]
     return []
 
 
-def _checkpoint_tensors(folder: str) -> dict[str, Callable[[], torch.Tensor]]:
-    """Checkpoint key -> loader of that tensor, reading lazily."""
-    loaders = {}
-    for path in weight_files(folder):
+def _weight_file(path: str) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, tuple[int, ...]]]:
+    """``(key -> loader of its tensor, key -> shape)`` of one weight file, reading tensors lazily; a file
+    that is missing, unreadable, truncated or damaged, or that holds Python objects besides tensors (whose
+    loading could run code), is refused in one line."""
+    try:
         if path.endswith(".safetensors"):
             from safetensors import safe_open
             handle = safe_open(path, framework="pt")
-            loaders.update({key: (lambda h=handle, k=key: h.get_tensor(k)) for key in handle.keys()})
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            loaders.update({key: (lambda t=tensor: t) for key, tensor in state.items()})
-    return loaders
+            keys = list(handle.keys())
+            return ({key: (lambda k=key: handle.get_tensor(k)) for key in keys},
+                    {key: tuple(handle.get_slice(key).get_shape()) for key in keys})
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {key: (lambda t=tensor: t) for key, tensor in state.items()}, \
+            {key: tuple(tensor.shape) for key, tensor in state.items()}
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing (its folder's index lists it); fetch the model again") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: holds Python objects besides tensors, which are refused because loading "
+                         "them could run code; use the model's model.safetensors, or fetch it again") from None
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise InputError(f"{path}: not readable as weights, truncated or damaged ({reason}); fetch the model "
+                         "again") from None
+
+
+def checkpoint_shapes(folder: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a folder's weight files, from their headers."""
+    return {key: shape for path in weight_files(folder) for key, shape in _weight_file(path)[1].items()}
+
+
+def _checkpoint_tensors(folder: str) -> dict[str, Callable[[], torch.Tensor]]:
+    """Checkpoint key -> loader of that tensor, reading lazily."""
+    return {key: load for path in weight_files(folder) for key, load in _weight_file(path)[0].items()}
 
 
 def verify_weights(spec: ModelSpec, model: torch.nn.Module, folder: str) -> None:
@@ -135,6 +166,8 @@ def read_config(spec: ModelSpec, folder: str) -> dict:
     except FileNotFoundError:
         raise InputError(f"{spec.name}: {folder} is not a {spec.name} model folder (no config.json); "
                          f"point {spec.option} at a folder in the layout of {spec.hub_id}") from None
+    except PermissionError:
+        raise InputError(f"{spec.name}: {path}: permission denied") from None
     except (ValueError, UnicodeDecodeError):
         raise InputError(f"{spec.name}: {path} is not a readable JSON config") from None
     if not isinstance(config, dict):
@@ -151,8 +184,4 @@ def require_weights(spec: ModelSpec, folder: str) -> None:
 def checkpoint_state(spec: ModelSpec, folder: str) -> dict[str, torch.Tensor]:
     """Every tensor of a folder's checkpoint files (weights only)."""
     require_weights(spec, folder)
-    try:
-        return {key: load() for key, load in _checkpoint_tensors(folder).items()}
-    except Exception as error:
-        raise InputError(f"{spec.name}: the weights in {folder} cannot be read as tensors "
-                         f"({error.__class__.__name__}); the download may be incomplete") from None
+    return {key: load() for key, load in _checkpoint_tensors(folder).items()}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .errors import InputError
+
 DNA_DIM = 768            # DNABERT-S embedding
 PROTEIN_DIM = 1280       # FastESM2_650 embedding
 MERGED_DIM = DNA_DIM + PROTEIN_DIM
@@ -58,5 +60,10 @@ CLASSIFIERS = "classifiers"          # the subfolder holding classifiers, publis
 
 
 def models_dir(given: str | None = None) -> str:
-    """``--models-dir``, else ``$VIRNUCPRO_MODELS``, else ``~/.cache/virnucpro/models``."""
-    return os.path.expanduser(given or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR)
+    """``--models-dir``, else ``$VIRNUCPRO_MODELS``, else ``~/.cache/virnucpro/models``; one that names a
+    file is refused."""
+    folder = os.path.expanduser(given or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        named_by = "--models-dir" if given else f"${MODELS_ENV}" if os.environ.get(MODELS_ENV) else "the default"
+        raise InputError(f"{folder}: the models folder ({named_by}) is a file, not a folder; give a folder")
+    return folder

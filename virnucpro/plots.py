@@ -5,6 +5,11 @@ from .calls import ViralRegion
 from .files import atomic_write
 
 
+def literal(text: str) -> str:
+    """Text matplotlib draws as it is: a ``$`` in a sequence id would start mathtext."""
+    return text.replace("$", r"\$")
+
+
 def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float | None, bool]]]], out_png,
                       chunk_size: int, regions: list[list[ViralRegion]] | None = None, title: str = "") -> None:
     """One panel per sequence, spanning its length: each chunk drawn at its
@@ -28,7 +33,7 @@ def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float
             else:
                 axis.plot([start, end], [score, score], color="red" if viral else "darkblue", linewidth=2.5)
         axis.axhline(0.5, color="lightgray", linewidth=0.8, zorder=0)
-        axis.set_title(sequence_id, fontsize=11, loc="left")
+        axis.set_title(literal(sequence_id), fontsize=11, loc="left")
         axis.set_xlim(0, length)
         axis.set_ylim(-0.05, 1.05)
         axis.set_ylabel("viral score")
