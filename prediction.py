@@ -12,9 +12,11 @@ Without a checkpoint, the classifier for the chunk length in the models folder
 is used: the FastESM2_650 one installed by train_fastesm.py --install, else
 the published ESM2-3B one (scripts/fetch_models.py fetches it and the models).
 
-Input: FASTA or FASTQ, plain or compressed (gzip, bzip2, xz). Sequences
-shorter than --min-length are not scored (reported as too_short); U is read
-as T.
+Input: FASTA or FASTQ, plain or compressed (gzip, bzip2, xz, zstd), or - for
+standard input. Sequences shorter than --min-length are not scored (reported
+as too_short); U is read as T. Paired reads: two mate files (--mate2 R2) or
+one interleaved file (--interleaved); mates have the same id, or the same but
+for /1 and /2, and each is scored as a read named <pair>/1 or <pair>/2.
 
 Outputs, in the output folder (default: <input without extension>_merged/):
   prediction_results.txt               per frame: Sequence_ID, Prediction, score1, score2
@@ -24,17 +26,21 @@ Outputs, in the output folder (default: <input without extension>_merged/):
                                        stop-free frame, viral chunks, best viral score, call
                                        (virus, others, below_threshold, or why it was not
                                        scored: no_frames, not_scored, too_short, no_sequence),
-                                       Viral_probability and FDR
+                                       Viral_probability, FDR and the viral regions (start-end,...)
+  prediction_pairs.tsv                 paired reads: per pair, both mates' calls and best viral
+                                       scores, and the pair's call from both mates' chunks
   viral_regions.tsv                    per viral region: sequence, 1-based start and end, length,
                                        chunks, mean and max of the chunks' best viral scores
-  viral_regions.bed                    the same regions as BED (0-based start), name seq|start-end
+  viral_regions.bed                    the same regions as BED (0-based start), name seq|start-end,
+                                       in input order (sort -k1,1 -k2,2n gives bedtools sort's)
   viral_regions.fna                    the regions' sequences, ids seq|start-end
-  viral_sequences.fna                  the whole sequences called viral
+  viral_sequences.fna                  the whole sequences called viral, with their descriptions
   prediction.png                       with --plot: chunk scores and viral regions along the
                                        sequences with the highest viral scores
   run.json                             the settings, the run's state, its counts and thresholds
 
-A sequence is called viral when at least half of its scored chunks are.
+A sequence is called viral when at least half of its scored chunks are; so
+is a read pair, from its two mates' chunks.
 With a calibrated classifier (scripts/evaluate_compare.py writes
 <classifier>.calibration.json beside it), Viral_probability is the
 probability of being viral learnt on labelled validation sequences, and FDR
@@ -44,8 +50,9 @@ Without one, both columns say "uncalibrated".
 
 A viral region is a run of viral chunks along a sequence, gaps of one chunk
 (not viral, or without a stop-free frame) bridged, from its first chunk's
-start to its last chunk's end; regions shorter than --min-region (default:
-the chunk length) are left out. A sequence viral end to end is one region.
+start to its last chunk's end; every virus call has at least one (regions
+shorter than --min-region, if given, are left out). A sequence viral end to
+end is one region; a read shorter than the chunk length, its own.
 
 The input is processed in shards of --chunks-per-shard chunks (a long record
 spread over several), so memory stays flat as the input grows; each shard is
@@ -81,19 +88,28 @@ from virnucpro.pins import DEFAULT_MODELS_DIR, DNABERT_S, ESM2_3B, FASTESM2_650,
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input_fasta", help="FASTA or FASTQ file of reads or contigs (plain, gzip, bzip2 or xz)")
+    parser.add_argument("input_fasta", help="FASTA or FASTQ file of reads or contigs (plain, gzip, bzip2, xz or "
+                                            "zstd; - for standard input)")
     parser.add_argument("expect_length", type=int, choices=(300, 500), help="chunk length of the model: 300 or 500")
     parser.add_argument("model_path", nargs="?",
                         help="classifier checkpoint (.pth); default: the one installed in the models folder for "
                              "this chunk length (FastESM2_650 if installed, else the published ESM2-3B one)")
+    paired = parser.add_mutually_exclusive_group()
+    paired.add_argument("--mate2", metavar="R2",
+                        help="paired reads: the file of the second mates (input_fasta holds the first ones, in "
+                             "the same order); each mate is scored as a read and prediction_pairs.tsv calls the "
+                             "pairs")
+    paired.add_argument("--interleaved", action="store_true",
+                        help="paired reads: input_fasta holds each pair's mates one after the other")
     parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV}, else "
                                              f"{DEFAULT_MODELS_DIR})")
     parser.add_argument("-o", "--output-dir", help="output folder (default: <input without extension>_merged)")
     parser.add_argument("--min-length", type=at_least(1),
                         help="shortest sequence scored, in bp (default: half the chunk length, 150 or 250); "
                              "shorter ones are listed as too_short")
-    parser.add_argument("--min-region", type=at_least(1),
-                        help="shortest viral region reported, in bp (default: the chunk length)")
+    parser.add_argument("--min-region", type=at_least(1), default=predict.MIN_REGION,
+                        help="shortest viral region reported, in bp (default: %(default)s: every viral chunk is in "
+                             "a region, so every virus call has one)")
     parser.add_argument("--min-score", type=fraction,
                         help="a sequence the chunk rule calls viral stays a virus call only when its calibrated "
                              "Viral_probability is at least this (0-1; needs a calibrated classifier); "
@@ -133,9 +149,8 @@ def parse_args(argv):
                         help="start over: redo a finished run, replace a run of other settings or the result "
                              "files of something else in the output folder")
     args = parser.parse_args(argv)
-    min_length, min_region = predict.default_limits(args.expect_length)
-    args.min_region = min_region if args.min_region is None else args.min_region
-    args.min_length = min_length if args.min_length is None else args.min_length
+    if args.min_length is None:
+        args.min_length = predict.default_min_length(args.expect_length)
     if args.uncalibrated and (args.min_score is not None or args.max_fdr is not None):
         parser.error("--min-score and --max-fdr filter on calibrated probabilities; leave out --uncalibrated")
     return args
@@ -164,7 +179,7 @@ def main(argv=None):
         device=args.device, dna_model=args.dna_model, protein_model=args.protein_model, models_dir=args.models_dir,
         dna_batch_tokens=args.dna_batch_tokens, protein_batch_tokens=args.protein_batch_tokens,
         chunks_per_shard=args.chunks_per_shard, keep_intermediate=args.keep_intermediate, plot=args.plot,
-        overwrite=args.overwrite, slurm_array=args.slurm_array)
+        overwrite=args.overwrite, slurm_array=args.slurm_array, mate2=args.mate2, interleaved=args.interleaved)
     counts = predict.run(request, classifier, metadata, calibration)
     if counts is not None:
         logger.info(outputs.report(counts, args.min_length, request.output_dir))

@@ -111,10 +111,10 @@ def time_end_to_end(args, device) -> list[dict]:
             continue
         classifier, metadata = units.load_checkpoint(checkpoint, name, chunk_length=300)
         with tempfile.TemporaryDirectory() as output:
-            min_length, min_region = predict.default_limits(300)
             request = predict.Request(
                 input_path=args.reads, chunk_length=300, classifier_path=checkpoint, pipeline=name, output_dir=output,
-                min_length=min_length, min_region=min_region, min_score=None, max_fdr=None, device=str(device),
+                min_length=predict.default_min_length(300), min_region=predict.MIN_REGION, min_score=None,
+                max_fdr=None, device=str(device),
                 dna_model=args.dna_model, protein_model=args.fastesm_model if name == "fastesm650" else
                 args.esm2_3b_model, models_dir=args.models_dir, dna_batch_tokens=DNA_TOKS_PER_BATCH,
                 protein_batch_tokens=PROTEIN_TOKS_PER_BATCH, chunks_per_shard=predict.CHUNKS_PER_SHARD,
@@ -136,10 +136,10 @@ def host_ceiling(args) -> dict:
         units.save_checkpoint(units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
                               chunk_length=ORF_READ_LENGTH)
         classifier, metadata = units.load_checkpoint(checkpoint, chunk_length=ORF_READ_LENGTH)
-        min_length, min_region = predict.default_limits(ORF_READ_LENGTH)
         request = predict.Request(
             input_path=input_path, chunk_length=ORF_READ_LENGTH, classifier_path=checkpoint, pipeline="fastesm650",
-            output_dir=os.path.join(folder, "out"), min_length=min_length, min_region=min_region, min_score=None,
+            output_dir=os.path.join(folder, "out"), min_length=predict.default_min_length(ORF_READ_LENGTH),
+            min_region=predict.MIN_REGION, min_score=None,
             max_fdr=None, device="cpu", dna_model=TOKENIZER_FOLDER, protein_model=PROTEIN_FOLDER, models_dir=None,
             dna_batch_tokens=DNA_TOKS_PER_BATCH, protein_batch_tokens=PROTEIN_TOKS_PER_BATCH,
             chunks_per_shard=predict.CHUNKS_PER_SHARD, keep_intermediate=False, plot=False, overwrite=False,

@@ -44,9 +44,10 @@ def main(argv=None):
     results = os.path.join(args.results, outputs.FRAMES_FILE) if os.path.isdir(args.results) else args.results
     folder = os.path.dirname(os.path.abspath(results))
     size = chunk_length(folder, args.length)
-    lengths = outputs.summary_lengths(folder)
+    summary = outputs.summary_rows(folder)
+    lengths = {sequence_id: int(row["Length"]) for sequence_id, row in summary.items()}
 
-    panels = []
+    panels, labels = [], []
     for sequence_id, chunks in list(outputs.best_chunk_scores(results).items())[:outputs.PLOTTED_SEQUENCES]:
         starts = chunk_starts(lengths[sequence_id], size) if sequence_id in lengths else None
         spans = []
@@ -55,11 +56,13 @@ def main(argv=None):
             end = min(start + size, lengths[sequence_id]) if starts else start + size
             spans.append((start, end, float(virus), bool(chunk_is_viral(virus, others))))
         panels.append((sequence_id, lengths.get(sequence_id, max(end for _, end, _, _ in spans)), spans))
+        row = summary.get(sequence_id)
+        labels.append(f"{row['Call']}, best viral score {row['Best_viral_score']}" if row else "")
     if not panels:
         raise InputError(f"{results}: no scored frames to plot")
     output = args.output or os.path.join(folder, outputs.PLOT_FILE)
     check_writable_file(output, "-o", "the plot")
-    plot_chunk_scores(panels, output, size)
+    plot_chunk_scores(panels, output, size, labels=labels)
     logger.info(f"plotted {len(panels)} sequences to {output}")
     return 0
 

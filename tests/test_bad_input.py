@@ -184,6 +184,25 @@ def fastq(records, quality="I"):
     return "".join(f"@{name}\n{seq}\n+\n{quality * len(seq)}\n" for name, seq in records)
 
 
+def mate_files(first, second):
+    """A case of paired reads in two mate files holding these FASTQ records."""
+    def prepare(tmp, models):
+        (tmp / "R1.fq").write_text(fastq(first))
+        (tmp / "R2.fq").write_text(fastq(second))
+        return predict_args(models, tmp / "out", "--mate2", str(tmp / "R2.fq"), input_fasta=tmp / "R1.fq")
+    return prepare
+
+
+def interleaved(records):
+    def prepare(tmp, models):
+        (tmp / "pairs.fq").write_text(fastq(records))
+        return predict_args(models, tmp / "out", "--interleaved", input_fasta=tmp / "pairs.fq")
+    return prepare
+
+
+READ = "ACGT" * 75
+
+
 CASES = [
     # ---- the input file
     ("empty file", input_file("in.fa", ""), "the file is empty"),
@@ -207,6 +226,17 @@ CASES = [
      "the FASTQ record at line 5 is cut short"),
     ("FASTQ without '+' line", input_file("in.fq", "@r1\nACGT\nIIII\nIIII\n"),
      "the FASTQ record at line 1 has no '+' line (line 3)"),
+    # ---- paired reads
+    ("mates out of order", mate_files([("a/1", READ), ("b/1", READ)], [("b/2", READ), ("a/2", READ)]),
+     "R2.fq: record 1 ('b/2') is not the mate of record 1 of"),
+    ("second mate file shorter", mate_files([("a/1", READ), ("b/1", READ)], [("a/2", READ)]),
+     "R2.fq: ends before pair 2, where"),
+    ("interleaved file with a read without its mate", interleaved([("a/1", READ), ("a/2", READ), ("b/1", READ)]),
+     "pairs.fq: record 3 ('b/1') has no mate after it"),
+    ("interleaved file of single reads", interleaved([("a", READ), ("b", READ)]),
+     "pairs.fq: records 1 and 2 ('a', 'b') are not mates"),
+    ("duplicate pair ids", interleaved([("a/1", READ), ("a/2", READ), ("a", READ), ("a", READ)]),
+     "pairs.fq: duplicate pair id 'a' at pair 1 (line 1) and pair 2 (line 9)"),
     ("missing input", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=tmp / "nope.fa"),
      "nope.fa: no such file"),
     ("input is a folder", lambda tmp, models: predict_args(models, tmp / "out", input_fasta=tmp),
@@ -458,7 +488,7 @@ def test_every_record_has_a_summary_row_with_its_reason(models, tmp_path, caplog
     calls = {row[0]: row[6] for row in rows}
     assert calls["empty"] == "no_sequence" and calls["tiny"] == "too_short" and calls["no_frame"] == "no_frames"
     assert calls["edge"] in ("virus", "others")                         # 150 bp: the default minimum for 300
-    assert rows[2] == ["tiny", "10", "0", "0", "0", "NA", "too_short", "NA", "NA"]
+    assert rows[2] == ["tiny", "10", "0", "0", "0", "NA", "too_short", "NA", "NA", "NA"]
     assert "not scored: 1 without a stop-free frame, 1 shorter than 150 bp, 1 without sequence" in caplog.text
     frames = (output / "prediction_results.txt").read_text()
     assert "tiny_chunk" not in frames and "edge_chunk_1" in frames

@@ -7,7 +7,7 @@ import torch
 
 import prediction as predictor
 import units
-from conftest import GOLDEN, predict_args
+from conftest import GOLDEN, ROOT, predict_args
 from helpers import genomes as synthetic
 
 
@@ -85,6 +85,54 @@ def test_region_files_follow_the_chunking_and_the_input(every_region):
     assert run["viral_regions"] == len(regions) and run["viral_sequences"] == len(viral)
     assert run["sequences"] == len(summary) and run["thresholds"]["min_region"] == 1
     assert run["chunks"] == sum(int(row["Chunks"]) for row in summary.values())
+
+
+def all_viral_classifier(path):
+    """A classifier that calls every frame viral (its output bias says so)."""
+    torch.manual_seed(0)
+    model = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    with torch.no_grad():
+        model.output_layer.bias[:] = torch.tensor([0.0, 50.0])
+    units.save_checkpoint(model, path, chunk_length=300)
+    return str(path)
+
+
+def regions_by_sequence(output):
+    found = {}
+    for row in read_tsv(output / "viral_regions.tsv"):
+        found.setdefault(row["sequence_id"], []).append(f"{row['start']}-{row['end']}")
+    return found
+
+
+def test_every_virus_call_has_a_region_and_the_summary_says_where(every_region):
+    """The golden input by default (a 443-bp contig whose viral chunk is its short last one included)."""
+    summary = read_tsv(every_region / "prediction_summary.tsv")
+    regions = regions_by_sequence(every_region)
+    assert any(row["Call"] == "virus" and int(row["Length"]) % 300 for row in summary)
+    for row in summary:
+        if row["Call"] == "virus":
+            assert regions.get(row["Sequence_ID"]), row
+        assert row["Viral_regions"] == ",".join(regions.get(row["Sequence_ID"], [])) or "NA", row
+
+
+def test_reads_shorter_than_a_chunk_called_viral_are_their_own_regions(models, tmp_path):
+    """298-bp reads (data/sample.fasta), a classifier that calls every frame viral."""
+    output, sample = tmp_path / "out", ROOT / "data/sample.fasta"
+    assert predictor.main(predict_args(models, output, input_fasta=sample,
+                                       checkpoint=all_viral_classifier(tmp_path / "viral.pth"))) == 0
+    summary = read_tsv(output / "prediction_summary.tsv")
+    assert {row["Call"] for row in summary} == {"virus"}
+    assert regions_by_sequence(output) == {row["Sequence_ID"]: [f"1-{row['Length']}"] for row in summary}
+    headers = [line[1:] for line in (output / "viral_sequences.fna").read_text().splitlines() if line[0] == ">"]
+    assert headers == [record.title for record in units.read_fasta(sample)]     # the description after the id
+
+
+def test_bed_rows_follow_the_input_and_each_sequence_by_start(every_region):
+    """The order docs/prediction.md states: sequences as in the input, a sequence's regions by start."""
+    order = {row["Sequence_ID"]: k for k, row in enumerate(read_tsv(every_region / "prediction_summary.tsv"))}
+    rows = [line.split("\t") for line in (every_region / "viral_regions.bed").read_text().splitlines()]
+    assert rows and [(order[row[0]], int(row[1])) for row in rows] == sorted((order[row[0]], int(row[1]))
+                                                                         for row in rows)
 
 
 @pytest.mark.slow

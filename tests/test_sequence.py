@@ -12,7 +12,7 @@ import pytest
 import make_train_dataset
 import units
 from conftest import GOLDEN
-from virnucpro import genomes, synthetic
+from virnucpro import fasta, genomes, synthetic
 from virnucpro.published import published_frames, published_translate
 
 
@@ -184,8 +184,11 @@ def test_duplicate_ids_found_in_a_pipe_and_in_fastq(tmp_path):
 def test_ids_sharing_a_hash_are_not_duplicates(tmp_path, monkeypatch):
     path = tmp_path / "reads.fa"
     path.write_text(">a\nACGT\n>b\nACGT\n>c\nAC\n")
-    monkeypatch.setattr(units, "hash", lambda record_id: 0, raising=False)     # every id collides
+    monkeypatch.setattr(fasta, "hash", lambda record_id: 0, raising=False)     # every id collides
     assert [record.id for record in units.read_fasta(path)] == ["a", "b", "c"]
+    path.write_text(">a\nACGT\n>b\nACGT\n>a\nAC\n")
+    with pytest.raises(units.InputError, match="duplicate record id 'a' at record 1"):      # confirmed by reading again
+        list(units.read_fasta(path))
 
 
 def test_binary_missing_and_truncated_files(tmp_path):

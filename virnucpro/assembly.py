@@ -11,6 +11,7 @@ record continued in the next shard (a long contig) waits for it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import shutil
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ from typing import Iterator
 import numpy as np
 
 from .calibration import Calibration, false_discovery_rates
-from .calls import chunk_is_viral, sequence_calls, thresholded_call, viral_regions
+from .calls import chunk_is_viral, pair_call, sequence_calls, thresholded_call, viral_regions
 from .errors import InputError
-from .fasta import FastaRecord, read_fasta
+from .fasta import FastaRecord
 from .files import atomic_write
 from .inputs import Input
 from .outputs import (CHUNK_HEADER, CHUNKS_FILE, FRAME_HEADER, FRAMES_FILE, PLOT_FILE, PLOTTED_SEQUENCES,
-                      RESULT_FILES, SUMMARY_FILE, SUMMARY_HEADER, UNCALIBRATED, Hits, probability_cells)
+                      PAIRS_FILE, PAIRS_HEADER, RESULT_FILES, SUMMARY_FILE, SUMMARY_HEADER, UNCALIBRATED, Hits,
+                      probability_cells, region_cell)
 from .plots import plot_chunk_scores
 from .shards import DONE_MARK, checksum, read_columns
 
@@ -176,11 +178,13 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
     chunks = 0
     plotted: list = []                      # a heap of the sequences with the highest viral scores
     calibrated = calls.calibration is not None
-    sequences = read_fasta(source.path, alphabet="dna", keep_empty=True, name=source.name)
+    sequences = source.reads()
+    pairs = Pairs(output_dir) if source.paired else None
     # every file is renamed into place only once all are complete: a stopped assembly leaves none
     with atomic_write(f"{output_dir}/{FRAMES_FILE}") as frames_out, \
             atomic_write(f"{output_dir}/{CHUNKS_FILE}") as chunks_out, \
-            atomic_write(f"{output_dir}/{SUMMARY_FILE}") as summary_out, Hits(output_dir) as hits:
+            atomic_write(f"{output_dir}/{SUMMARY_FILE}") as summary_out, Hits(output_dir) as hits, \
+            pairs or contextlib.nullcontext():
         frames_out.write(FRAME_HEADER)
         for folder in shard_folders:
             with open(f"{folder}/frames.tsv") as handle:
@@ -199,27 +203,33 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
                                                        records["checksum"]):
                 sequence = checked_record(sequences, source.name, record_id, length, crc)
                 if skipped:
-                    summary_out.write(f"{record_id}\t{length}\t0\t0\t0\tNA\t{skipped}\tNA\tNA\n")
+                    summary_out.write(f"{record_id}\t{length}\t0\t0\t0\tNA\t{skipped}\tNA\tNA\tNA\n")
                     counted[skipped] += 1
+                    if pairs:
+                        pairs.add(record_id, skipped, "NA", 0, 0)
                     continue
                 if record_id not in scored:
                     raise InputError(f"{output_dir}/shards: the tables of record '{record_id}' are incomplete; "
                                      "run prediction again with --overwrite")
                 first, count, without_frames, scored_chunks, viral, best, call, probability = scored[record_id]
                 call, fdr = calls.final(record_id, call, probability)
-                summary_out.write(f"{record_id}\t{length}\t{count}\t{without_frames}\t{viral}\t{best}\t{call}\t"
-                                  f"{probability_cells(scored_chunks > 0, calibrated, probability, fdr)}\n")
-                counted[call] += 1
-                chunks += count
                 best_score = -1.0 if best == "NA" else float(best)
                 drawn = plot and (len(plotted) < PLOTTED_SEQUENCES or best_score > plotted[0][0])
-                if viral == 0 and not drawn:
-                    continue                # nothing to draw or to write to the hit files
-                track = chunk_track(block.chunks, scores, first, first + count)
-                regions = viral_regions(track, min_region)
-                hits.add(sequence, call, regions)
+                # only sequences with a viral chunk have regions, hit sequences or tracks to draw
+                track = chunk_track(block.chunks, scores, first, first + count) if viral or drawn else []
+                regions = viral_regions(track, min_region) if viral else []
+                summary_out.write(f"{record_id}\t{length}\t{count}\t{without_frames}\t{viral}\t{best}\t{call}\t"
+                                  f"{probability_cells(scored_chunks > 0, calibrated, probability, fdr)}\t"
+                                  f"{region_cell(regions)}\n")
+                counted[call] += 1
+                chunks += count
+                if pairs:
+                    pairs.add(record_id, call, best, scored_chunks, viral)
+                if viral:
+                    hits.add(sequence, call, regions)
                 if drawn:
-                    entry = (best_score, -sequence.number, (record_id, len(sequence.sequence), track), regions)
+                    entry = (best_score, -sequence.number, (record_id, len(sequence.sequence), track), regions,
+                             f"{call}, best viral score {best}")
                     (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
         extra = next(sequences, None)
         if extra is not None:
@@ -227,14 +237,46 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
                              f"'{extra.id}', is new; run prediction again with --overwrite on the input as it is now")
     counts = {"sequences": sum(counted.values()), "calls": dict(counted), "chunks": chunks,
               "viral_sequences": hits.viral_sequences, "viral_regions": hits.regions,
-              "files": [*RESULT_FILES, *[PLOT_FILE] * bool(plot and plotted)]}
+              "files": [*RESULT_FILES, *[PAIRS_FILE] * bool(pairs), *[PLOT_FILE] * bool(plot and plotted)]}
+    if pairs:
+        counts["pairs"], counts["pair_calls"] = pairs.count, dict(pairs.calls)
     if plot and plotted:
         shown = sorted(plotted, reverse=True)
         title = (f"the {len(shown)} of {counts['sequences']} sequences with the highest viral scores"
                  if counts["sequences"] > len(shown) else "")
         plot_chunk_scores([entry[2] for entry in shown], f"{output_dir}/{PLOT_FILE}", chunk_size,
-                          [entry[3] for entry in shown], title)
+                          [entry[3] for entry in shown], title, [entry[4] for entry in shown])
     return counts
+
+
+class Pairs:
+    """prediction_pairs.tsv of a run of paired reads: a row a pair, from its two mates' rows, written as the
+    second mate's is (mates follow each other in the run's order)."""
+
+    def __init__(self, output_dir: str):
+        self._file = atomic_write(f"{output_dir}/{PAIRS_FILE}")
+        self.first: tuple | None = None
+        self.count, self.calls = 0, collections.Counter()
+
+    def __enter__(self):
+        self.out = self._file.__enter__()
+        self.out.write(PAIRS_HEADER)
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._file.__exit__(*exc_info)
+
+    def add(self, read_id: str, call: str, best: str, scored: int, viral: int) -> None:
+        pair, mate = read_id.rsplit("/", 1)
+        if mate == "1":
+            self.first = (pair, call, best, scored, viral)
+            return
+        first_pair, first_call, first_best, first_scored, first_viral = self.first
+        together = pair_call(first_scored + scored, first_viral + viral, first_call, call)
+        self.out.write(f"{pair}\t{first_call}\t{first_best}\t{call}\t{best}\t{first_scored + scored}\t"
+                       f"{first_viral + viral}\t{together}\n")
+        self.count += 1
+        self.calls[together] += 1
 
 
 def chunk_lines(block: RecordBlock, scores: BlockScores, calibrated: bool) -> list[str]:

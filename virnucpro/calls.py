@@ -3,6 +3,7 @@
 - a frame is viral when its viral score beats its non-viral one (``others`` on an exact tie, as published);
 - a chunk is viral when its best viral score is at least its best non-viral score, over its frames;
 - a sequence is viral when at least half of its scored chunks are; one without a scored chunk says why;
+  so is a read pair, from both mates' chunks;
 - with a calibration, a viral call whose probability is under ``--min-score`` or whose FDR is over
   ``--max-fdr`` becomes ``below_threshold``;
 - a viral region is a run of viral chunks along a sequence, gaps of ``max_gap`` chunks bridged.
@@ -43,6 +44,18 @@ def sequence_calls(chunks: np.ndarray, without_frames: np.ndarray, scored: np.nd
     unscored = scored == 0
     call[unscored] = np.where(without_frames == chunks, "no_frames", "not_scored")[unscored]
     return call
+
+
+def pair_call(scored: int, viral: int, first: str, second: str) -> str:
+    """The call of a read pair, from both mates' chunks by the sequence rule: ``virus`` when at least half
+    of its scored chunks are viral, unless no mate is a virus call any more (then a threshold took the call:
+    ``below_threshold``); without a scored chunk, the mates' reasons (``too_short+no_frames``, or one when
+    they agree)."""
+    if not scored:
+        return first if first == second else f"{first}+{second}"
+    if 2 * viral < scored:
+        return "others"
+    return "virus" if "virus" in (first, second) else "below_threshold"
 
 
 def thresholded_call(call: str, probability: float, fdr: float | None, min_score: float | None,

@@ -5,6 +5,7 @@ file stops with one line naming the file, the record or line and the fix.
 """
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -43,40 +44,42 @@ def _first_invalid_letter(sequence: str, alphabet: str) -> str | None:
     return next((letter for letter in sequence if letter not in allowed), None)
 
 
-class _RecordIds:
-    """Refuses a record id seen before in a file. Keeps a set of the ids'
-    hashes, not the ids (about 60 bytes a record instead of 200: flat memory
-    for millions of reads); a repeated hash is confirmed, and the first record
-    of that id found, by reading the file again up to it. A pipe cannot be
-    read twice, so for one the ids themselves are kept."""
+class RecordIds:
+    """Refuses an id seen before. Keeps a set of the ids' hashes, not the ids
+    (about 60 bytes a record instead of 200: flat memory for millions of
+    reads); a repeated hash is confirmed, and the first record of that id
+    found, by ``locate(id) -> (number, line)``, which reads the file again up
+    to it. Without ``locate`` (a pipe, which cannot be read twice) the ids
+    themselves are kept. ``what`` names the records in the message."""
 
-    def __init__(self, path: str, name: str):
-        self.path, self.name = path, name
+    def __init__(self, name: str, locate=None, what: str = "record"):
+        self.name, self.locate, self.what = name, locate, what
         self.hashes: set[int] = set()
-        self.ids: dict[str, tuple[int, int]] | None = None if os.path.isfile(path) else {}
+        self.ids: dict[str, tuple[int, int]] | None = None if locate else {}
 
     def add(self, record_id: str, number: int, line: int) -> None:
         if self.ids is not None:
             first = self.ids.setdefault(record_id, (number, line))
         elif hash(record_id) in self.hashes:
-            first = self._first_record(record_id)
+            first = self.locate(record_id)
         else:
             self.hashes.add(hash(record_id))
             return
         if first != (number, line):
             raise InputError(
-                f"{self.name}: duplicate record id '{record_id}' at record {first[0]} (line {first[1]}) "
-                f"and record {number} (line {line}); record ids must be unique, rename one of them")
+                f"{self.name}: duplicate {self.what} id '{record_id}' at {self.what} {first[0]} (line {first[1]}) "
+                f"and {self.what} {number} (line {line}); {self.what} ids must be unique, rename one of them")
 
-    def _first_record(self, record_id: str) -> tuple[int, int]:
-        """(number, header line) of the first record with this id: the one
-        being read when its hash matched another id's."""
-        lines = _numbered_lines(self.path, self.name)
-        first = next((number, line) for number, line in lines if line)
-        entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
-        return next((number, line) for number, (title, line, _)
-                    in enumerate(entries(self.name, itertools.chain([first], lines)), start=1)
-                    if title.split(None, 1)[0] == record_id)
+
+def _first_record(path: str, name: str, record_id: str) -> tuple[int, int]:
+    """(number, header line) of the first record with this id: the one being
+    read when its hash matched another id's."""
+    lines = _numbered_lines(path, name)
+    first = next((number, line) for number, line in lines if line)
+    entries = _fastq_entries if first[1].startswith("@") else _fasta_entries
+    return next((number, line) for number, (title, line, _)
+                in enumerate(entries(name, itertools.chain([first], lines)), start=1)
+                if title.split(None, 1)[0] == record_id)
 
 
 MAX_LINE = 1 << 29        # characters: a longer line is refused before more of it is read
@@ -150,7 +153,7 @@ def _fastq_entries(name: str, lines) -> Iterator[tuple[str, int, str]]:
 
 
 def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty: bool = False,
-               name: str | None = None, tap=None) -> Iterator[FastaRecord]:
+               name: str | None = None, tap=None, unique: bool = True) -> Iterator[FastaRecord]:
     """Stream the records of a FASTA or FASTQ file (told apart by content;
     plain, gzip, bzip2, xz or zstd; ``-`` is standard input), validated.
 
@@ -165,11 +168,13 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty
     duplicate record id, a header without an id, or a file without any
     sequence. A record without sequence is skipped with a warning, or yielded
     with ``keep_empty``. Messages call the file ``name`` (default: its path);
-    ``tap`` reads its raw bytes through (``files.open_binary``).
+    ``tap`` reads its raw bytes through (``files.open_binary``). With
+    ``unique=False`` ids may repeat (the mates of an interleaved file).
     """
     path = os.fspath(path)
     name = name or path
-    record_ids = _RecordIds(path, name)
+    record_ids = RecordIds(name, functools.partial(_first_record, path, name) if os.path.isfile(path) else None) \
+        if unique else None
     with_sequence = 0
     rna_seen = False
 
@@ -179,7 +184,8 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty
         if not record_id:
             raise InputError(f"{name}: record {number} (line {line}) has a header without an id; give every "
                              "record an id after '>'")
-        record_ids.add(record_id, number, line)
+        if record_ids is not None:
+            record_ids.add(record_id, number, line)
         if " " in sequence or "\t" in sequence:
             sequence = sequence.replace(" ", "").replace("\t", "")
         if not sequence:

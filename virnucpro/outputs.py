@@ -24,6 +24,7 @@ CHUNKS_FILE = "prediction_results_highestscore.csv"
 SUMMARY_FILE = "prediction_summary.tsv"
 HIT_FILES = ("viral_regions.tsv", "viral_regions.bed", "viral_regions.fna", "viral_sequences.fna")
 RESULT_FILES = (FRAMES_FILE, CHUNKS_FILE, SUMMARY_FILE, *HIT_FILES)
+PAIRS_FILE = "prediction_pairs.tsv"        # paired reads only: a row a pair
 PLOT_FILE = "prediction.png"
 RUN_FILE = "run.json"
 SHARDS = "shards"                    # the shards' tables while the run lasts (shards.py)
@@ -34,9 +35,11 @@ FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt
 REGION_COLUMNS = ["sequence_id", "start", "end", "length", "chunks", "mean_score", "max_score"]
 FASTA_WIDTH = 80
 SUMMARY_HEADER = ("Sequence_ID\tLength\tChunks\tChunks_without_frames\tViral_chunks\tBest_viral_score\tCall\t"
-                  "Viral_probability\tFDR\n")
+                  "Viral_probability\tFDR\tViral_regions\n")
 CHUNK_HEADER = "Modified_ID\tIs_Virus\tViral_score\tViral_probability\n"
 FRAME_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
+PAIRS_HEADER = ("Pair_ID\tMate1_call\tMate1_best_viral_score\tMate2_call\tMate2_best_viral_score\t"
+                "Scored_chunks\tViral_chunks\tCall\n")
 UNCALIBRATED = "uncalibrated"
 PLOTTED_SEQUENCES = 20
 
@@ -81,7 +84,7 @@ class Hits:
 
     def add(self, record: FastaRecord, call: str, regions: list[ViralRegion]) -> None:
         if call == "virus":
-            write_fasta_record(self.sequences_fasta, record.id, record.sequence, width=FASTA_WIDTH)
+            write_fasta_record(self.sequences_fasta, record.title, record.sequence, width=FASTA_WIDTH)
             self.viral_sequences += 1
         for region in regions:
             name = f"{record.id}|{region.start}-{region.end}"
@@ -100,6 +103,11 @@ class Hits:
         return self._stack.__exit__(*exc_info)
 
 
+def region_cell(regions: list[ViralRegion]) -> str:
+    """The summary's Viral_regions cell: each region's 1-based start and end (``1-300,551-1200``), or NA."""
+    return ",".join(f"{region.start}-{region.end}" for region in regions) or "NA"
+
+
 def report(counts: dict, min_length: int, output_dir: str) -> str:
     """The run's last line: how many sequences got each call, and the viral regions."""
     calls = counts["calls"]
@@ -110,6 +118,8 @@ def report(counts: dict, min_length: int, output_dir: str) -> str:
     return (f"{sum(calls.values())} sequences: {calls.get('virus', 0)} called viral, {calls.get('others', 0)} not"
             + (f", {below} viral by the chunk rule but below --min-score or over --max-fdr" if below else "")
             + f"; {counts['viral_regions']} viral regions"
+            + (f"; {counts['pairs']} read pairs: {counts['pair_calls'].get('virus', 0)} called viral "
+               f"(prediction_pairs.tsv)" if "pairs" in counts else "")
             + (f"; not scored: {', '.join(skipped)} (listed in prediction_summary.tsv)" if skipped else "")
             + f"; results in {output_dir}/")
 
@@ -146,7 +156,7 @@ def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
         changed = changed_settings(run["settings"], settings)
         raise InputError(f"{output_dir} holds a run with other settings ({', '.join(changed)}); give "
                          "another -o, or --overwrite to start over in that folder")
-    finished = all(os.path.exists(f"{output_dir}/{name}") for name in RESULT_FILES)
+    finished = all(os.path.exists(f"{output_dir}/{name}") for name in run.get("files", RESULT_FILES))
     if run.get("status") == "complete":
         return "complete" if finished else "new"
     return "resume"
@@ -162,20 +172,21 @@ def write_run(output_dir: str, settings: dict, status: str, counts: dict | None 
                   handle, indent=1)
 
 
-def start_over(output_dir: str, input_path: str, plot: bool) -> None:
+def start_over(output_dir: str, inputs: list[str], plot: bool) -> None:
     """Remove what a previous run of this tool left (its run.json, shards and plot) and the result files,
-    so that no old result outlives a new run; nothing else of the folder. The input itself, when it is one
+    so that no old result outlives a new run; nothing else of the folder. An input itself, when it is one
     of them (the viral sequences of an earlier run, say), is never removed: the run is refused."""
     previous = read_run(output_dir) or {}
-    replaced = [*RESULT_FILES, RUN_FILE] + [PLOT_FILE] * (PLOT_FILE in previous.get("files", ()))
-    given = os.path.realpath(input_path) if input_path != "-" else None
-    inside = [name for name in replaced if os.path.realpath(f"{output_dir}/{name}") == given]
-    if given and os.path.commonpath([given, os.path.realpath(f"{output_dir}/{SHARDS}")]) == \
-            os.path.realpath(f"{output_dir}/{SHARDS}"):
-        inside.append(SHARDS)
-    if inside:
-        raise InputError(f"{input_path}: the input is the {inside[0]} a run in {output_dir} replaces; copy it "
-                         "elsewhere or give another -o")
+    replaced = [*RESULT_FILES, PAIRS_FILE, RUN_FILE] + [PLOT_FILE] * (PLOT_FILE in previous.get("files", ()))
+    shards = os.path.realpath(f"{output_dir}/{SHARDS}")
+    for input_path in inputs:
+        given = os.path.realpath(input_path) if input_path != "-" else None
+        inside = [name for name in replaced if os.path.realpath(f"{output_dir}/{name}") == given]
+        if given and os.path.commonpath([given, shards]) == shards:
+            inside.append(SHARDS)
+        if inside:
+            raise InputError(f"{input_path}: the input is the {inside[0]} a run in {output_dir} replaces; copy "
+                             "it elsewhere or give another -o")
     if plot and os.path.exists(f"{output_dir}/{PLOT_FILE}") and PLOT_FILE not in replaced:
         raise InputError(f"{output_dir}/{PLOT_FILE}: a plot this tool did not draw, which --plot would replace; "
                          f"{RUN_FIX}")
@@ -234,10 +245,10 @@ def best_chunk_scores(results_file: str) -> dict[str, dict[int, tuple[np.float32
     return sequences
 
 
-def summary_lengths(output_dir: str) -> dict[str, int]:
-    """Each sequence's length, from the folder's prediction_summary.tsv ({} without one: the published tool's)."""
+def summary_rows(output_dir: str) -> dict[str, dict[str, str]]:
+    """Each sequence's row of the folder's prediction_summary.tsv ({} without one: the published tool's)."""
     path = os.path.join(output_dir, SUMMARY_FILE)
     if not os.path.exists(path):
         return {}
     with open(path) as handle:
-        return {row["Sequence_ID"]: int(row["Length"]) for row in csv.DictReader(handle, delimiter="\t")}
+        return {row["Sequence_ID"]: row for row in csv.DictReader(handle, delimiter="\t")}

@@ -11,13 +11,15 @@ def literal(text: str) -> str:
 
 
 def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float | None, bool]]]], out_png,
-                      chunk_size: int, regions: list[list[ViralRegion]] | None = None, title: str = "") -> None:
+                      chunk_size: int, regions: list[list[ViralRegion]] | None = None, title: str = "",
+                      labels: list[str] | None = None) -> None:
     """One panel per sequence, spanning its length: each chunk drawn at its
     position with its best viral score, red when the chunk is called viral,
     light grey along the bottom when it has no scored frame (the published
     drew_fig.py, with real coordinates), and each sequence's viral regions
     shaded. ``sequences`` holds ``(sequence id, length, [(start, end, best
-    viral score or None, viral)])``."""
+    viral score or None, viral)])``; ``labels`` (its call and best score, say)
+    is written at the right of each panel's title, ``title`` above them all."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -34,6 +36,8 @@ def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float
                 axis.plot([start, end], [score, score], color="red" if viral else "darkblue", linewidth=2.5)
         axis.axhline(0.5, color="lightgray", linewidth=0.8, zorder=0)
         axis.set_title(literal(sequence_id), fontsize=11, loc="left")
+        if labels:
+            axis.set_title(literal(labels[number]), fontsize=10, loc="right")
         axis.set_xlim(0, length)
         axis.set_ylim(-0.05, 1.05)
         axis.set_ylabel("viral score")
@@ -42,7 +46,8 @@ def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float
                            "grey no stop-free frame; shaded: viral regions")
     if title:
         figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+    height = figure.get_figheight()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height if title else 1))     # the title above the panels
     with atomic_write(out_png, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)

@@ -37,10 +37,12 @@ from .runs import Team, folder_lock, rare_garbage_collection
 CHUNKS_PER_SHARD = 10_000      # the default: bounds memory, and the work a resumed run redoes
 
 
-def default_limits(chunk_length: int) -> tuple[int, int]:
-    """The defaults of ``--min-length`` (half the chunk length: one to a few codons are no evidence) and of
-    ``--min-region`` (the chunk length)."""
-    return chunk_length // 2, chunk_length
+MIN_REGION = 1                 # the default: every viral chunk is in a region, so every virus call has one
+
+
+def default_min_length(chunk_length: int) -> int:
+    """The default of ``--min-length``: half the chunk length (one to a few codons are no evidence)."""
+    return chunk_length // 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class Request:
     plot: bool
     overwrite: bool
     slurm_array: bool                     # the tasks of this SLURM array job share the run
+    mate2: str | None = None              # paired reads: the second mates' file
+    interleaved: bool = False             # paired reads: mates one after the other in the input
 
 
 def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibration: Calibration | None) -> dict | None:
@@ -73,15 +77,15 @@ def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibrati
     was complete, or another process of the team assembles)."""
     check_writable(request.output_dir, "-o")
     team = Team.from_environment(request.slurm_array)
-    if team.world > 1 and is_pipe(request.input_path):
+    if team.world > 1 and any(is_pipe(path) for path in (request.input_path, request.mate2) if path):
         raise InputError(f"{request.input_path}: under torchrun or in a SLURM array every process reads the "
                          "input; give a file, not a pipe")
     if team.array and request.overwrite:
         raise InputError(f"--overwrite in a SLURM array would make every task start over; remove "
                          f"{request.output_dir} or give another -o instead")
     lock = folder_lock(request.output_dir) if team.rank == 0 and not team.array else contextlib.nullcontext()
-    with team, lock, run_input(request.input_path, request.output_dir, request.chunk_length, team.leads) as source, \
-            rare_garbage_collection():
+    with team, lock, run_input(request.input_path, request.mate2, request.interleaved, request.output_dir,
+                               request.chunk_length, team.leads) as source, rare_garbage_collection():
         return _run(request, source, classifier, metadata, calibration, team)
 
 
@@ -133,7 +137,9 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
         return None
     device = team.device(request.device)
     if team.leads:
-        logger.info(f"{source.name}: {source.records} sequences, {n_chunks} {chunk_length}-bp chunks; "
+        reads = f"{source.sequences // 2} read pairs" if source.paired else f"{source.sequences} sequences"
+        logger.info(f"{source.name}{f' and {source.mate2_name}' if source.mate2 else ''}: {reads}, {n_chunks} "
+                    f"{chunk_length}-bp chunks; "
                     f"{pipeline.name} pipeline on {device}"
                     + (f", task {team.rank + 1} of a SLURM array of {team.world}" if team.array else
                        f", {team.world} processes" if team.world > 1 else ""))
@@ -166,7 +172,7 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
 
 
 def begin_run(request: Request, settings: dict) -> None:
-    start_over(request.output_dir, request.input_path, request.plot)
+    start_over(request.output_dir, [path for path in (request.input_path, request.mate2) if path], request.plot)
     write_run(request.output_dir, settings, "running")
 
 

@@ -22,7 +22,7 @@ from .calls import frame_classes
 from .chunks import chunk_ids, chunk_starts
 from .engine import Engine, Frames, Scores
 from .errors import InputError
-from .fasta import FastaRecord, read_fasta
+from .fasta import FastaRecord
 from .features import log_failures, save_dna_features, save_merged_features, save_protein_features
 from .files import atomic_write
 from .frames import IdentifiedWriter, stop_free_frames
@@ -55,7 +55,7 @@ def shards(source: Input, chunk_size: int, chunks_per_shard: int) -> Iterator[tu
     record longer than a shard (a chromosome-sized contig) is spread over
     several and memory stays flat whatever the records' lengths."""
     shard, room = [], chunks_per_shard
-    for record in read_fasta(source.path, alphabet="dna", keep_empty=True, name=source.name):
+    for record in source.reads():
         total, first = len(chunk_starts(len(record.sequence), chunk_size)), 0
         while True:
             taken = min(total - first, room)
