@@ -6,8 +6,10 @@
 The published flow, made robust:
   1. find the identified_nucleotide.fa / identified_protein.fa pairs that
      scripts/make_train_dataset.py wrote under the data folder;
-  2. split each into files of 10,000 sequences (<name>.identified_nucleotide/
-     output_N.fa, and the same for proteins);
+  2. split each into files of --sequences-per-file frames (10,000 as published:
+     <name>.identified_nucleotide/output_N.fa, and the same for proteins); only
+     full files are used, so a genome of 25,000 frames gives two and its last
+     5,000 frames are left out, and a small data set needs a smaller value;
   3. take every full viral file, and a host sample balanced over the seven host
      categories (vertebrate, protozoa, plant, invertebrate, fungi, bacteria,
      archaea): ceil(n_viral / 7) files per category, then sampled down to
@@ -16,6 +18,10 @@ The published flow, made robust:
      and merge them into <merge-dir>/<name>_merged/output_N_merged.pt with the
      label (viral 1, host 0);
   5. check every merged file of this run (2048-d, finite, unique ids, labels).
+
+A file's category is the first word of its name, as scripts/download_data.py
+names them: viral, or a host category (vertebrate_* counts as vertebrate);
+one's own data is named so too (viral.myphages.identified_nucleotide.fa).
 
 A re-run skips finished files (every file is written atomically); failed
 sequences are logged to extraction_failures.log and counted. The merge folder's
@@ -36,7 +42,6 @@ import os
 import units
 from virnucpro import selection
 from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
-from virnucpro.errors import InputError
 from virnucpro.cli import at_least
 from virnucpro.features import load_merged_file
 from virnucpro.files import check_writable
@@ -116,8 +121,6 @@ def main(argv=None):
     check_writable(args.merge_dir, "--merge-dir", "the features")
     team = Team.from_environment(args.slurm_array)
     pairs = selection.discover(args.data_dir)
-    if not pairs:
-        raise InputError(f"{args.data_dir}: no *{selection.NUCLEOTIDE_SUFFIX} files; run scripts/make_train_dataset.py")
     selected = selection.select_files(selection.full_split_files(pairs, args.sequences_per_file), args.seed)
     mine = team.share_of(selected)
     n_viral = sum(split.label == "viral" for split in selected)

@@ -14,7 +14,8 @@ clusters by average nucleotide identity: skani, through pyskani, links two
 when their ANI is at least --ani percent, 95 by default, the field's species
 convention, over at least 85% of the shorter; the genomes are read from the
 *genomic.fna.gz files under --data-dir), or record (the genome record alone).
-No group contributes to both sides; a record whose lineage is not recorded is
+No group contributes to both sides, and each class must have rows on both (a
+split that would leave a class out of the test set is refused); a record whose lineage is not recorded is
 its own group (counted). Test frames identical to a training frame (same
 features, so same DNA and protein) are left out of the test set and counted.
 The published random per-frame split put frames of one chunk, overlapping
@@ -74,6 +75,7 @@ def main(argv=None):
     lengths = splits.frame_lengths(features.files, args.data_dir)
     split = splits.build_split(features, args.test_fraction, args.seed, lengths, splits.read_lineages(args.data_dir),
                                args.group_by, args.data_dir, args.ani, (args.fold, args.folds) if args.folds else None)
+    splits.refuse_one_sided(split, args.merge_dir)
     split["merge_dir"] = os.path.abspath(args.merge_dir)
     with atomic_write(args.output) as handle:
         json.dump(split, handle, indent=1)

@@ -28,8 +28,10 @@ Every metric comes with a 95% interval from a bootstrap over the split's
 held-out groups (organisms by default), not rows. At each level the verdict
 reads the interval of the paired accuracy drop (ESM2-3B minus FastESM2_650):
 PASSED when its upper bound is under --threshold (5 points), FAILED when its
-lower bound is at or above it, INCONCLUSIVE otherwise; the overall result is
-the worst level's (exit status 1 for FAILED). Precision and FDR are also given
+lower bound is at or above it, INCONCLUSIVE otherwise, and INCONCLUSIVE
+whatever the interval when a class has fewer than 3 held-out groups at that
+level (the report says so: such an interval has no width to trust); the
+overall result is the worst level's (exit status 1 for FAILED). Precision and FDR are also given
 at viral prevalences of 1%, 10% and 50%: the test set is balanced, metagenomes
 are not.
 

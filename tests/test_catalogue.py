@@ -96,6 +96,14 @@ def results_folder(tmp: Path) -> Path:
     return tmp / "prediction_results.txt"
 
 
+def identified(tmp: Path, frames: dict[str, int]) -> Path:
+    """Identified frame files as scripts/make_train_dataset.py writes them: ``{stem: frames}``."""
+    for stem, count in frames.items():
+        for suffix, residues in ((".identified_nucleotide.fa", "ACGTACGTAC"), (".identified_protein.fa", "MKV")):
+            (tmp / f"{stem}{suffix}").write_text("".join(f">{stem}_{k}F1\n{residues}\n" for k in range(count)))
+    return tmp
+
+
 IDENTIFIED = ["data/genomes.identified_nucleotide.fa", "data/genomes.identified_protein.fa",
               "data/genomes.identified.json"]
 #        situation, script, prepare(tmp, models) -> arguments, words, must exist, must not exist
@@ -106,6 +114,17 @@ CASES = [
      "the features cannot be written there", [], []),
     ("no identified files", "features_extract", lambda tmp, models: ["--data-dir", str(tmp)],
      "no *.identified_nucleotide.fa files; run scripts/make_train_dataset.py", [], ["data_merge"]),
+    ("identified files of one's own named without a category", "features_extract",
+     lambda tmp, models: ["--data-dir", str(identified(tmp, {"myphages": 5, "mygut": 5}))],
+     "mygut.identified_nucleotide.fa: unknown category 'mygut' (a file's category is the first word of its "
+     "name: viral, or a host category", [], ["data_merge"]),
+    ("no host files", "features_extract", lambda tmp, models: ["--data-dir", str(identified(tmp, {"viral.1": 5}))],
+     "no host file (<host category>.*.identified_nucleotide.fa", [], ["data_merge"]),
+    ("a small data set and the published split size", "features_extract",
+     lambda tmp, models: ["--data-dir", str(identified(tmp, {"viral.1": 40, "viral.2": 70, "bacteria.1": 90}))],
+     "viral.2.identified_nucleotide.fa: 70 frames, the most of the 2 viral files; only split files of exactly "
+     "--sequences-per-file (10000) frames are used, as published, so there is no full viral file: give "
+     "--sequences-per-file 70 or less", [], ["data_merge"]),
     ("--sequences-per-file 0", "features_extract", lambda tmp, models: ["--sequences-per-file", "0"],
      "argument --sequences-per-file: 0 is below 1", [], []),
     # ---- train_fastesm.py
@@ -127,6 +146,11 @@ CASES = [
      lambda tmp, models: ["--merge-dir", str(merged_features(tmp / "merge")),
                           "--output", str(unwritable(tmp) / "split.json")], "the split cannot be written there",
      [], []),
+    ("a data set too small to hold out a record of each class", "create_test_set",
+     lambda tmp, models: ["--merge-dir", str(merged_features(tmp / "merge", accessions=1)), "--group-by", "record",
+                          "--output", str(tmp / "split.json")],
+     "the split has no viral test rows (5 viral rows in 1 group by record), so nothing could be measured on it; "
+     "give a larger --test-fraction", [], ["split.json"]),
     ("--test-fraction 1.5", "create_test_set", lambda tmp, models: ["--test-fraction", "1.5"],
      "argument --test-fraction: 1.5 is not between 0 and 1", [], []),
     # ---- scripts/evaluate_compare.py

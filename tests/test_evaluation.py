@@ -312,3 +312,18 @@ def test_the_example_report_is_what_the_evaluation_writes(study, evaluated):
             (EXAMPLE_REPORT.parent / f"example_{name}").write_bytes((evaluated / name).read_bytes())
         EXAMPLE_REPORT.write_text(note + fresh)
     assert report_outline(EXAMPLE_REPORT.read_text()) == report_outline(fresh)
+
+
+def test_too_few_held_out_groups_give_no_verdict():
+    """One record per class: the group bootstrap's interval has no width, and PASSED would be a claim."""
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    calls = {"FastESM2_650": labels.copy(), "ESM2-3B": labels.copy()}
+    few = evaluation.Level(labels, ["v1"] * 3 + ["h1"] * 3, calls, {name: labels * 1.0 for name in calls})
+    enough = evaluation.Level(labels, ["v1", "v2", "v3", "h1", "h2", "h3"], calls, few.scores)
+    order = ["FastESM2_650", "ESM2-3B"]
+    _, intervals, verdicts = evaluation.scored_levels({"sequences": few, "chunks": enough}, order, 200, 0, 0.05)
+    assert intervals["sequences"]["difference"]["accuracy"] == intervals["chunks"]["difference"]["accuracy"]
+    assert verdicts == {"sequences": "INCONCLUSIVE", "chunks": "PASSED"}
+    assert evaluation.too_few_groups(few) == ("1 viral and 1 host held-out groups, fewer than the 3 per class an "
+                                              "interval needs")
+    assert evaluation.too_few_groups(enough) is None

@@ -91,12 +91,13 @@ def test_split_keeps_genomes_whole_and_holds_out_a_tenth_per_class(workspace, tm
 
 def lineage_records(data_dir, accessions=30):
     """make_train_dataset.py's records: viral records two by two of one organism (segments), host ones three
-    by three (chromosomes); five viral families and two host families."""
+    by three (chromosomes); five viral families and seven host families (two would leave no host family
+    small enough to hold out: a one-sided split, refused)."""
     lineages = {}
     for label, stem in CLASSES:
         for a in range(accessions):
             organism = f"virus {a // 2}" if label else f"host {a // 3}"
-            family = f"Family{a % 5}viridae" if label else f"Family{a % 2}aceae"
+            family = f"Family{a % 5}viridae" if label else f"Family{a % 7}aceae"
             lineages[f"{stem}_ACC{a:03d}.1"] = {"organism": organism, "taxonomy": ["Root", family, f"Genus{a % 7}"]}
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "all.identified.json").write_text(json.dumps({"chunk_length": 300, "lineages": lineages}))
@@ -387,12 +388,14 @@ def test_speed_benchmark_cpu_smoke(tiny_models, tmp_path, capsys):
     report = tmp_path / "speed.md"
     status = benchmark.main(["--device", "cpu", "--sequences", "4", "--runs", "1", "--report", str(report),
                              "--fastesm-model", tiny_models["protein"], "--esm2-3b-model", tiny_models["esm2_3b"]])
-    assert status in (0, 1)
+    assert status == 0
     text = report.read_text()
     for section in ("## Protein-embedding extraction", "| FastESM2_650 | float32 |", "| ESM2-3B | float32 |",
                     "## Speed-up", "| same precision |", "4.4x"):
         assert section in text
-    assert ("PASSED" if status == 0 else "FAILED") in capsys.readouterr().out
+    verdict = ("NO VERDICT: a smoke test (a CPU run; 4 proteins, fewer than 500; 1 timed runs, fewer than 3), "
+               "not a measurement")
+    assert f"**Result: {verdict}**" in text and f"{verdict}; report:" in capsys.readouterr().out
 
 
 def test_end_to_end_benchmark_smoke(tiny_models, tmp_path):

@@ -314,6 +314,21 @@ def calibrate(fragments: Fragments, classifier: Classifier, split: dict, predict
 
 
 # ---------------------------------------------------------------- metrics and verdicts
+MIN_GROUPS_PER_CLASS = 3       # a bootstrap over fewer held-out groups of a class gives intervals of no width
+
+
+def too_few_groups(level: Level) -> str | None:
+    """Why a level's intervals cannot carry a verdict: fewer than ``MIN_GROUPS_PER_CLASS`` held-out groups
+    of a class; None when there are enough."""
+    few = []
+    for label, name in ((1, "viral"), (0, "host")):
+        count = len({group for group, row_label in zip(level.groups, level.labels) if row_label == label})
+        if count < MIN_GROUPS_PER_CLASS:
+            few.append(f"{count} {name}")
+    return (f"{' and '.join(few)} held-out groups, fewer than the {MIN_GROUPS_PER_CLASS} per class an interval "
+            "needs" if few else None)
+
+
 def verdict_of(drop_interval, threshold: float) -> str:
     low, high = drop_interval
     if high < threshold:
@@ -354,7 +369,8 @@ def scored_levels(levels: dict[str, Level], order: list[str], replicates: int, s
         intervals[name] = group_bootstrap(level.groups, level.labels, {c: level.calls[c] for c in order},
                                           replicates, seed)
         if threshold is not None:
-            verdicts[name] = verdict_of(intervals[name]["difference"]["accuracy"], threshold)
+            verdicts[name] = "INCONCLUSIVE" if too_few_groups(level) else \
+                verdict_of(intervals[name]["difference"]["accuracy"], threshold)
     return results, intervals, verdicts
 
 

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .evaluation import LEVELS, Calibrated, Classifier, Level, prevalence_rows
+from .evaluation import LEVELS, Calibrated, Classifier, Level, prevalence_rows, too_few_groups
 from .files import atomic_write
 from .plots import reliability_png, roc_png
 
@@ -100,19 +100,23 @@ def write_report(path, levels: dict, results: dict, intervals: dict, verdicts: d
     compared = names if like_for_like else ["FastESM2_650"]
     overall = max(verdicts.values(), key=VERDICT_ORDER.index) if verdicts else \
         ("NO LIKE-FOR-LIKE BASELINE" if len(names) == 2 else "NO BASELINE")
-    lines = ["# Validation report: FastESM2_650 against the ESM2-3B baseline", "", f"**Result: {overall}**", ""]
+    few = next((reason for reason in map(too_few_groups, (levels[name] for name in verdicts)) if reason), None)
+    why = f" ({few})" if few and overall == "INCONCLUSIVE" else ""
+    lines = ["# Validation report: FastESM2_650 against the ESM2-3B baseline", "", f"**Result: {overall}**{why}", ""]
     lines += [f"- {note}" for note in notes] + [""]
     if verdicts:
         lines += ["## Verdict by level", "",
                   f"The accuracy drop (ESM2-3B minus FastESM2_650) with its 95% interval at each level. A level "
                   f"PASSES when the upper bound is under {threshold * 100:g} points, FAILS when the lower bound is at "
-                  "or above it, and is INCONCLUSIVE otherwise (the test set is too small to tell); the result is the "
-                  "worst level's.", "", "| level | accuracy drop (points) | 95% interval | verdict |",
+                  "or above it, and is INCONCLUSIVE otherwise (the test set is too small to tell), or whatever the "
+                  "interval when a class has fewer than 3 held-out groups (its interval has no width to trust); the "
+                  "result is the worst level's.", "", "| level | accuracy drop (points) | 95% interval | verdict |",
                   "|---|---:|---:|---|"]
         for name, verdict in verdicts.items():
             drop = results[name]["ESM2-3B"]["accuracy"] - results[name]["FastESM2_650"]["accuracy"]
             low, high = intervals[name]["difference"]["accuracy"]
-            lines.append(f"| {titles[name]} | {drop * 100:.2f} | [{low * 100:.2f}, {high * 100:.2f}] | {verdict} |")
+            lines.append(f"| {titles[name]} | {drop * 100:.2f} | [{low * 100:.2f}, {high * 100:.2f}] | "
+                         f"{verdict_cell(verdict, levels[name])} |")
         lines.append("")
     lines += ["## Metrics by level", "",
               "In brackets the 95% interval from a bootstrap over the held-out groups (resampled within each class): "
@@ -221,11 +225,19 @@ def write_evaluation(report_dir: str, levels: dict[str, Level], classifiers: lis
                            roc_file, notes, calibration)
     with atomic_write(os.path.join(report_dir, SUMMARY_FILE)) as out:
         json.dump({"result": overall, "verdicts": verdicts, "threshold": threshold,
+                   "too_few_groups": {name: too_few_groups(levels[name]) for name in verdicts
+                                      if too_few_groups(levels[name])},
                    "accuracy_drop_95": {name: intervals[name].get("difference", {}).get("accuracy")
                                         for name in levels},
                    "calibration": {c.classifier: {"files": c.files, "fitted_on": c.fitted_on,
                                                   "ece_before_after": c.ece} for c in calibrated}}, out, indent=1)
     return overall, report
+
+
+def verdict_cell(verdict: str, level: Level) -> str:
+    """A level's verdict, with the reason when too few held-out groups made it INCONCLUSIVE."""
+    reason = too_few_groups(level)
+    return f"{verdict} ({reason})" if reason else verdict
 
 
 def console_lines(levels: dict, results: dict, intervals: dict, verdicts: dict) -> list[str]:
@@ -238,7 +250,7 @@ def console_lines(levels: dict, results: dict, intervals: dict, verdicts: dict) 
         if name in verdicts:
             low, high = intervals[name]["difference"]["accuracy"]
             lines.append(f"{'':>22} accuracy drop 95% interval: [{low * 100:.2f}, {high * 100:.2f}] points -> "
-                         f"{verdicts[name]}")
+                         f"{verdict_cell(verdicts[name], levels[name])}")
     return lines
 
 

@@ -9,6 +9,7 @@ A file's category is the first word of its name: ``viral`` or a host category
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -58,11 +59,16 @@ def category_of(stem: str) -> str | None:
     return name if name in HOST_CATEGORIES else None
 
 
+CATEGORY_RULE = (f"a file's category is the first word of its name: viral, or a host category "
+                 f"({', '.join(HOST_CATEGORIES)}; vertebrate_* counts as vertebrate)")
+
+
 def discover(data_dir: str) -> list[tuple[str, str, str]]:
-    """``(stem, nucleotide file, protein file)`` of every identified pair, sorted."""
+    """``(stem, nucleotide file, protein file)`` of every identified pair, sorted; files that cannot be used
+    are skipped with a warning, and refused with the rule they fail when none can."""
     if not os.path.isdir(data_dir):
         raise InputError(f"{data_dir}: no such folder")
-    pairs = []
+    pairs, skipped = [], []
     for root, _, names in os.walk(data_dir):
         for name in sorted(names):
             if not name.endswith(NUCLEOTIDE_SUFFIX):
@@ -70,11 +76,20 @@ def discover(data_dir: str) -> list[tuple[str, str, str]]:
             stem = name[:-len(NUCLEOTIDE_SUFFIX)]
             protein = os.path.join(root, stem + PROTEIN_SUFFIX)
             if not os.path.exists(protein):
-                logger.warning(f"{os.path.join(root, name)}: no {stem + PROTEIN_SUFFIX} beside it; skipped")
+                skipped.append(f"{os.path.join(root, name)}: no {stem + PROTEIN_SUFFIX} beside it (the frames' "
+                               "proteins, which scripts/make_train_dataset.py writes with them)")
             elif category_of(stem) is None:
-                logger.warning(f"{os.path.join(root, name)}: unknown category '{stem.split('.')[0]}'; skipped")
+                skipped.append(f"{os.path.join(root, name)}: unknown category '{stem.split('.')[0]}' ({CATEGORY_RULE}"
+                               f"; rename it, e.g. viral.{name})")
             else:
                 pairs.append((stem, os.path.join(root, name), protein))
+    if not pairs and skipped:
+        raise InputError(f"{skipped[0]}" + (f"; and {len(skipped) - 1} more files cannot be used" if skipped[1:]
+                                            else ""))
+    if not pairs:
+        raise InputError(f"{data_dir}: no *{NUCLEOTIDE_SUFFIX} files; run scripts/make_train_dataset.py")
+    for reason in skipped:
+        logger.warning(f"{reason}; skipped")
     return sorted(pairs)
 
 
@@ -104,27 +119,45 @@ def chunk_length_of(nucleotide: str) -> int | None:
 
 
 def full_split_files(pairs, sequences_per_file: int) -> list[SplitFile]:
-    """The split files holding exactly ``sequences_per_file`` frames (published: only full files are used)."""
+    """The split files holding exactly ``sequences_per_file`` frames (published: only full files are used);
+    refused, naming the files and their frames, when a class has none."""
     files = []
     for stem, nucleotide, protein in pairs:
         nucleotide_parts = split_once(nucleotide, sequences_per_file)
         protein_parts = split_once(protein, sequences_per_file)
         if [count for _, count in nucleotide_parts] != [count for _, count in protein_parts]:
             raise InputError(f"{nucleotide} and {protein} hold different numbers of frames; "
-                                   "rebuild them with scripts/make_train_dataset.py")
+                             "rebuild them with scripts/make_train_dataset.py")
         chunk_length = chunk_length_of(nucleotide)
         files += [SplitFile(stem, category_of(stem), n_path, p_path, count, chunk_length)
-                  for (n_path, count), (p_path, _) in zip(nucleotide_parts, protein_parts)
-                  if count == sequences_per_file]
-    return files
+                  for (n_path, count), (p_path, _) in zip(nucleotide_parts, protein_parts)]
+    for label in ("viral", "host"):
+        if not any(f.label == label for f in files):
+            folder = os.path.commonpath([os.path.dirname(nucleotide) or "." for _, nucleotide, _ in pairs])
+            names = "viral.*" if label == "viral" else "<host category>.*"
+            raise InputError(f"{folder}: no {label} file ({names}{NUCLEOTIDE_SUFFIX}; {CATEGORY_RULE}); build "
+                             "them with scripts/make_train_dataset.py")
+    for label in ("viral", "host"):
+        _refuse_without_a_full_file(pairs, [f for f in files if f.label == label], label, sequences_per_file)
+    return [f for f in files if f.sequences == sequences_per_file]
+
+
+def _refuse_without_a_full_file(pairs, files: list[SplitFile], label: str, sequences_per_file: int) -> None:
+    if any(f.sequences == sequences_per_file for f in files):
+        return
+    frames = collections.Counter()
+    for split in files:
+        frames[next(n for stem, n, _ in pairs if stem == split.stem)] += split.sequences
+    largest, count = frames.most_common(1)[0]
+    among = f", the most of the {len(frames)} {label} files" if len(frames) > 1 else ""
+    raise InputError(f"{largest}: {count} frames{among}; only split files of exactly --sequences-per-file "
+                     f"({sequences_per_file}) frames are used, as published, so there is no full {label} file: "
+                     f"give --sequences-per-file {count} or less, or more data")
 
 
 def select_files(files: list[SplitFile], seed: int) -> list[SplitFile]:
     """Every viral file, then a host sample balanced over the host categories."""
     viral = [f for f in files if f.category == "viral"]
-    if not viral:
-        raise InputError("no full viral file found; build viral.*.identified_* files first "
-                               "(scripts/download_data.py, scripts/make_train_dataset.py)")
     per_category = math.ceil(len(viral) / len(HOST_CATEGORIES))
     rng = random.Random(seed)
     host = []
@@ -132,7 +165,7 @@ def select_files(files: list[SplitFile], seed: int) -> list[SplitFile]:
         pool = [f for f in files if f.category == category]
         if len(pool) < per_category:
             logger.warning(f"{category}: {len(pool)} full host files, {per_category} wanted; "
-                                 "the host sample is less balanced")
+                           "the host sample is less balanced")
         host += rng.sample(pool, min(per_category, len(pool)))
     if len(host) < len(viral):
         logger.warning(f"{len(host)} host files for {len(viral)} viral files: the classes are unbalanced")

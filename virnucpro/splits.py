@@ -291,6 +291,25 @@ def build_split(features: FeatureSet, fraction: float, seed: int, lengths: dict,
             "excluded_test_frames": excluded, "classes": classes, "files": files}
 
 
+def refuse_one_sided(split: dict, merge_dir: str) -> None:
+    """A split with a class on one side only (too few groups for the fraction or the folds) says nothing
+    about that class: refused, before it is written."""
+    level = split["grouping"]["level"]
+    for name, sides in split["classes"].items():
+        groups = sides["train"]["groups"] + sides["test"]["groups"]
+        for side in ("test", "train"):
+            if sides[side]["rows"]:
+                continue
+            fix = ("a larger --test-fraction, a finer --group-by (record), or more data" if side == "test" else
+                   "a smaller --test-fraction, or more data")
+            if split["fold"]:
+                fix = f"fewer --folds than {split['fold']['folds']}, a finer --group-by (record), or more data"
+            rows = sides["train"]["rows"] + sides["test"]["rows"]
+            raise InputError(f"{merge_dir}: the split has no {name} {side} rows ({rows} {name} rows in {groups} "
+                             f"group{'s' * (groups != 1)} by {level}), so nothing could be measured on it; "
+                             f"give {fix}")
+
+
 def split_table(split: dict) -> str:
     """The split's rows, records and groups per class and side, as a markdown table."""
     lines = ["| class | side | rows | share | records | groups | median length (bp) |",
