@@ -39,13 +39,15 @@ from __future__ import annotations
 import argparse
 import os
 
+import torch
+
 import units
 from virnucpro import selection
 from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.cli import at_least
 from virnucpro.features import load_merged_file
 from virnucpro.files import check_writable
-from virnucpro.loaders import PIPELINES, load_dnabert_s
+from virnucpro.loaders import PIPELINES, default_dtype, load_dnabert_s
 from virnucpro.log import logger
 from virnucpro.modelfiles import model_folder
 from virnucpro.pins import DEFAULT_MODELS_DIR, DNABERT_S, MODELS_ENV
@@ -64,6 +66,9 @@ def parse_args(argv):
     parser.add_argument("--protein-model", help="protein model id or folder (default: the pipeline's)")
     parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
                                              f"${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
+    parser.add_argument("--dna-fp32", action="store_true",
+                        help="run DNABERT-S in float32 on a GPU too (default there: bfloat16); prediction then "
+                             "needs --dna-fp32 as well")
     parser.add_argument("--dna-batch-tokens", type=at_least(1), default=DNA_TOKS_PER_BATCH,
                         help="DNABERT-S tokens per batch (default %(default)s)")
     parser.add_argument("--protein-batch-tokens", type=at_least(1), default=PROTEIN_TOKS_PER_BATCH,
@@ -105,11 +110,14 @@ def extract_share(args, mine: list[selection.SplitFile], team: Team):
     pipeline = PIPELINES[args.pipeline]
     dna_folder = model_folder(DNABERT_S, args.dna_model, args.models_dir)
     protein_folder = model_folder(pipeline.protein, args.protein_model, args.models_dir)
-    settings = selection.extraction_settings(args.pipeline, dna_folder, protein_folder, args.sequences_per_file,
-                                             args.seed)
-    selection.check_resume(args.merge_dir, settings, args.restart, mine)
     device = team.device(args.device)
-    models = (load_dnabert_s(dna_folder, device), pipeline.load_protein(protein_folder, device))
+    dtypes = (torch.float32 if args.dna_fp32 else default_dtype(DNABERT_S, device),
+              default_dtype(pipeline.protein, device))
+    settings = selection.extraction_settings(args.pipeline, dna_folder, protein_folder, args.sequences_per_file,
+                                             args.seed, dtypes)
+    selection.check_resume(args.merge_dir, settings, args.restart, mine)
+    models = (load_dnabert_s(dna_folder, device, dtype=dtypes[0]), pipeline.load_protein(protein_folder, device,
+                                                                                          dtypes[1]))
     failed = 0
     for split in tqdm(todo, desc="files", unit="file"):
         failed += extract_file(split, split.merged(args.merge_dir), models, pipeline, args)

@@ -127,6 +127,9 @@ def parse_args(argv):
                                             f"(default {DNABERT_S.hub_id})")
     parser.add_argument("--protein-model", help="protein model: Hugging Face id or local folder (default "
                                                 f"{FASTESM2_650.hub_id}, or {ESM2_3B.hub_id} for esm2_3b)")
+    parser.add_argument("--dna-fp32", action="store_true",
+                        help="run DNABERT-S in float32 on a GPU too (default there: bfloat16; the CPU always runs "
+                             "float32)")
     parser.add_argument("--dna-batch-tokens", type=at_least(1), default=DNA_TOKS_PER_BATCH,
                         help="DNABERT-S tokens per batch (default %(default)s; batches that run out of "
                              "GPU memory are split)")
@@ -179,7 +182,8 @@ def main(argv=None):
         device=args.device, dna_model=args.dna_model, protein_model=args.protein_model, models_dir=args.models_dir,
         dna_batch_tokens=args.dna_batch_tokens, protein_batch_tokens=args.protein_batch_tokens,
         chunks_per_shard=args.chunks_per_shard, keep_intermediate=args.keep_intermediate, plot=args.plot,
-        overwrite=args.overwrite, slurm_array=args.slurm_array, mate2=args.mate2, interleaved=args.interleaved)
+        overwrite=args.overwrite, slurm_array=args.slurm_array, mate2=args.mate2, interleaved=args.interleaved,
+        dna_fp32=args.dna_fp32)
     counts = predict.run(request, classifier, metadata, calibration)
     if counts is not None:
         logger.info(outputs.report(counts, args.min_length, request.output_dir))

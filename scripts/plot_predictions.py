@@ -23,7 +23,7 @@ from virnucpro.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.files import check_writable_file
 from virnucpro.log import logger
-from virnucpro.plots import plot_chunk_scores
+from virnucpro.plots import panel_label, plot_chunk_scores
 
 
 def chunk_length(folder: str, given: int | None) -> int:
@@ -57,7 +57,7 @@ def main(argv=None):
             spans.append((start, end, float(virus), bool(chunk_is_viral(virus, others))))
         panels.append((sequence_id, lengths.get(sequence_id, max(end for _, end, _, _ in spans)), spans))
         row = summary.get(sequence_id)
-        labels.append(f"{row['Call']}, best viral score {row['Best_viral_score']}" if row else "")
+        labels.append(panel_label(row["Call"], row["Best_viral_score"]) if row else "")
     if not panels:
         raise InputError(f"{results}: no scored frames to plot")
     output = args.output or os.path.join(folder, outputs.PLOT_FILE)

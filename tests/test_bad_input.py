@@ -310,6 +310,9 @@ CASES = [
      "config.json does not describe its weights (hidden_size 640, the weights 1280)"),
     ("FastESM2_650 config of another depth", model_folder("protein", edit_config(num_hidden_layers=5)),
      "config.json does not describe its weights (num_hidden_layers 5, the weights 2)"),
+    ("an ESM-1b config (absolute positions) for FastESM2_650",
+     model_folder("protein", edit_config(position_embedding_type="absolute")),
+     "config.json is not an ESM-2 config: position_embedding_type 'absolute' (ESM-2 has 'rotary')"),
     ("truncated model.safetensors", model_folder("protein", truncate("model.safetensors", 4000)),
      "model.safetensors: not readable as weights, truncated or damaged"),
     ("half-written weight index", model_folder("protein", lambda folder: (

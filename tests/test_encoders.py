@@ -1,10 +1,13 @@
 """The encoders are the real ones: our DNABERT-S and our FastESM2_650 loading,
 on tiny models in the published layouts (tests/data/arch_tiny), equal to what
 the reference code computes for them; no model folder's Python ever runs."""
+import functools
 import json
 import shutil
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -223,3 +226,54 @@ def test_the_project_never_asks_for_remote_code():
     sources = [path for folder in ("", "virnucpro/", "scripts/", "tests/**/") for path in ROOT.glob(f"{folder}*.py")]
     assert sources and not [p for p in sources if option in p.read_text()]
     assert "*.py" not in modelfiles.SNAPSHOT_FILES
+
+
+# ------------------------------------------------------------ our ESM-2 and transformers' EsmModel
+def transformers_esm(folder):
+    """transformers' own ESM-2 on a folder (its config read as ESM's), the reference of our module."""
+    from transformers import EsmConfig, EsmModel
+
+    config = json.loads((folder / "config.json").read_text())
+    config = {key: value for key, value in config.items() if key not in ("model_type", "auto_map", "architectures")}
+    return EsmModel.from_pretrained(folder, config=EsmConfig.from_dict(config), add_pooling_layer=False,
+                                    dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("layout", ["FastESM2_650 fixture", "ESM2-3B layout"])
+def test_our_esm2_equals_transformers_esm_batched_and_padded(layout, tiny_models):
+    """Within 1e-5 in fp32 on every token of a padded batch, on the transformers version installed
+    (CI runs 4.57 and the newest 5.x)."""
+    from virnucpro.engine import protein_tokens, residue_table
+    from virnucpro.esm2 import Esm2Model
+    from virnucpro.loaders import load_esm2_3b
+
+    folder = FASTESM_FIXTURE if layout.startswith("FastESM") else Path(tiny_models["esm2_3b"])
+    load = functools.partial(units.load_fast_esm, expected_dim=None) if layout.startswith("FastESM") else load_esm2_3b
+    ours, tokenizer = load(str(folder), device="cpu", dtype=torch.float32)
+    assert type(ours) is Esm2Model
+    proteins = [sequence.upper()[:300] for _, sequence in fasta_records(FASTESM_FIXTURE / "inputs.fasta")]
+    rows = protein_tokens(tokenizer, residue_table(tokenizer), proteins)
+    input_ids, mask = rows.padded(np.arange(len(rows)), tokenizer.pad_token_id)
+    with torch.no_grad():
+        mine = ours(input_ids, mask).last_hidden_state
+        theirs = transformers_esm(folder)(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    tokens = mask.bool()
+    assert int(tokens.sum()) > len(proteins) * 2 and not tokens.all()           # padding in the batch
+    torch.testing.assert_close(mine[tokens], theirs[tokens], **TOLERANCE)
+
+
+def test_the_key_table_is_the_published_layout():
+    """Every encoder key of FastESM2_650's file, with its shape; the rest are heads and rotary frequencies."""
+    from safetensors.torch import load_file
+
+    from virnucpro.esm2 import Esm2Config, key_table
+
+    config = Esm2Config.from_dict(json.loads((FASTESM_FIXTURE / "config.json").read_text()))
+    weights = load_file(FASTESM_FIXTURE / "model.safetensors")
+    encoder = {key.removeprefix("esm."): tuple(tensor.shape) for key, tensor in weights.items()
+               if key.startswith("esm.") and not key.startswith("esm.contact_head.")
+               and not key.endswith("rotary_embeddings.inv_freq")}
+    assert encoder == key_table(config)
+    others = set(weights) - {f"esm.{key}" for key in encoder}
+    assert others == {key for key in weights if key.startswith(("lm_head.", "esm.contact_head."))
+                      or key.endswith("rotary_embeddings.inv_freq")}

@@ -136,3 +136,49 @@ def test_prefetched_keeps_order_runs_in_a_background_thread_and_raises_at_the_it
         for value, _ in engine.prefetched(range(5), prepare):
             seen.append(value)
     assert seen == [0, 10, 20]
+
+
+# What makes the host wait for a GPU: reading a device tensor's values, or copying from pageable memory.
+READS_VALUES = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.fixture
+def host_waits(monkeypatch):
+    """Counts, on a CPU-only machine, the calls that would make the host wait for a GPU: a tensor's values
+    read on the host, and copies to a device that are not ``non_blocking``."""
+    waits = []
+    for name in READS_VALUES:
+        def counted(self, *args, _name=name, _original=getattr(torch.Tensor, name), **kwargs):
+            waits.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    original_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if any(isinstance(a, (torch.device, str)) for a in args) and not kwargs.get("non_blocking"):
+            waits.append("to")
+        return original_to(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    return waits
+
+
+@pytest.mark.parametrize("encoder", ["DNABERT-S", "FastESM2_650"])
+def test_the_batch_loop_never_waits_for_the_device(encoder, dnabert, fastesm, host_waits):
+    """The host work of one batch must overlap the device work of the one before: the waits of a shard
+    are the same with 1 batch as with 30 (those at its end, which check the embeddings)."""
+    if encoder == "DNABERT-S":
+        (model, tokenizer), wrap = dnabert, engine.DnaEncoder
+        rows = engine.dna_tokens(tokenizer, random_dna(30, seed=5))
+    else:
+        (model, tokenizer), wrap = fastesm, engine.ProteinEncoder
+        proteins = ["".join(np.random.default_rng(k).choice(list("ACDEFGHIKLMNPQRSTVWY"), 20 + 7 * k))
+                    for k in range(30)]
+        rows = engine.protein_tokens(tokenizer, engine.residue_table(tokenizer), proteins)
+    waits = {}
+    for budget in (10**6, 10**6, 1):              # the first run makes what is made once per device
+        host_waits.clear()
+        engine.embed_rows(wrap(model), rows, [f"s{k}" for k in range(len(rows))], tokenizer.pad_token_id,
+                          budget, encoder)
+        waits[budget] = list(host_waits)
+    assert len(engine.token_budget_batches(rows.lengths, 1)) == 30
+    assert waits[1] == waits[10**6], waits

@@ -10,6 +10,7 @@ import torch
 import units
 from conftest import GOLDEN, TINY_FASTESM
 from virnucpro import engine, random_models
+from virnucpro.esm2 import Esm2Model
 from virnucpro.fasta import write_fasta
 
 
@@ -64,9 +65,9 @@ class Recording(torch.nn.Module):
 # ------------------------------------------------------------ loading
 def test_loaders_return_checkpoint_weights(fastesm, dnabert):
     model, tokenizer = fastesm
-    assert model.config._attn_implementation == "sdpa"
+    assert isinstance(model, Esm2Model)                                  # our ESM-2, not a transformers class
     assert tokenizer.convert_tokens_to_ids(["<cls>", "<pad>", "<eos>", "L", "<mask>"]) == [0, 1, 2, 4, 32]
-    saved = random_models.random_esm(TINY_FASTESM, masked_lm=True).esm.state_dict()
+    saved = random_models.random_esm_masked_lm(TINY_FASTESM).esm.state_dict()
     assert torch.equal(model.encoder.layer[1].output.dense.weight, saved["encoder.layer.1.output.dense.weight"])
     dna_model, dna_tokenizer = dnabert
     assert dna_model.config.hidden_size == units.DNA_DIM
@@ -81,7 +82,7 @@ def test_loader_refuses_checkpoint_missing_encoder_weights(esm_folder, tmp_path)
     weights = load_file(broken / "model.safetensors")
     del weights["esm.encoder.layer.0.attention.self.query.weight"]
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(units.InputError, match="do not come from its checkpoint .*attention.self.query.weight"):
+    with pytest.raises(units.InputError, match="not an ESM-2 encoder of its config.json .*esm.encoder.layer.0.attention.self.query.weight is missing"):
         units.load_fast_esm(str(broken), device="cpu")
 
 
@@ -241,8 +242,7 @@ def test_embedding_that_is_not_the_model_width_is_refused_before_writing(fastesm
     class Truncating(Recording):                # a broken model: outputs narrower than it claims
         def forward(self, input_ids, attention_mask):
             output = super().forward(input_ids, attention_mask)
-            output.last_hidden_state = output.last_hidden_state[..., :32]
-            return output
+            return output._replace(last_hidden_state=output.last_hidden_state[..., :32])
 
     out = tmp_path / "p_ESM.pt"
     with pytest.raises(units.DimensionError) as error:

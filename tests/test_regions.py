@@ -178,3 +178,22 @@ def test_a_viral_stretch_inserted_in_a_host_contig_is_found(models, two_source_c
     (found,) = units.read_fasta(output / "viral_regions.fna")
     assert found.sequence == (left + insert + right)[int(region["start"]) - 1:int(region["end"])]
     assert (output / "prediction.png").stat().st_size > 0
+
+
+def test_the_plot_labels_each_panel_and_titles_above_them(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from virnucpro.plots import plot_chunk_scores
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)                 # keep the figure to look at it
+    tracks = [(f"read{k}", 600, [(0, 300, 0.9, True), (300, 600, 0.2, False)]) for k in range(20)]
+    labels = [f"virus, best viral score 0.{k}" for k in range(20)]
+    plot_chunk_scores(tracks, tmp_path / "plot.png", 300, None, "the 20 of 90 sequences with the highest viral "
+                      "scores", labels)
+    (figure,) = drawn
+    panels = figure.axes
+    assert [(axis.get_title(loc="left"), axis.get_title(loc="right")) for axis in panels] == \
+        [(f"read{k}", label) for k, label in enumerate(labels)]
+    renderer = figure.canvas.get_renderer()
+    title_bottom = figure._suptitle.get_window_extent(renderer).y0
+    top_panel = panels[0].get_tightbbox(renderer).y1                # its own title included
+    assert title_bottom >= top_panel

@@ -28,7 +28,7 @@ from .inputs import Input
 from .outputs import (CHUNK_HEADER, CHUNKS_FILE, FRAME_HEADER, FRAMES_FILE, PLOT_FILE, PLOTTED_SEQUENCES,
                       PAIRS_FILE, PAIRS_HEADER, RESULT_FILES, SUMMARY_FILE, SUMMARY_HEADER, UNCALIBRATED, Hits,
                       probability_cells, region_cell)
-from .plots import plot_chunk_scores
+from .plots import panel_label, plot_chunk_scores
 from .shards import DONE_MARK, checksum, read_columns
 
 
@@ -229,7 +229,7 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
                     hits.add(sequence, call, regions)
                 if drawn:
                     entry = (best_score, -sequence.number, (record_id, len(sequence.sequence), track), regions,
-                             f"{call}, best viral score {best}")
+                             panel_label(call, best))
                     (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
         extra = next(sequences, None)
         if extra is not None:

@@ -17,6 +17,7 @@ for the batch's length, so any length and fp16/bf16 on CUDA work without Triton.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import MISSING, dataclass, fields
 
@@ -47,10 +48,12 @@ class DnabertConfig:
         return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
 
-def alibi_slopes(heads: int) -> torch.Tensor:
-    """The standard ALiBi slopes (Press et al.): a geometric series for a power
-    of two heads; otherwise the nearest power of two's series, completed with
-    every other slope of the next power's series."""
+@functools.lru_cache(maxsize=8)
+def alibi_slopes(heads: int, device: torch.device) -> torch.Tensor:
+    """The standard ALiBi slopes (Press et al.), fp32 on ``device``: a geometric
+    series for a power of two heads; otherwise the nearest power of two's
+    series, completed with every other slope of the next power's series.
+    Made once per device (a copy to the GPU in every forward would wait for it)."""
     def geometric(n):
         start = 2 ** (-8 / n)
         return [start ** (i + 1) for i in range(n)]
@@ -60,7 +63,7 @@ def alibi_slopes(heads: int) -> torch.Tensor:
     else:
         nearest = 2 ** math.floor(math.log2(heads))
         slopes = geometric(nearest) + geometric(2 * nearest)[0::2][:heads - nearest]
-    return torch.tensor(slopes, dtype=torch.float32)
+    return torch.tensor(slopes, dtype=torch.float32).to(device)
 
 
 def attention_bias(slopes: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -168,9 +171,9 @@ class DnabertModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.embeddings(input_ids)
-        # slopes made here, in fp32 on the input's device, whatever the model's dtype
-        slopes = alibi_slopes(self.config.num_attention_heads).to(input_ids.device)
-        bias = attention_bias(slopes, attention_mask, hidden.dtype)
+        # slopes in fp32 on the input's device, whatever the model's dtype
+        bias = attention_bias(alibi_slopes(self.config.num_attention_heads, input_ids.device), attention_mask,
+                              hidden.dtype)
         for layer in self.encoder["layer"]:
             hidden = layer(hidden, bias)
         return hidden, self.pooler(hidden)

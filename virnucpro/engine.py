@@ -196,8 +196,9 @@ def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id
         while pending:
             batch = pending.pop()
             input_ids, mask = rows.padded(batch, pad_id)
-            if pin:
-                input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
+            where = torch.from_numpy(batch)
+            if pin:       # copies from pinned memory do not wait for the device: no host sync in this loop
+                input_ids, mask, where = input_ids.pin_memory(), mask.pin_memory(), where.pin_memory()
             try:
                 pooled = encoder(input_ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
             except torch.OutOfMemoryError as error:
@@ -211,7 +212,7 @@ def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id
                 continue
             if tuple(pooled.shape) != (len(batch), encoder.width):
                 raise DimensionError(encoder.width, tuple(pooled.shape[1:]), ids[batch[0]], f"{desc} embeddings")
-            embeddings[torch.from_numpy(batch).to(device)] = pooled
+            embeddings[where.to(device, non_blocking=True)] = pooled
             progress.update(len(batch))
     # max and min propagate NaN: two reductions tell whether any row needs a look
     if not torch.isfinite(torch.stack([embeddings.amax(), embeddings.amin()])).all() if len(rows) else False:

@@ -1,10 +1,9 @@
-"""Loading the language models: DNABERT-S on this project's own module,
-FastESM2_650 and ESM2-3B on transformers' ESM, each from a folder read as data
-(no remote code) with every encoder weight checked against the files; and
-the two embedding pipelines (DNABERT-S plus one protein model)."""
+"""Loading the language models on this project's own modules (DNABERT-S:
+``dnabert_s.py``; FastESM2_650 and ESM2-3B: ``esm2.py``), each from a folder
+read as data (no remote code) with every encoder weight checked against the
+files; and the two embedding pipelines (DNABERT-S plus one protein model)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch
 
 from .devices import resolve_device
 from .dnabert_s import DnabertConfig, DnabertModel
+from .esm2 import Esm2Config, build, encoder_state
 from .errors import InputError
 from .log import logger
 from .modelfiles import (checkpoint_shapes, checkpoint_state, model_folder, read_config, require_weights,
@@ -25,8 +25,18 @@ from .precision import dtype_name
 ESM2_ALPHABET = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
 
 
+def default_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
+    """The precision an encoder runs in by default: on CUDA, DNABERT-S in bf16 (its range is fp32's, so
+    nothing overflows where fp16 could) and FastESM2_650 in fp16 (as trained and published), ESM2-3B in fp32
+    (the published baseline); on the CPU, fp32."""
+    if device.type != "cuda":
+        return torch.float32
+    return {DNABERT_S.name: torch.bfloat16, FASTESM2_650.name: torch.float16}.get(spec.name, torch.float32)
+
+
 def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype, expected_dim: int | None) -> torch.nn.Module:
     verify_weights(spec, model, folder)
+    dtype = dtype or default_dtype(spec, device)
     if expected_dim is not None and model.config.hidden_size != expected_dim:
         raise InputError(f"{spec.name}: {folder} gives {model.config.hidden_size}-value embeddings, "
                          f"not {expected_dim}; point {spec.option} at a {spec.name} model")
@@ -37,7 +47,7 @@ def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype, expected
 
 
 def load_dnabert_s(model: str | None = None, device: str | torch.device | None = None,
-                   expected_dim: int | None = DNA_DIM, dtype: torch.dtype = torch.float32):
+                   expected_dim: int | None = DNA_DIM, dtype: torch.dtype | None = None):
     """DNABERT-S (768-d) and its tokenizer, from a Hugging Face id (default:
     the pinned ``zhihan1996/DNABERT-S``), a local folder or the offline cache.
 
@@ -45,7 +55,9 @@ def load_dnabert_s(model: str | None = None, device: str | torch.device | None =
     as data, the checkpoint's tensors are mapped key for key onto the model
     (any missing, left-over or misshapen key stops the load) and the
     tokenizer is the fast BPE tokenizer of ``tokenizer.json``. Nothing in the
-    folder is executed. ``expected_dim=None`` skips the width check.
+    folder is executed. ``dtype`` (default: bf16 on CUDA, fp32 on the CPU;
+    see ``default_dtype``) is the precision it runs in; ``expected_dim=None``
+    skips the width check.
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(DNABERT_S, model)
@@ -123,43 +135,28 @@ def esm_tokenizer():
         return EsmTokenizer(vocab)
 
 
-# Keys of a config.json that name code or classes, not the architecture:
-# FastESM2_650's says model_type "fast_esm" with an auto_map to its remote code.
-_CODE_CONFIG_KEYS = ("model_type", "auto_map", "architectures")
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' load report: unused head weights and buffers
-    such as rotary ``inv_freq`` are expected, and ``verify_weights`` checks
-    every encoder weight against the files itself."""
-    from transformers.utils import logging as transformers_logging
-
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(level)
-
-
 def _load_esm(spec: ModelSpec, model, device, dtype, expected_dim):
-    from transformers import EsmConfig, EsmModel
-
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(spec, model)
     config = read_config(spec, folder)
+    hint = f"point {spec.option} at a {spec.name} model"
     if "hidden_size" not in config or config.get("vocab_size") != len(ESM2_ALPHABET):
         raise InputError(f"{spec.name}: {folder} is not an ESM-2 model (its config has no "
-                         f"{len(ESM2_ALPHABET)}-token ESM-2 vocabulary); point {spec.option} at a {spec.name} model")
+                         f"{len(ESM2_ALPHABET)}-token ESM-2 vocabulary); {hint}")
+    missing = Esm2Config.missing(config)
+    if missing:
+        raise InputError(f"{spec.name}: {folder}/config.json lacks {', '.join(missing)}; {hint}")
+    esm_config = Esm2Config.from_dict(config)
+    if esm_config.unsupported():
+        raise InputError(f"{spec.name}: {folder}/config.json is not an ESM-2 config: "
+                         f"{esm_config.unsupported()}; {hint}")
     require_weights(spec, folder)
     _check_esm_shapes(spec, folder, config)
-    config = EsmConfig.from_dict({k: v for k, v in config.items() if k not in _CODE_CONFIG_KEYS})
-    with _quiet_transformers():
-        network = EsmModel.from_pretrained(folder, config=config, local_files_only=True, add_pooling_layer=False,
-                                           attn_implementation="sdpa", dtype=torch.float32)
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" and spec is FASTESM2_650 else torch.float32
+    tensors, problems = encoder_state(checkpoint_state(spec, folder), esm_config)
+    if problems:
+        raise InputError(f"{spec.name}: {folder}: the weights are not an ESM-2 encoder of its config.json "
+                         f"({len(problems)} problems; first: {problems[0]}); {hint}")
+    network = build(esm_config, tensors)
     return _finish_loading(spec, network, folder, device, dtype, expected_dim), esm_tokenizer()
 
 
@@ -185,9 +182,9 @@ def _check_esm_shapes(spec: ModelSpec, folder: str, config: dict) -> None:
 def load_fast_esm(model: str | None = None, device=None, dtype: torch.dtype | None = None,
                   expected_dim: int | None = PROTEIN_DIM):
     """FastESM2_650 (1280-d) and its tokenizer: an ESM-2 checkpoint run by
-    transformers' own ESM with SDPA attention, in half precision on CUDA.
-    FastESM2_650's folder (``model_type: fast_esm`` with an ``auto_map`` to
-    remote code) is read as data; no remote code runs. ``expected_dim=None``
+    this project's ESM-2 (``esm2.py``, SDPA attention), in half precision on
+    CUDA. FastESM2_650's folder (``model_type: fast_esm`` with an ``auto_map``
+    to remote code) is read as data; no remote code runs. ``expected_dim=None``
     skips the width check."""
     return _load_esm(FASTESM2_650, model, device, dtype, expected_dim)
 

@@ -10,6 +10,11 @@ def literal(text: str) -> str:
     return text.replace("$", r"\$")
 
 
+def panel_label(call: str, best: str) -> str:
+    """A panel's title on the right: the sequence's call and best viral score (``NA``: none)."""
+    return call if best == "NA" else f"{call}, best viral score {float(best):.3f}"
+
+
 def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float | None, bool]]]], out_png,
                       chunk_size: int, regions: list[list[ViralRegion]] | None = None, title: str = "",
                       labels: list[str] | None = None) -> None:
@@ -44,10 +49,10 @@ def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float
         axis.spines[["top", "right"]].set_visible(False)
     axes[-1, 0].set_xlabel(f"position (bp); {chunk_size}-bp chunks: red viral, blue not viral, "
                            "grey no stop-free frame; shaded: viral regions")
-    if title:
-        figure.suptitle(title, fontsize=11)
     height = figure.get_figheight()
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height if title else 1))     # the title above the panels
+    if title:           # in inches from the top, above the panels, whatever the figure's height
+        figure.suptitle(title, fontsize=11, y=1 - 0.08 / height, va="top")
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height if title else 1))
     with atomic_write(out_png, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)

@@ -24,12 +24,12 @@ from .calibration import Calibration, calibration_path
 from .engine import Engine, prefetched
 from .errors import InputError
 from .files import check_writable, file_sha256
-from .loaders import PIPELINES, load_dnabert_s
+from .loaders import PIPELINES, default_dtype, load_dnabert_s
 from .log import logger
 from .modelfiles import model_fingerprint, model_folder
 from .outputs import read_run, remove_shards, run_state, start_over, write_run
 from .pins import DNABERT_S
-from .precision import model_precision
+from .precision import dtype_name, model_precision
 from .inputs import Input, is_pipe, run_input
 from .runs import Team, folder_lock, rare_garbage_collection
 
@@ -70,6 +70,7 @@ class Request:
     slurm_array: bool                     # the tasks of this SLURM array job share the run
     mate2: str | None = None              # paired reads: the second mates' file
     interleaved: bool = False             # paired reads: mates one after the other in the input
+    dna_fp32: bool = False                # DNABERT-S in fp32 on a GPU too (default there: bf16)
 
 
 def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibration: Calibration | None) -> dict | None:
@@ -89,11 +90,18 @@ def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibrati
         return _run(request, source, classifier, metadata, calibration, team)
 
 
+def encoder_dtypes(request: Request, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """The precisions DNABERT-S and the protein model run in on ``device``."""
+    dna = torch.float32 if request.dna_fp32 else default_dtype(DNABERT_S, device)
+    return dna, default_dtype(PIPELINES[request.pipeline].protein, device)
+
+
 def settings_of(request: Request, input_identity: dict, dna_folder: str, protein_folder: str,
-                calibrated: bool) -> dict:
-    """What the results depend on, by content; a resumed run must match it."""
+                calibrated: bool, dtypes: tuple[torch.dtype, torch.dtype]) -> dict:
+    """What the results depend on, by content; a resumed run must match it (a run begun on a GPU in half
+    precision is not finished on a CPU in fp32)."""
     calibration = calibration_path(request.classifier_path)
-    return {"input": input_identity, "chunk_length": request.chunk_length, "min_length": request.min_length,
+    return {"input": input_identity, "precision": {"dna": dtype_name(dtypes[0]), "protein": dtype_name(dtypes[1])}, "chunk_length": request.chunk_length, "min_length": request.min_length,
             "min_region": request.min_region, "min_score": request.min_score, "max_fdr": request.max_fdr,
             "calibration": {"path": os.path.abspath(calibration), "sha256": file_sha256(calibration)}
             if calibrated else None,
@@ -112,7 +120,8 @@ def warn_on_precision_change(classifier_path: str, metadata: dict, scorer: Engin
         logger.warning(
             f"{classifier_path}: trained on features of DNABERT-S in {trained['dna']} and the protein model in "
             f"{trained['protein']}; this run embeds in {running['dna']} and {running['protein']}, so scores may "
-            "differ slightly from those of the training precision")
+            "differ slightly from those of the training precision"
+            + ("; --dna-fp32 runs DNABERT-S in float32" if trained["dna"] == "float32" != running["dna"] else ""))
 
 
 def _run(request: Request, source: Input, classifier, metadata: dict, calibration: Calibration | None,
@@ -123,7 +132,9 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
     pipeline = PIPELINES[request.pipeline]
     dna_folder = model_folder(DNABERT_S, request.dna_model, request.models_dir)
     protein_folder = model_folder(pipeline.protein, request.protein_model, request.models_dir)
-    settings = settings_of(request, source.identity, dna_folder, protein_folder, calibration is not None)
+    device = team.device(request.device)
+    dtypes = encoder_dtypes(request, device)
+    settings = settings_of(request, source.identity, dna_folder, protein_folder, calibration is not None, dtypes)
     if team.leads:
         with team.holding(output_dir):
             state = run_state(output_dir, settings, request.overwrite)
@@ -135,7 +146,6 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
             logger.info(f"{output_dir}: this run is already complete (see its prediction_summary.tsv); "
                         "--overwrite runs it again")
         return None
-    device = team.device(request.device)
     if team.leads:
         reads = f"{source.sequences // 2} read pairs" if source.paired else f"{source.sequences} sequences"
         logger.info(f"{source.name}{f' and {source.mate2_name}' if source.mate2 else ''}: {reads}, {n_chunks} "
@@ -143,7 +153,8 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
                     f"{pipeline.name} pipeline on {device}"
                     + (f", task {team.rank + 1} of a SLURM array of {team.world}" if team.array else
                        f", {team.world} processes" if team.world > 1 else ""))
-    scorer = Engine(load_dnabert_s(dna_folder, device), pipeline.load_protein(protein_folder, device),
+    scorer = Engine(load_dnabert_s(dna_folder, device, dtype=dtypes[0]),
+                    pipeline.load_protein(protein_folder, device, dtypes[1]),
                     classifier.to(device), request.dna_batch_tokens, request.protein_batch_tokens,
                     pipeline.protein.name)
     warn_on_precision_change(request.classifier_path, metadata, scorer)

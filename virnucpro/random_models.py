@@ -17,6 +17,7 @@ import random
 import torch
 
 from .dnabert_s import DnabertConfig, DnabertModel
+from .esm2 import Esm2Config, Esm2Model
 from .loaders import ESM2_ALPHABET
 
 # Real shapes: (hidden, layers, heads, intermediate)
@@ -90,9 +91,27 @@ def save_random_dnabert(folder, shape, vocab_size=4096, seed=0):
     return folder
 
 
-def random_esm(shape, seed=0, masked_lm=False):
-    """An ESM-2 model of ``shape`` (rotary positions, token dropout, 33 tokens)."""
-    from transformers import EsmConfig, EsmForMaskedLM, EsmModel
+def random_esm(shape, seed=0):
+    """Our ESM-2 of ``shape`` with random weights (rotary positions, token dropout, 33 tokens): what the
+    benchmarks time."""
+    hidden, layers, heads, intermediate = shape
+    torch.manual_seed(seed)
+    model = Esm2Model(Esm2Config(vocab_size=len(ESM2_ALPHABET), hidden_size=hidden, num_hidden_layers=layers,
+                                 num_attention_heads=heads, intermediate_size=intermediate, layer_norm_eps=1e-5,
+                                 token_dropout=True, mask_token_id=32, position_embedding_type="rotary",
+                                 emb_layer_norm_before=False))
+    for name, parameter in model.named_parameters():
+        if "LayerNorm" in name or "layer_norm" in name:
+            torch.nn.init.constant_(parameter, 1.0 if name.endswith("weight") else 0.0)
+        else:
+            torch.nn.init.normal_(parameter, std=0.02)
+    return model.eval()
+
+
+def random_esm_masked_lm(shape, seed=0):
+    """transformers' ESM-2 masked LM of ``shape`` with random weights: what writes the published layout
+    (``esm.`` keys, the heads, config.json) of facebook's ESM-2 folders."""
+    from transformers import EsmConfig, EsmForMaskedLM
 
     hidden, layers, heads, intermediate = shape
     torch.manual_seed(seed)
@@ -100,7 +119,7 @@ def random_esm(shape, seed=0, masked_lm=False):
                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=1026,
                        position_embedding_type="rotary", token_dropout=True, mask_token_id=32, pad_token_id=1,
                        emb_layer_norm_before=False, layer_norm_eps=1e-5)
-    return (EsmForMaskedLM(config) if masked_lm else EsmModel(config, add_pooling_layer=False)).eval()
+    return EsmForMaskedLM(config).eval()
 
 
 # What FastPLMs writes into FastESM2_650's config.json: its own model type and remote code.
@@ -114,7 +133,7 @@ FASTESM_CONFIG_KEYS = {
 def save_random_esm(folder, shape, seed=0, fast_esm=False):
     """An ESM-2 masked-LM folder ('esm.' keys), in ESM2-3B's layout or, with
     ``fast_esm``, FastESM2_650's (config with model_type fast_esm and an auto_map)."""
-    random_esm(shape, seed, masked_lm=True).save_pretrained(folder)
+    random_esm_masked_lm(shape, seed).save_pretrained(folder)
     if fast_esm:
         path = os.path.join(folder, "config.json")
         with open(path) as handle:

@@ -13,6 +13,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import torch.distributed
+
 from .devices import resolve_device
 from .errors import InputError
 from .log import logger
@@ -181,14 +183,12 @@ class Team:
 
     def __enter__(self):
         if self.together:
-            import torch.distributed
             # gloo: barriers and small objects only, on CPUs and GPUs alike; ranks may wait hours for each other
             torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
         return self
 
     def __exit__(self, *exc_info):
         if self.together:
-            import torch.distributed
             torch.distributed.destroy_process_group()
 
     def owns(self, number: int) -> bool:
@@ -219,10 +219,14 @@ class Team:
         return folder_lock(output_dir, wait=True) if self.array else contextlib.nullcontext()
 
     def device(self, requested: str):
-        """The device asked for; in a team, ``cuda`` means this process's GPU (LOCAL_RANK)."""
+        """The device asked for; in a team, ``cuda`` means this process's GPU (LOCAL_RANK). A GPU is made
+        the process's current one, so that nothing (a pinned copy, say) opens a context on GPU 0 besides."""
         device = resolve_device(requested)
-        return resolve_device(f"cuda:{self.local_rank}") if device.type == "cuda" and self.world > 1 and \
-            device.index is None else device
+        if device.type == "cuda" and self.world > 1 and device.index is None:
+            device = resolve_device(f"cuda:{self.local_rank}")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
 
 
 def read_record(path: str, writer: str, fix: str, keys: tuple[str, ...] = ()) -> dict | None:

@@ -22,6 +22,7 @@ from .files import atomic_write
 from .genomes import MANIFEST_SUFFIX, read_manifest
 from .log import logger
 from .modelfiles import model_fingerprint
+from .precision import dtype_name
 from .runs import changed_settings, read_record
 
 HOST_CATEGORIES = ("vertebrate", "protozoa", "plant", "invertebrate", "fungi", "bacteria", "archaea")
@@ -181,11 +182,12 @@ RECORD_FILE = "extraction.json"
 
 
 def extraction_settings(pipeline: str, dna_folder: str, protein_folder: str, sequences_per_file: int,
-                        seed: int) -> dict:
-    """What the features depend on; resuming with anything else would mix them."""
+                        seed: int, dtypes: tuple) -> dict:
+    """What the features depend on (the encoders' precision included); resuming with anything else would
+    mix them."""
     return {"pipeline": pipeline, "dna_model": model_fingerprint(dna_folder),
             "protein_model": model_fingerprint(protein_folder), "sequences_per_file": sequences_per_file,
-            "seed": seed}
+            "seed": seed, "precision": {"dna": dtype_name(dtypes[0]), "protein": dtype_name(dtypes[1])}}
 
 
 def check_resume(merge_dir: str, settings: dict, restart: bool, mine: list[SplitFile]) -> None:

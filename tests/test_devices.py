@@ -1,0 +1,102 @@
+"""The device a run computes on: a GPU that PyTorch cannot use stops the run with the reason (never a silent
+CPU run), and each process of a team makes its own GPU the current one."""
+import os
+import stat
+
+import pytest
+import torch
+
+from conftest import ROOT, predict_args, run_script
+from virnucpro import devices
+from virnucpro.errors import InputError
+from virnucpro.runs import Team
+
+H100 = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5d2c7f0e-1b2a-4c3d-9e8f-0a1b2c3d4e5f)"
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """An ``nvidia-smi`` on PATH that lists one H100 under driver 535 (CUDA 12.2), as on a cluster node."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "nvidia-smi"
+    script.write_text(f'#!/bin/sh\ncase "$1" in\n  -L) echo "{H100}" ;;\n  --query-gpu=driver_version) '
+                      'echo "535.104.05" ;;\n  *) exit 9 ;;\nesac\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return folder
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="the CPU-only build of torch is what this case needs")
+def test_a_gpu_this_torch_cannot_use_stops_the_run_in_one_line(fake_gpu, models, tmp_path):
+    args = predict_args(models, tmp_path / "out")
+    del args[args.index("--device"):args.index("--device") + 2]          # the default: auto
+    result = run_script("prediction.py", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --device auto: 1 NVIDIA GPU here ({H100}), but this PyTorch ({torch.__version__}) "
+                      f"is a CPU-only build; install the PyTorch build for this driver ({devices.GPU_BUILDS}), or "
+                      "give --device cpu to run on the CPU"]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "prediction_summary.tsv").exists()
+
+
+def test_a_cuda_build_newer_than_the_driver_is_named(fake_gpu, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(InputError, match=r"built for CUDA 13\.0, which NVIDIA driver 535\.104\.05 does not "
+                                         r"support; install the PyTorch build for this driver"):
+        devices.resolve_device("cuda")
+
+
+def test_the_cpu_asked_for_by_name_runs_beside_an_unusable_gpu(fake_gpu):
+    assert devices.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_without_a_gpu_auto_is_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))                            # no nvidia-smi
+    monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device("auto") == torch.device("cpu")
+
+
+def test_each_process_of_a_team_makes_its_gpu_current(monkeypatch):
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert Team(rank=3, world=4, local_rank=1).device("auto") == torch.device("cuda:1")
+    assert Team().device("cuda:2") == torch.device("cuda:2")
+    assert made_current == [torch.device("cuda:1"), torch.device("cuda:2")]
+    with pytest.raises(InputError, match="this machine has 4 CUDA GPUs"):
+        Team().device("cuda:7")
+
+
+def test_encoders_run_in_half_precision_on_a_gpu_and_in_fp32_on_the_cpu():
+    from types import SimpleNamespace
+
+    from virnucpro.loaders import default_dtype
+    from virnucpro.pins import DNABERT_S, ESM2_3B, FASTESM2_650
+    from virnucpro.predict import encoder_dtypes
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [default_dtype(spec, gpu) for spec in (DNABERT_S, FASTESM2_650, ESM2_3B)] == \
+        [torch.bfloat16, torch.float16, torch.float32]                   # ESM2-3B: the published fp32
+    assert {default_dtype(spec, cpu) for spec in (DNABERT_S, FASTESM2_650, ESM2_3B)} == {torch.float32}
+    assert encoder_dtypes(SimpleNamespace(dna_fp32=True, pipeline="fastesm650"), gpu) == \
+        (torch.float32, torch.float16)
+
+
+def test_a_run_records_its_precision_and_resumes_only_in_it(models, tmp_path):
+    import json
+
+    import prediction
+
+    args = predict_args(models, tmp_path / "out", input_fasta=ROOT / "data/sample.fasta")
+    assert prediction.main(args) == 0
+    run = json.loads((tmp_path / "out/run.json").read_text())
+    assert run["settings"]["precision"] == {"dna": "float32", "protein": "float32"}
+    run["settings"]["precision"]["dna"], run["status"] = "bfloat16", "running"     # as begun on a GPU
+    (tmp_path / "out/run.json").write_text(json.dumps(run))
+    with pytest.raises(InputError, match=r"holds a run with other settings \(precision\)"):
+        prediction.main(args)
