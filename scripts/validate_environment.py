@@ -61,7 +61,7 @@ def check_fastesm(model, models, device) -> tuple[bool, str]:
         return False, str(error)
     parameters = sum(p.numel() for p in network.parameters()) / 1e6
     return True, (f"{parameters:,.0f}M parameters on {device}, {next(network.parameters()).dtype}, "
-                  f"attention {network.config._attn_implementation}")
+                  "attention: torch scaled_dot_product_attention")
 
 
 def plain_attention(q, k, v):
