@@ -84,6 +84,12 @@ def test_dnabert_in_bfloat16_stays_close_to_the_reference(tmp_path):
     assert result["precision"] == "bfloat16" and features.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(features, reference, dim=1).min() >= 0.9999
     assert (features - reference).abs().max() <= 0.05
+    # in half precision a batch's make-up shows in the last digits (not in fp32: the test above), within the same bound
+    first = write_fasta(str(tmp_path / "first.fa"), fasta_records(DNABERT_FIXTURE / "inputs.fasta")[:4])
+    alone = units.extract_DNABERT_S(first, model=model, tokenizer=tokenizer, toks_per_batch=1)
+    alone = torch.stack([item["mean_representation"] for item in alone["data"]])
+    assert torch.nn.functional.cosine_similarity(alone, features[:4], dim=1).min() >= 0.9999
+    assert (alone - features[:4]).abs().max() <= 0.05
 
 
 def test_random_dnabert_folders_take_the_published_layout(tiny_models):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import benchmark_gpu
 import benchmark_speed as benchmark
 import create_test_set
 import evaluate_compare as evaluate
@@ -418,6 +419,19 @@ def test_host_ceiling_benchmark_runs_the_prediction_path(tmp_path):
     assert result["stages"]["  of which DNA tokenization"] > 0 and result["peak_rss_mb"] > 0
     stages = result["stages"]
     assert 0 < stages["    of which padded batches (host)"] < stages["  of which encoders and classifier"]
+
+
+@pytest.mark.slow
+def test_gpu_session_smoke_runs_every_step(tmp_path):
+    assert benchmark_gpu.main(["--out", str(tmp_path), "--smoke"]) == 0
+    steps = json.loads((tmp_path / "benchmark_gpu.json").read_text())["steps"]
+    assert list(steps) == [name for name, _ in benchmark_gpu.STEPS]
+    assert not [name for name, result in steps.items() if "error" in result]
+    for row in steps["dnabert"]["rows"] + steps["proteins"]["FastESM2_650"]["rows"]:
+        assert row["sequences"] == 8 and row["min_cosine_to_fp32"] > 0.99, row
+    assert steps["end_to_end"]["frames"] > 0
+    report = (tmp_path / "benchmark_gpu.md").read_text()
+    assert "**Smoke test**" in report and "| bf16 | 2048 | 8 |" in report and "Failed" not in report
 
 
 @pytest.mark.slow

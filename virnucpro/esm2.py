@@ -15,7 +15,7 @@ Modules are named after the checkpoint keys (``encoder.layer.N.attention.self.qu
 ...): ``key_table(config)`` lists every key and shape the weights must hold.
 The published folders carry them under ``esm.``, with what this encoder has
 no use for (the masked-LM and contact heads, the rotary frequencies, which
-are computed here; see ``load_state``). The rotary tables are computed in
+are computed here; see ``encoder_state``). The rotary tables are computed in
 fp32 once per forward and applied in the compute dtype, and nothing in
 ``forward`` waits for the host, so a batch loop around it stays asynchronous.
 """

@@ -81,10 +81,16 @@ def save_random_dnabert(folder, shape, vocab_size=4096, seed=0):
     pytorch_model.bin with the published key names, tokenizer.json) that
     load_dnabert_s reads."""
     tokenizer = save_dna_tokenizer(folder, vocab_size, seed)
-    model = random_dnabert(shape, len(tokenizer), seed)
+    return save_random_dnabert_weights(folder, shape, len(tokenizer), seed)
+
+
+def save_random_dnabert_weights(folder, shape, vocab_size, seed=0):
+    """DNABERT-S's config.json and pytorch_model.bin of random weights into ``folder`` (beside a tokenizer of
+    ``vocab_size`` tokens, DNABERT-S's real one say)."""
+    model = random_dnabert(shape, vocab_size, seed)
     hidden, layers, heads, intermediate = shape
     config = {**DNABERT_S_CONFIG, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-              "intermediate_size": intermediate, "vocab_size": len(tokenizer)}
+              "intermediate_size": intermediate, "vocab_size": vocab_size}
     with open(os.path.join(folder, "config.json"), "w") as handle:
         json.dump(config, handle, indent=2)
     torch.save(model.state_dict(), os.path.join(folder, "pytorch_model.bin"))

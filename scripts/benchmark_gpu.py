@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""One GPU session that measures the whole GPU path, step by step.
+
+    python scripts/benchmark_gpu.py --out gpu_session/          # on a GPU node, about 8 minutes on an H100 (estimated)
+    python scripts/benchmark_gpu.py --out smoke/ --smoke        # the same steps at tiny shapes on the CPU, ~30 s
+
+Models have random weights of the real shapes (speed does not depend on the
+weights) and DNABERT-S's real tokenizer (tests/data/arch_tiny/dnabert_s), so
+nothing is downloaded. The steps, each written to DIR/benchmark_gpu.json as
+soon as it is done (a session cut short keeps the finished ones):
+
+  versions      torch, CUDA, cuDNN, the NVIDIA driver, the GPU
+  ceilings      dense matmul TFLOP/s per precision, and memory bandwidth
+  attention     the SDPA backends that take each encoder's attention inputs
+  dnabert       DNABERT-S frames/s in fp32, TF32, bf16 and fp16 at two token
+                budgets, and the agreement of each with fp32
+  proteins      FastESM2_650 and ESM2-3B proteins/s in fp16 and bf16 at two
+                token budgets, and their agreement with fp32
+  end_to_end    prediction.py's path on --reads 500-bp reads (frames/s, and
+                the GPU's utilisation sampled by nvidia-smi meanwhile)
+  host_ceiling  the frames/s the node's cores can feed (stand-in encoders)
+
+Then writes the markdown report (--report; default reports/benchmark_gpu.md,
+or DIR/benchmark_gpu.md with --smoke). A step that fails is recorded with
+its error and the session goes on. Every speed is of one run after a
+warm-up, at the precision the row names.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+
+import units
+from virnucpro import predict, random_models, synthetic
+from virnucpro.benchmarks import agreement, device_name, timed
+from virnucpro.cli import at_least, run_cli
+from virnucpro.devices import nvidia_driver, resolve_device
+from virnucpro.fasta import write_fasta
+from virnucpro.files import atomic_write
+from virnucpro.loaders import PIPELINES, esm_tokenizer
+from virnucpro.precision import dtype_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER_FOLDER = os.path.join(ROOT, "tests", "data", "arch_tiny", "dnabert_s")
+RESULT_FILE = "benchmark_gpu.json"
+# (hidden, layers, heads, intermediate) of the smoke test: one layer; the pipeline's encoders keep their
+# output widths, which the classifier of the end-to-end step needs
+SMOKE_SHAPES = {"dnabert": (768, 1, 12, 64), "fastesm650": (1280, 1, 4, 64), "esm2_3b": (64, 1, 4, 32)}
+REAL_SHAPES = {"dnabert": random_models.DNABERT_S_SHAPE, "fastesm650": random_models.FASTESM2_650_SHAPE,
+               "esm2_3b": random_models.ESM2_3B_SHAPE}
+
+
+class Session:
+    """The session's sizes, its folder and its results, saved after every step."""
+
+    def __init__(self, args, device):
+        self.device, self.smoke, self.out = device, args.smoke, args.out
+        self.shapes = SMOKE_SHAPES if args.smoke else REAL_SHAPES
+        self.frames = 8 if args.smoke else 4096
+        self.budgets = (512, 2048) if args.smoke else (16384, 65536)
+        self.reads = args.reads or (20 if args.smoke else 20_000)
+        self.results = {"smoke": args.smoke, "steps": {}}
+
+    def run(self, name: str, step) -> None:
+        started = time.perf_counter()
+        try:
+            result = step(self)
+        except Exception as error:              # recorded, and the session goes on to the next step
+            result = {"error": f"{error.__class__.__name__}: {str(error).strip().splitlines()[0][:300]}"}
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        self.results["steps"][name] = result
+        with atomic_write(os.path.join(self.out, RESULT_FILE)) as handle:
+            json.dump(self.results, handle, indent=1)
+        print(f"{name}: {'error: ' + result['error'] if 'error' in result else 'done'} ({result['seconds']} s)")
+
+
+# ---------------------------------------------------------------- the steps
+def versions(session: Session) -> dict:
+    on_gpu = session.device.type == "cuda"
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if on_gpu else None, "driver": nvidia_driver(),
+            "device": device_name(session.device), "cpu_cores": os.cpu_count()}
+
+
+def ceilings(session: Session) -> dict:
+    """Dense matmul throughput per precision and the copy bandwidth: what the encoders' rates are set against."""
+    device, size = session.device, 256 if session.smoke else 8192
+    matmul = {}
+    for label, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                               ("bf16", torch.bfloat16, False), ("fp16", torch.float16, False)):
+        a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+        with tf32_matmul(tf32):
+            a @ b                                                                       # warm-up
+            seconds = timed(lambda: [a @ b for _ in range(10)], device) / 10
+        matmul[label] = round(2 * size ** 3 / seconds / 1e12, 2)
+    block = torch.empty((8 if session.smoke else 1024) << 20, dtype=torch.uint8, device=device)
+    copy_seconds = timed(lambda: [block.clone() for _ in range(10)], device) / 10
+    return {"matmul_tflops": matmul, "matrix_size": size,
+            "copy_gb_per_s": round(2 * block.numel() / copy_seconds / 1e9, 1)}
+
+
+def attention(session: Session) -> dict:
+    """Which SDPA backends take each encoder's attention inputs (DNABERT-S: an additive ALiBi bias;
+    ESM-2: a boolean padding mask), in torch's order of preference."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    device = session.device
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    shapes = {"DNABERT-S": (12, 64, torch.zeros(8, 12, 128, 128, device=device, dtype=dtype)),
+              "FastESM2_650": (20, 64, torch.ones(8, 1, 1, 128, device=device, dtype=torch.bool)),
+              "ESM2-3B": (40, 64, torch.ones(8, 1, 1, 128, device=device, dtype=torch.bool))}
+    taken = {}
+    for name, (heads, width, mask) in shapes.items():
+        query = torch.randn(8, heads, 128, width, device=device, dtype=dtype)
+        taken[name] = []
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH):
+            try:
+                with sdpa_kernel(backend):
+                    torch.nn.functional.scaled_dot_product_attention(query, query, query, attn_mask=mask)
+                taken[name].append(backend.name)
+            except RuntimeError:
+                pass
+    return {"backends_taking_the_inputs": taken, "dtype": dtype_name(dtype)}
+
+
+def dnabert(session: Session) -> dict:
+    """DNABERT-S (random weights, the real tokenizer) over synthetic 500-bp frames."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_FOLDER, local_files_only=True)
+    model = random_models.random_dnabert(session.shapes["dnabert"], len(tokenizer)).to(session.device)
+    fasta = write_fasta(os.path.join(session.out, "frames.fna"),
+                        [(i, dna) for i, dna, _ in synthetic.synthetic_frames(session.frames, 1)])
+    settings = [("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False),
+                ("fp16", torch.float16, False)]
+    return rates(session, settings, model, lambda network, budget: torch.stack(
+        [item["mean_representation"] for item in units.extract_DNABERT_S(
+            fasta, model=network, tokenizer=tokenizer, toks_per_batch=budget)["data"]]))
+
+
+def proteins(session: Session) -> dict:
+    """FastESM2_650 and ESM2-3B (random weights of their shapes) over the frames' proteins."""
+    fasta = write_fasta(os.path.join(session.out, "frames.faa"),
+                        [(i, aa) for i, _, aa in synthetic.synthetic_frames(session.frames, 1)])
+    settings = [("fp32", torch.float32, False), ("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)]
+    found = {}
+    for name in ("fastesm650", "esm2_3b"):
+        model = random_models.random_esm(session.shapes[name]).to(session.device)
+        found[PIPELINES[name].protein.name] = rates(session, settings, model, lambda network, budget: torch.stack(
+            units.extract_protein(PIPELINES[name], fasta, None, network, esm_tokenizer(),
+                                  toks_per_batch=budget)["data"]))
+        del model
+        release_memory(session.device)
+    return found
+
+
+def rates(session: Session, settings, model, embed) -> dict:
+    """Sequences/s of ``embed(model in each precision, budget)`` at each token budget, and the features'
+    agreement with fp32 (smallest cosine, largest absolute difference)."""
+    rows, reference = [], {}
+    for label, dtype, tf32 in settings:
+        network = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+        for budget in session.budgets:
+            with tf32_matmul(tf32):
+                features = embed(network, budget)                                       # warm-up
+                seconds = timed(lambda: embed(network, budget), session.device)
+            reference.setdefault(budget, features)
+            cosine, difference = agreement(features, reference[budget])
+            rows.append({"precision": label, "tokens_per_batch": budget, "sequences": len(features),
+                         "sequences_per_s": round(len(features) / seconds, 1), "min_cosine_to_fp32": cosine,
+                         "max_abs_difference_to_fp32": difference})
+        if network is not model:
+            del network
+            release_memory(session.device)
+    return {"rows": rows}
+
+
+def end_to_end(session: Session) -> dict:
+    """prediction's whole path (predict.run) on synthetic reads with random-weight model folders."""
+    with tempfile.TemporaryDirectory(dir=session.out) as folder:
+        dna_folder = os.path.join(folder, "dnabert")
+        os.makedirs(dna_folder)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            with open(os.path.join(TOKENIZER_FOLDER, name), "rb") as source, \
+                    open(os.path.join(dna_folder, name), "wb") as target:
+                target.write(source.read())
+        random_models.save_random_dnabert_weights(dna_folder, session.shapes["dnabert"], vocab_size=4096)
+        protein_folder = random_models.save_random_esm(os.path.join(folder, "fastesm"), session.shapes["fastesm650"],
+                                                       fast_esm=True)
+        reads, checkpoint = os.path.join(folder, "reads.fasta"), os.path.join(folder, "classifier.pth")
+        synthetic.orf_reads(reads, session.reads)
+        units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
+                              chunk_length=synthetic.ORF_READ_LENGTH)
+        classifier, metadata = units.load_checkpoint(checkpoint, chunk_length=synthetic.ORF_READ_LENGTH)
+        request = predict.Request(
+            input_path=reads, chunk_length=synthetic.ORF_READ_LENGTH, classifier_path=checkpoint,
+            pipeline="fastesm650", output_dir=os.path.join(folder, "out"),
+            min_length=predict.default_min_length(synthetic.ORF_READ_LENGTH), min_region=predict.MIN_REGION,
+            min_score=None, max_fdr=None, device=str(session.device), dna_model=dna_folder,
+            protein_model=protein_folder, models_dir=None, dna_batch_tokens=session.budgets[0],
+            protein_batch_tokens=session.budgets[0], chunks_per_shard=predict.CHUNKS_PER_SHARD,
+            keep_intermediate=False, plot=False, overwrite=False, slurm_array=False)
+        with GpuUtilisation(session.device) as utilisation:
+            seconds = timed(lambda: predict.run(request, classifier, metadata, None), session.device)
+        with open(os.path.join(request.output_dir, "prediction_results.txt")) as handle:
+            frames = sum(1 for _ in handle) - 1
+    return {"reads": session.reads, "frames": frames, "seconds_run": round(seconds, 2),
+            "frames_per_s": round(frames / seconds, 1), "gpu_utilisation_percent": utilisation.mean}
+
+
+def host_ceiling(session: Session) -> dict:
+    """benchmark_speed.py --host-ceiling on this node's cores."""
+    result_file = os.path.join(session.out, "host_ceiling.json")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_speed.py"), "--host-ceiling",
+                           "--sequences", str(300 if session.smoke else 100_000), "--json", result_file],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
+    with open(result_file) as handle:
+        result = json.load(handle)
+    return {key: result[key] for key in ("frames", "cores", "frames_per_second", "host_frames_per_second")}
+
+
+STEPS = (("versions", versions), ("ceilings", ceilings), ("attention", attention), ("dnabert", dnabert),
+         ("proteins", proteins), ("end_to_end", end_to_end), ("host_ceiling", host_ceiling))
+
+
+# ---------------------------------------------------------------- helpers
+class tf32_matmul:
+    """TF32 tensor-core matmuls on (or off) inside the block."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.on
+
+    def __exit__(self, *exc_info):
+        torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+class GpuUtilisation:
+    """The GPU's utilisation, sampled by ``nvidia-smi`` every 200 ms while the block runs (None without it)."""
+
+    def __init__(self, device):
+        self.device, self.samples, self.mean = device, [], None
+
+    def __enter__(self):
+        self.process = None
+        if self.device.type == "cuda" and nvidia_driver():
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self.process = subprocess.Popen(
+                ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", "200"], stdout=subprocess.PIPE, text=True)
+            self.reader = threading.Thread(target=lambda: self.samples.extend(
+                float(line) for line in self.process.stdout if line.strip().isdigit()), daemon=True)
+            self.reader.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+            self.reader.join(timeout=5)
+            self.mean = round(statistics.fmean(self.samples), 1) if self.samples else None
+
+
+def release_memory(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- the report
+def report(results: dict) -> str:
+    steps = results["steps"]
+    lines = ["# GPU session: the GPU path measured", ""]
+    if results["smoke"]:
+        lines += ["**Smoke test**: tiny shapes on the CPU; it checks that every step runs, and measures nothing.", ""]
+    if "versions" in steps:
+        lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in steps["versions"].items()
+                                             if key != "seconds"] + [""]
+    for name, result in steps.items():
+        if name == "versions":
+            continue
+        lines += [f"## {name}", ""]
+        if "error" in result:
+            lines += [f"Failed: {result['error']}", ""]
+        elif "rows" in result:
+            lines += table(result["rows"])
+        elif name == "proteins":
+            for model, found in result.items():
+                if isinstance(found, dict):
+                    lines += [f"**{model}**", ""] + table(found["rows"])
+        else:
+            lines += ["```", json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def table(rows: list[dict]) -> list[str]:
+    columns = list(rows[0])
+    return ([f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
+            + [f"| {' | '.join(format_cell(row[c]) for c in columns)} |" for row in rows] + [""])
+
+
+def format_cell(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for the session's JSON and work files")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: every step runs, in seconds")
+    parser.add_argument("--reads", type=at_least(1), help="reads of the end-to-end step (default 20,000)")
+    parser.add_argument("--report", help="markdown report (default reports/benchmark_gpu.md, or DIR/benchmark_gpu.md "
+                                         "with --smoke)")
+    args = parser.parse_args(argv)
+    device = resolve_device("cpu" if args.smoke else "cuda")
+    os.makedirs(args.out, exist_ok=True)
+    session = Session(args, device)
+    for name, step in STEPS:
+        session.run(name, step)
+    path = args.report or (os.path.join(args.out, "benchmark_gpu.md") if args.smoke else
+                           os.path.join(ROOT, "reports", "benchmark_gpu.md"))
+    with atomic_write(path) as handle:
+        handle.write(report(session.results) + "\n")
+    print(f"results: {os.path.join(args.out, RESULT_FILE)}; report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
