@@ -15,7 +15,8 @@ soon as it is done (a session cut short keeps the finished ones):
   dnabert       DNABERT-S frames/s in fp32, TF32, bf16 and fp16 at two token
                 budgets, and the agreement of each with fp32
   proteins      FastESM2_650 and ESM2-3B proteins/s in fp16 and bf16 at two
-                token budgets, and their agreement with fp32
+                token budgets, and their agreement with fp32 (fp32 itself
+                only as the reference, on 256 frames)
   end_to_end    prediction.py's path on --reads 500-bp reads (frames/s, and
                 the GPU's utilisation sampled by nvidia-smi meanwhile)
   host_ceiling  the frames/s the node's cores can feed (stand-in encoders)
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -54,6 +56,7 @@ from virnucpro.precision import dtype_name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_FOLDER = os.path.join(ROOT, "tests", "data", "arch_tiny", "dnabert_s")
 RESULT_FILE = "benchmark_gpu.json"
+AGREEMENT_FRAMES = 256             # frames whose features are compared with fp32
 # (hidden, layers, heads, intermediate) of the smoke test: one layer; the pipeline's encoders keep their
 # output widths, which the classifier of the end-to-end step needs
 SMOKE_SHAPES = {"dnabert": (768, 1, 12, 64), "fastesm650": (1280, 1, 4, 64), "esm2_3b": (64, 1, 4, 32)}
@@ -67,7 +70,7 @@ class Session:
     def __init__(self, args, device):
         self.device, self.smoke, self.out = device, args.smoke, args.out
         self.shapes = SMOKE_SHAPES if args.smoke else REAL_SHAPES
-        self.frames = 8 if args.smoke else 4096
+        self.synthetic_frames = synthetic.synthetic_frames(8 if args.smoke else 4096, seed=1)
         self.budgets = (512, 2048) if args.smoke else (16384, 65536)
         self.reads = args.reads or (20 if args.smoke else 20_000)
         self.results = {"smoke": args.smoke, "steps": {}}
@@ -141,46 +144,57 @@ def dnabert(session: Session) -> dict:
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_FOLDER, local_files_only=True)
     model = random_models.random_dnabert(session.shapes["dnabert"], len(tokenizer)).to(session.device)
-    fasta = write_fasta(os.path.join(session.out, "frames.fna"),
-                        [(i, dna) for i, dna, _ in synthetic.synthetic_frames(session.frames, 1)])
+    frames = frame_files(session, "frames.fna", [(i, dna) for i, dna, _ in session.synthetic_frames])
     settings = [("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False),
                 ("fp16", torch.float16, False)]
-    return rates(session, settings, model, lambda network, budget: torch.stack(
+    return rates(session, settings, model, frames, lambda network, budget, fasta: torch.stack(
         [item["mean_representation"] for item in units.extract_DNABERT_S(
             fasta, model=network, tokenizer=tokenizer, toks_per_batch=budget)["data"]]))
 
 
 def proteins(session: Session) -> dict:
-    """FastESM2_650 and ESM2-3B (random weights of their shapes) over the frames' proteins."""
-    fasta = write_fasta(os.path.join(session.out, "frames.faa"),
-                        [(i, aa) for i, _, aa in synthetic.synthetic_frames(session.frames, 1)])
-    settings = [("fp32", torch.float32, False), ("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)]
+    """FastESM2_650 and ESM2-3B (random weights of their shapes) over the frames' proteins, in the half
+    precisions a GPU runs them in (fp32 only as the reference: ESM2-3B in fp32 would take most of the session)."""
+    frames = frame_files(session, "frames.faa", [(i, aa) for i, _, aa in session.synthetic_frames])
+    settings = [("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)]
     found = {}
     for name in ("fastesm650", "esm2_3b"):
         model = random_models.random_esm(session.shapes[name]).to(session.device)
-        found[PIPELINES[name].protein.name] = rates(session, settings, model, lambda network, budget: torch.stack(
-            units.extract_protein(PIPELINES[name], fasta, None, network, esm_tokenizer(),
-                                  toks_per_batch=budget)["data"]))
+        found[PIPELINES[name].protein.name] = rates(session, settings, model, frames, lambda network, budget, fasta:
+                                                    torch.stack(units.extract_protein(
+                                                        PIPELINES[name], fasta, None, network, esm_tokenizer(),
+                                                        toks_per_batch=budget)["data"]))
         del model
         release_memory(session.device)
     return found
 
 
-def rates(session: Session, settings, model, embed) -> dict:
-    """Sequences/s of ``embed(model in each precision, budget)`` at each token budget, and the features'
-    agreement with fp32 (smallest cosine, largest absolute difference)."""
-    rows, reference = [], {}
+class Frames(NamedTuple):
+    timed: str          # the FASTA of the timed frames
+    first: str          # that of their first AGREEMENT_FRAMES: the warm-ups and the agreement with fp32 run on those
+    count: int
+
+
+def frame_files(session: Session, name: str, records: list) -> Frames:
+    return Frames(write_fasta(os.path.join(session.out, name), records),
+                  write_fasta(os.path.join(session.out, "first_" + name), records[:AGREEMENT_FRAMES]), len(records))
+
+
+def rates(session: Session, settings, model, frames: Frames, embed) -> dict:
+    """Sequences/s of ``embed(model in each precision, budget, fasta)`` over the frames at each token budget,
+    and the agreement of the first frames' features with fp32 (smallest cosine, largest absolute difference)."""
+    reference = embed(model, session.budgets[0], frames.first)
+    rows = []
     for label, dtype, tf32 in settings:
         network = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-        for budget in session.budgets:
-            with tf32_matmul(tf32):
-                features = embed(network, budget)                                       # warm-up
-                seconds = timed(lambda: embed(network, budget), session.device)
-            reference.setdefault(budget, features)
-            cosine, difference = agreement(features, reference[budget])
-            rows.append({"precision": label, "tokens_per_batch": budget, "sequences": len(features),
-                         "sequences_per_s": round(len(features) / seconds, 1), "min_cosine_to_fp32": cosine,
-                         "max_abs_difference_to_fp32": difference})
+        with tf32_matmul(tf32):
+            embed(network, session.budgets[0], frames.first)                          # warm-up
+            for budget in session.budgets:
+                seconds = timed(lambda: embed(network, budget, frames.timed), session.device)
+                cosine, difference = agreement(embed(network, budget, frames.first), reference)
+                rows.append({"precision": label, "tokens_per_batch": budget, "sequences": frames.count,
+                             "sequences_per_s": round(frames.count / seconds, 1), "min_cosine_to_fp32": cosine,
+                             "max_abs_difference_to_fp32": difference})
         if network is not model:
             del network
             release_memory(session.device)
@@ -316,7 +330,7 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def format_cell(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return f"{value:.7g}" if isinstance(value, float) else str(value)
 
 
 def main(argv=None):
