@@ -68,12 +68,7 @@ def random_dnabert(shape, vocab_size, seed=0):
     model = DnabertModel(DnabertConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate))
-    for name, parameter in model.named_parameters():
-        if "LayerNorm" in name or "layernorm" in name:
-            torch.nn.init.constant_(parameter, 1.0 if name.endswith("weight") else 0.0)
-        else:
-            torch.nn.init.normal_(parameter, std=0.02)
-    return model.eval()
+    return initialised(model)
 
 
 def save_random_dnabert(folder, shape, vocab_size=4096, seed=0):
@@ -106,8 +101,13 @@ def random_esm(shape, seed=0):
                                  num_attention_heads=heads, intermediate_size=intermediate, layer_norm_eps=1e-5,
                                  token_dropout=True, mask_token_id=32, position_embedding_type="rotary",
                                  emb_layer_norm_before=False))
+    return initialised(model)
+
+
+def initialised(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode with BERT's initialisation: LayerNorms 1 and 0, every other tensor N(0, 0.02)."""
     for name, parameter in model.named_parameters():
-        if "LayerNorm" in name or "layer_norm" in name:
+        if "layernorm" in name.lower() or "layer_norm" in name:
             torch.nn.init.constant_(parameter, 1.0 if name.endswith("weight") else 0.0)
         else:
             torch.nn.init.normal_(parameter, std=0.02)
