@@ -47,7 +47,8 @@ import units
 from virnucpro import predict, random_models, synthetic
 from virnucpro.benchmarks import agreement, device_name, timed
 from virnucpro.cli import at_least, run_cli
-from virnucpro.devices import nvidia_driver, resolve_device
+from virnucpro.devices import nvidia_driver, refuse_an_unusable_gpu, resolve_device
+from virnucpro.errors import InputError
 from virnucpro.fasta import write_fasta
 from virnucpro.files import atomic_write
 from virnucpro.loaders import PIPELINES, esm_tokenizer
@@ -341,6 +342,10 @@ def main(argv=None):
     parser.add_argument("--report", help="markdown report (default reports/benchmark_gpu.md, or DIR/benchmark_gpu.md "
                                          "with --smoke)")
     args = parser.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        refuse_an_unusable_gpu("cuda")                      # a GPU this torch cannot use: says which build
+        raise InputError("no CUDA GPU is available here, and the session measures one; --smoke runs its steps "
+                         "on the CPU")
     device = resolve_device("cpu" if args.smoke else "cuda")
     os.makedirs(args.out, exist_ok=True)
     session = Session(args, device)

@@ -421,6 +421,13 @@ def test_host_ceiling_benchmark_runs_the_prediction_path(tmp_path):
     assert 0 < stages["    of which padded batches (host)"] < stages["  of which encoders and classifier"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the session would run")
+def test_gpu_session_without_a_gpu_says_so(tmp_path, capsys):
+    with pytest.raises(units.InputError, match="no CUDA GPU is available here, and the session measures one; --smoke"):
+        benchmark_gpu.main(["--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_gpu_session_smoke_runs_every_step(tmp_path):
     assert benchmark_gpu.main(["--out", str(tmp_path), "--smoke"]) == 0
