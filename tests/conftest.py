@@ -1,3 +1,5 @@
+import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -5,6 +7,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from virnucpro.cli import run_cli
 
 from helpers.models import TINY_DNABERT, TINY_ESM2_3B, TINY_FASTESM, save_classifier, tiny_model_folders  # noqa: F401
 
@@ -75,3 +79,21 @@ def interrupt_after(monkeypatch, module, name, calls):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, name, interrupted)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run a script's main (``cli("prediction", args)``) through the real command-line runner, from the
+    repository's folder; return its exit status and standard error."""
+    logger = logging.getLogger("virnucpro")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    monkeypatch.chdir(ROOT)
+
+    def run(script, args):
+        module = importlib.import_module(script)
+        with pytest.raises(SystemExit) as exit_status:
+            run_cli(lambda _: module.main(args))
+        return exit_status.value.code, capsys.readouterr().err
+
+    yield run
+    logger.handlers[:], logger.propagate, logger.level = saved

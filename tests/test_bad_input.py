@@ -25,7 +25,6 @@ import prediction
 import units
 from conftest import ARCH_TINY, GOLDEN, ROOT, predict_args, run_script
 from virnucpro import outputs, shards
-from virnucpro.cli import run_cli
 
 SAMPLE = ROOT / "data/sample.fasta"
 DNA = SAMPLE.read_text()
@@ -352,27 +351,12 @@ def snapshot(folder):
         if folder.exists() else None
 
 
-@pytest.fixture
-def cli(capsys):
-    """Run prediction.py's main through the real command-line runner."""
-    logger = logging.getLogger("virnucpro")
-    saved = logger.handlers[:], logger.propagate, logger.level
-
-    def run(args):
-        with pytest.raises(SystemExit) as exit_status:
-            run_cli(lambda _: prediction.main(args))
-        return exit_status.value.code, capsys.readouterr().err
-
-    yield run
-    logger.handlers[:], logger.propagate, logger.level = saved
-
-
 @pytest.mark.parametrize("name, prepare, words", CASES, ids=[case[0] for case in CASES])
 def test_bad_input_gives_one_line_and_leaves_nothing(name, prepare, words, models, tmp_path, cli):
     args = prepare(tmp_path, models)
     output = Path(args[args.index("-o") + 1]) if "-o" in args else tmp_path / "out"
     before = snapshot(output) if output.is_dir() else None
-    status, stderr = cli(args)
+    status, stderr = cli("prediction", args)
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert status == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
     assert words in errors[0], errors[0]
@@ -391,7 +375,7 @@ def test_unwritable_output_folder_is_refused_before_any_work(models, tmp_path, c
     shared.chmod(0o555)
     if os.geteuid() == 0:           # root writes anywhere: take a folder the kernel keeps read-only
         shared = Path("/sys")
-    status, stderr = cli(predict_args(models, shared / "virnucpro_out", input_fasta=SAMPLE))
+    status, stderr = cli("prediction", predict_args(models, shared / "virnucpro_out", input_fasta=SAMPLE))
     assert status == 2 and "the results cannot be written there" in stderr, stderr
     assert not (shared / "virnucpro_out").exists()
 

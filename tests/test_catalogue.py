@@ -7,7 +7,6 @@ arguments), the words of the one line it must give, and what must exist and what
 status 2, no traceback, and one ``error:`` line (argparse's own ``usage`` and ``error`` lines for an
 argument it refuses)."""
 import gzip
-import importlib
 import io
 import json
 import logging
@@ -20,8 +19,7 @@ import pytest
 import torch
 
 import units
-from conftest import GOLDEN, ROOT
-from virnucpro.cli import run_cli
+from conftest import GOLDEN
 
 TRAIN = GOLDEN / "train300"
 
@@ -197,23 +195,6 @@ CASES = [
      lambda tmp, models: (os.chdir(tmp), ["--pipeline", "esm2_3b"])[1],
      "data/data_merge_esm2_3b: no such folder", [], []),
 ]
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """Run a script's main through the real command-line runner, in the case's folder."""
-    logger = logging.getLogger("virnucpro")
-    saved = logger.handlers[:], logger.propagate, logger.level
-    monkeypatch.chdir(ROOT)
-
-    def run(script, args):
-        module = importlib.import_module(script)
-        with pytest.raises(SystemExit) as exit_status:
-            run_cli(lambda _: module.main(args))
-        return exit_status.value.code, capsys.readouterr().err
-
-    yield run
-    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 @pytest.mark.parametrize("name, script, prepare, words, exist, absent", CASES, ids=[case[0] for case in CASES])
