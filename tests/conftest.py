@@ -68,6 +68,30 @@ def predict_args(models, output_dir, *extra, input_fasta=GOLDEN / "prediction/in
             "--dna-model", models["dna"], "--protein-model", models["protein"], "--chunks-per-shard", "100", *extra]
 
 
+@pytest.fixture
+def cuda_machine(monkeypatch):
+    """``cuda_machine(n)`` makes torch see n CUDA GPUs on this CPU build and returns the list of the GPU
+    indices made current. Only the lowest calls stand in (the CUDA runtime's device count and set-device,
+    NVML's count), each refusing what the real one refuses, so torch's own Python code runs as on a GPU."""
+    def machine(count: int) -> list[int]:
+        import torch
+        made_current = []
+
+        def set_device(index):
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise TypeError(f"invalid argument to setDevice: {index!r}")
+            if not 0 <= index < count:
+                raise RuntimeError("CUDA error: invalid device ordinal")
+            made_current.append(index)
+
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", lambda: count, raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_setDevice", set_device, raising=False)
+        monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: count)
+        return made_current
+    return machine
+
+
 def interrupt_after(monkeypatch, module, name, calls):
     """Make ``<module>.<name>`` stop the run (as Ctrl-C would) when called for the ``calls + 1``-th time."""
     original, made = getattr(module, name), []

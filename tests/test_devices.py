@@ -60,14 +60,19 @@ def test_without_a_gpu_auto_is_the_cpu(monkeypatch, tmp_path):
     assert devices.resolve_device("auto") == torch.device("cpu")
 
 
-def test_each_process_of_a_team_makes_its_gpu_current(monkeypatch):
-    made_current = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+def test_alone_cuda_means_the_first_gpu_made_current(cuda_machine):
+    """The default --device auto and --device cuda on a one-GPU machine, through torch's own set_device."""
+    made_current = cuda_machine(1)
+    assert Team().device("auto") == torch.device("cuda:0")
+    assert Team().device("cuda") == torch.device("cuda:0")
+    assert made_current == [0, 0]
+
+
+def test_each_process_of_a_team_makes_its_gpu_current(cuda_machine):
+    made_current = cuda_machine(4)
     assert Team(rank=3, world=4, local_rank=1).device("auto") == torch.device("cuda:1")
     assert Team().device("cuda:2") == torch.device("cuda:2")
-    assert made_current == [torch.device("cuda:1"), torch.device("cuda:2")]
+    assert made_current == [1, 2]
     with pytest.raises(InputError, match="this machine has 4 CUDA GPUs"):
         Team().device("cuda:7")
 

@@ -219,10 +219,10 @@ class Team:
         return folder_lock(output_dir, wait=True) if self.array else contextlib.nullcontext()
 
     def device(self, requested: str):
-        """The device asked for; in a team, ``cuda`` means this process's GPU (LOCAL_RANK). A GPU is made
+        """The device asked for; ``cuda`` means this process's GPU (LOCAL_RANK: cuda:0 alone). A GPU is made
         the process's current one, so that nothing (a pinned copy, say) opens a context on GPU 0 besides."""
         device = resolve_device(requested)
-        if device.type == "cuda" and self.world > 1 and device.index is None:
+        if device.type == "cuda" and device.index is None:
             device = resolve_device(f"cuda:{self.local_rank}")
         if device.type == "cuda":
             torch.cuda.set_device(device)
