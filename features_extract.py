@@ -42,16 +42,16 @@ import os
 import torch
 
 import units
-from virnucpro import selection
-from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
-from virnucpro.cli import at_least
-from virnucpro.features import load_merged_file
+from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.files import check_writable
-from virnucpro.loaders import PIPELINES, default_dtype, load_dnabert_s
 from virnucpro.log import logger
-from virnucpro.modelfiles import model_folder
-from virnucpro.pins import DEFAULT_MODELS_DIR, DNABERT_S, MODELS_ENV
+from virnucpro.models.features import load_merged_file
+from virnucpro.models.loaders import PIPELINES, Pipeline, default_dtype, load_dnabert_s
+from virnucpro.models.modelfiles import model_folder
+from virnucpro.models.pins import DEFAULT_MODELS_DIR, DNABERT_S, MODELS_ENV
 from virnucpro.runs import Team, folder_lock
+from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
+from virnucpro.training import selection
 
 
 def parse_args(argv):
@@ -86,7 +86,7 @@ def parse_args(argv):
     return args
 
 
-def extract_file(split: selection.SplitFile, merged: str, models, pipeline: units.Pipeline, args) -> int:
+def extract_file(split: selection.SplitFile, merged: str, models, pipeline: Pipeline, args) -> int:
     """Features of one split file, merged; returns the number of failed sequences."""
     (dna_model, dna_tokenizer), (protein_model, protein_tokenizer) = models
     dna_file, protein_file = selection.feature_files(split, pipeline.name)
@@ -148,4 +148,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

@@ -74,16 +74,16 @@ import argparse
 import os
 
 import units
-from virnucpro import outputs, predict
-from virnucpro.calibration import calibration_path, load_calibration
-from virnucpro.checkpoints import default_classifier
-from virnucpro.cli import at_least, fraction
-from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
+from virnucpro.commands.cli import at_least, fraction, run_cli
 from virnucpro.errors import InputError
-from virnucpro.loaders import PIPELINES
 from virnucpro.log import logger
-from virnucpro.outputs import PLOTTED_SEQUENCES, UNCALIBRATED
-from virnucpro.pins import DEFAULT_MODELS_DIR, DNABERT_S, ESM2_3B, FASTESM2_650, MODELS_ENV
+from virnucpro.models.loaders import PIPELINES
+from virnucpro.models.pins import DEFAULT_MODELS_DIR, DNABERT_S, ESM2_3B, FASTESM2_650, MODELS_ENV
+from virnucpro.prediction import outputs, predict
+from virnucpro.prediction.outputs import PLOTTED_SEQUENCES, UNCALIBRATED
+from virnucpro.scoring.calibration import calibration_path, load_calibration
+from virnucpro.scoring.checkpoints import default_classifier
+from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 
 
 def parse_args(argv):
@@ -191,4 +191,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

@@ -31,15 +31,16 @@ import os
 import torch
 
 import units
-from virnucpro import training
-from virnucpro.checkpoints import HIDDEN_DIM, default_checkpoint_path, install_classifier
-from virnucpro.cli import at_least, fraction, positive_float
+from virnucpro.commands.cli import at_least, fraction, positive_float, run_cli
 from virnucpro.devices import resolve_device
-from virnucpro.features import FeatureSet, find_merged_files
 from virnucpro.files import check_writable_file
-from virnucpro.loaders import PIPELINES
 from virnucpro.log import logger
-from virnucpro.pins import DEFAULT_MODELS_DIR, MODELS_ENV
+from virnucpro.models.features import FeatureSet, find_merged_files
+from virnucpro.models.loaders import PIPELINES
+from virnucpro.models.pins import DEFAULT_MODELS_DIR, MODELS_ENV
+from virnucpro.scoring.calls import NUM_CLASSES
+from virnucpro.scoring.checkpoints import HIDDEN_DIM, default_checkpoint_path, install_classifier
+from virnucpro.training import fitting
 
 STATE_SUFFIX = ".training_state.pt"
 
@@ -91,12 +92,12 @@ def main(argv=None):
     args = parse_args(argv)
     pipeline = PIPELINES[args.pipeline]
     features = FeatureSet(find_merged_files(args.merge_dir), pipeline.input_dim)       # checks the width
-    length = training.features_chunk_length(features, args.merge_dir, args.length)
+    length = fitting.features_chunk_length(features, args.merge_dir, args.length)
     args.output = default_checkpoint_path(args.output, length, args.pipeline)
     check_writable_file(args.output, "--output", "the classifier")
-    train, val, records = training.split_rows(features, args.split, args.val_fraction, args.seed)
+    train, val, records = fitting.split_rows(features, args.split, args.val_fraction, args.seed)
     device = resolve_device(args.device)
-    settings = training.settings_of(args, train, val)
+    settings = fitting.settings_of(args, train, val)
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
     log_path = os.path.join(folder, f"training_log_{args.pipeline}.txt")
@@ -104,8 +105,8 @@ def main(argv=None):
     logger.info(f"{len(train)} training and {len(val)} validation rows, {len(features)} in all; on {device}")
 
     torch.manual_seed(args.seed)
-    model = units.MLPClassifier(pipeline.input_dim, HIDDEN_DIM, units.NUM_CLASSES).to(device)
-    progress = training.fit(model, features, train, val, settings, device, state_path, log_path)
+    model = units.MLPClassifier(pipeline.input_dim, HIDDEN_DIM, NUM_CLASSES).to(device)
+    progress = fitting.fit(model, features, train, val, settings, device, state_path, log_path)
 
     stopped_early = progress.since_best >= args.patience
     if args.save_best:
@@ -131,4 +132,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    units.run_cli(main)
+    run_cli(main)

@@ -6,22 +6,26 @@ without a stop codon, embed its DNA with DNABERT-S (768-d, the mean over its
 tokens) and its protein with FastESM2_650 (1280-d, the mean over its
 residues), concatenate the two (2048-d), and score it with ``MLPClassifier``.
 
-Defined here, as the card names them:
+The card, defined here:
 
 - ``extract_DNABERT_S``: DNABERT-S features of a FASTA file of frames;
 - ``extract_fast_esm``: FastESM2_650 features of a FASTA file of proteins
-  (``extract_esm`` is the published ESM2-3B baseline);
+  (``extract_esm``: the published ESM2-3B baseline; ``extract_protein``: the
+  protein model of a pipeline);
 - ``merge_data``: both joined by frame id, every vector checked (2048-d for
   FastESM2_650), into a training or prediction feature file;
 - ``MLPClassifier``: the published classifier (2048 -> 512, BatchNorm, ReLU,
   dropout 0.5 -> 2 classes), with ``save_checkpoint`` / ``load_checkpoint``;
-- the published sequence functions ``split_fasta_chunk``, ``identify_seq``
-  and ``create_refseq_pro_list``, byte for byte as published.
+- the model loaders the card's functions use: ``load_dnabert_s``,
+  ``load_fast_esm``, ``load_esm2_3b``;
+- the eleven names of the published ``units.py``: ``split_fasta_chunk``,
+  ``create_refseq_pro_list``, ``reverse_complement``, ``translate_dna``,
+  ``seq_in_reflist``, ``identify_seq``, ``process_record``,
+  ``extract_DNABERT_S``, ``extract_esm``, ``split_fasta_file``,
+  ``merge_data``, with their published behaviour.
 
-Every other public name of the published ``units.py`` and of this project's
-earlier versions of it (``read_fasta``, ``translate_dna``, ``load_fast_esm``,
-``load_dnabert_s``, ``FeatureSet``, ...) is importable from here; each lives
-in the module of the ``virnucpro`` package that owns it.
+Nothing else: every other part of the tool is a module of the ``virnucpro``
+package (docs/layout.md), imported from there.
 """
 from __future__ import annotations
 
@@ -29,42 +33,22 @@ import os
 
 import torch
 
-from virnucpro import checkpoints, engine
-# Re-exported: the public names of the published units.py and of earlier versions of this one.
-from virnucpro.calibration import (CALIBRATION_FORMAT, Calibration, calibration_path,  # noqa: F401
-                                   false_discovery_rates, load_calibration, save_calibration)
-from virnucpro.calls import CLASS_NAMES, NUM_CLASSES, ViralRegion, viral_regions  # noqa: F401
-from virnucpro.checkpoints import (CHECKPOINT_VERSION, HIDDEN_DIM, checkpoint_pipeline,  # noqa: F401
-                                   default_checkpoint_path, default_classifier, install_classifier)
-from virnucpro.chunks import (FRAME_NAMES, chunk_id, chunk_starts, iter_chunks, iter_fasta_chunks,  # noqa: F401
-                              record_of)
-from virnucpro.cli import run_cli  # noqa: F401
-from virnucpro.devices import resolve_device  # noqa: F401
-from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH, predict_probabilities  # noqa: F401
-from virnucpro.errors import DimensionError, InputError
-from virnucpro.fasta import (IUPAC_NUCLEOTIDES, PROTEIN_LETTERS, FastaRecord, read_fasta,  # noqa: F401
-                             split_fasta_file, write_fasta_record)
-from virnucpro.features import (FAILURE_LOG, LABELS, FeatureSet, feature_vectors, find_merged_files,  # noqa: F401
-                                load_feature_file, load_merged_file, log_failures, save_dna_features,
-                                save_merged_features, save_protein_features)
-from virnucpro.files import (READ_ERRORS, atomic_write, current_umask, file_sha256, git_blob_sha1,  # noqa: F401
-                             open_binary, open_raw, open_text)
-from virnucpro.frames import (AMBIGUOUS_BASES, CODON_TABLE, IdentifiedWriter, ProteinIndex,  # noqa: F401
-                              StopFreeFrames, batched, has_ambiguous_base, reverse_complement, select_frames,
-                              stop_free_frames, translate_dna)
-from virnucpro.genbank import read_genbank
-from virnucpro.loaders import (ESM2_ALPHABET, PIPELINES, Pipeline, esm_tokenizer, load_dnabert_s,  # noqa: F401
-                               load_esm2_3b, load_fast_esm)
-from virnucpro.log import logger, setup_logging, warn_once  # noqa: F401
-from virnucpro.modelfiles import model_fingerprint, model_folder, verify_weights, weight_files  # noqa: F401
-from virnucpro.pins import (ARTIFACTS, CLASSIFIER_300, CLASSIFIER_500, CLASSIFIERS,  # noqa: F401
-                            DEFAULT_MODELS_DIR, DNA_DIM, DNABERT_S, ESM2_3B, ESM2_3B_DIM, FASTESM2_650, MERGED_DIM,
-                            MODELS_ENV, PROTEIN_DIM, PUBLISHED_BY_BLOB, ModelSpec, PublishedClassifier, models_dir)
-from virnucpro.plots import plot_chunk_scores  # noqa: F401
-from virnucpro.precision import dtype_name, model_precision  # noqa: F401
-from virnucpro.runs import LOCK_FILE, LOCK_POLL_SECONDS, folder_lock, rare_garbage_collection  # noqa: F401
+from virnucpro import errors, files, log
+from virnucpro.models import features, loaders, pins
+from virnucpro.models.loaders import load_dnabert_s, load_esm2_3b, load_fast_esm
+from virnucpro.scoring import calls, checkpoints, engine
+from virnucpro.sequences import chunks, fasta, frames, genbank
+from virnucpro.sequences.fasta import split_fasta_file
+from virnucpro.sequences.frames import reverse_complement, translate_dna
 
-accession_of = record_of           # the name of earlier versions
+__all__ = [
+    # the card
+    "extract_DNABERT_S", "extract_fast_esm", "extract_esm", "extract_protein", "merge_data", "MLPClassifier",
+    "save_checkpoint", "load_checkpoint", "load_dnabert_s", "load_fast_esm", "load_esm2_3b",
+    # the rest of the published units.py
+    "split_fasta_chunk", "create_refseq_pro_list", "reverse_complement", "translate_dna", "seq_in_reflist",
+    "identify_seq", "process_record", "split_fasta_file",
+]
 
 
 # =============================================================================
@@ -80,34 +64,49 @@ def split_fasta_chunk(input_file, output_file, chunk_size):
     """
     chunk_size = int(chunk_size)
     written = 0
-    with atomic_write(output_file) as out:
-        for record in read_fasta(input_file, alphabet="dna"):
-            for k, chunk in enumerate(iter_chunks(record.sequence, chunk_size), start=1):
-                write_fasta_record(out, chunk_id(record.id, k), chunk, width=60)
+    with files.atomic_write(output_file) as out:
+        for record in fasta.read_fasta(input_file, alphabet="dna"):
+            for k, chunk in enumerate(chunks.iter_chunks(record.sequence, chunk_size), start=1):
+                fasta.write_fasta_record(out, chunks.chunk_id(record.id, k), chunk, width=60)
                 written += 1
     return written
+
+
+def seq_in_reflist(sequence, refseq_pro_list):
+    """Whether ``sequence`` occurs in any protein of ``refseq_pro_list`` (published)."""
+    return any(sequence in protein for protein in refseq_pro_list)
 
 
 def identify_seq(seqid, sequence, refseq_pro_list=None, istraindata=False):
     """Stop-free frames of one (upper-case) chunk, as the published function:
     a list of ``{'seqid', 'nucleotide', 'protein'}``; in training mode ``None``
     for a chunk with an ambiguous base, and only frames whose protein occurs in
-    ``refseq_pro_list`` (a list of proteins or, faster, a ``ProteinIndex``).
+    ``refseq_pro_list`` (a list of proteins or, faster, a ``frames.ProteinIndex``).
     """
     reference = None
     if istraindata:
-        if has_ambiguous_base(sequence):
+        if frames.has_ambiguous_base(sequence):
             return None
-        reference = refseq_pro_list if isinstance(refseq_pro_list, ProteinIndex) \
-            else ProteinIndex(refseq_pro_list or [])
+        reference = refseq_pro_list if isinstance(refseq_pro_list, frames.ProteinIndex) \
+            else frames.ProteinIndex(refseq_pro_list or [])
     return [{"seqid": frame_id, "nucleotide": nucleotide, "protein": protein}
-            for frame_id, nucleotide, protein in select_frames([(seqid, sequence)], reference)]
+            for frame_id, nucleotide, protein in frames.select_frames([(seqid, sequence)], reference)]
+
+
+def process_record(index, record, refseq_pro_list=None, istraindata=False):
+    """``(index, identify_seq of the upper-cased record)``, as published: ``record`` has an ``id`` and a
+    ``seq`` (a Biopython record) or a ``sequence`` (a record of ``virnucpro.sequences.fasta.read_fasta``);
+    outside training mode the reference list is not used."""
+    sequence = str(record.seq if hasattr(record, "seq") else record.sequence).upper()
+    if istraindata:
+        return index, identify_seq(record.id, sequence, refseq_pro_list, istraindata)
+    return index, identify_seq(record.id, sequence)
 
 
 def create_refseq_pro_list(gbff_file):
     """Map each GenBank record id to the ``/translation`` of each of its CDS
     features ('' for a CDS without one), as published. Reads plain or gzip."""
-    return read_genbank(gbff_file)[0]
+    return genbank.read_genbank(gbff_file)[0]
 
 
 # =============================================================================
@@ -119,19 +118,19 @@ def _embed_file(fasta_file, out_file, alphabet: str, encoder, tokenize, pad_id: 
     """Embed every sequence of a FASTA file through the engine (the path
     prediction takes); log the failures beside ``out_file``; ``(ids kept, their embeddings)``."""
     ids, sequences = [], []
-    for record in read_fasta(fasta_file, alphabet=alphabet):
+    for record in fasta.read_fasta(fasta_file, alphabet=alphabet):
         ids.append(record.id)
         sequences.append(record.sequence.upper())
     embeddings, failed = engine.embed_rows(encoder, tokenize(sequences), ids, pad_id, toks_per_batch,
                                            f"{desc} {os.path.basename(os.fspath(fasta_file))}")
-    log_failures([(ids[row], *failed[row]) for row in sorted(failed)], os.fspath(fasta_file),
+    features.log_failures([(ids[row], *failed[row]) for row in sorted(failed)], os.fspath(fasta_file),
                  os.path.dirname(os.fspath(out_file)) if out_file else ".")
     kept = [row for row in range(len(ids)) if row not in failed]
     return [ids[row] for row in kept], list(embeddings[kept].cpu()) if kept else []
 
 
 def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=None, model=None,
-                      toks_per_batch=DNA_TOKS_PER_BATCH):
+                      toks_per_batch=engine.DNA_TOKS_PER_BATCH):
     """DNABERT-S embeddings of every sequence of ``input_file``: the mean over
     all tokens, [CLS] and [SEP] included, padding excluded, exactly what the
     published one-at-a-time code computes, but in padded batches.
@@ -150,7 +149,7 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     kept_ids, kept = _embed_file(input_file, out_file, "dna", engine.DnaEncoder(model),
                                  lambda sequences: engine.dna_tokens(tokenizer, sequences), tokenizer.pad_token_id,
                                  toks_per_batch, "DNABERT-S")
-    return save_dna_features(kept_ids, kept, model, out_file)
+    return features.save_dna_features(kept_ids, kept, model, out_file)
 
 
 def _extract_protein(name: str, load, fasta_file, out_file, model, tokenizer, truncation_seq_length,
@@ -168,11 +167,11 @@ def _extract_protein(name: str, load, fasta_file, out_file, model, tokenizer, tr
                                  lambda sequences: engine.protein_tokens(tokenizer, table, sequences,
                                                                          truncation_seq_length),
                                  tokenizer.pad_token_id, toks_per_batch, name)
-    return save_protein_features(kept_ids, kept, model, out_file)
+    return features.save_protein_features(kept_ids, kept, model, out_file)
 
 
 def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,
-                     truncation_seq_length=engine.PROTEIN_TRUNCATION, toks_per_batch=PROTEIN_TOKS_PER_BATCH):
+                     truncation_seq_length=engine.PROTEIN_TRUNCATION, toks_per_batch=engine.PROTEIN_TOKS_PER_BATCH):
     """FastESM2_650 embeddings (1280-d) of every protein of ``fasta_file``.
 
     Batches by token budget (longest first, BOS/EOS counted), splits a batch
@@ -184,22 +183,22 @@ def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,
     existing ``out_file`` is loaded instead of being redone. Without
     ``model``, the default FastESM2_650 is loaded.
     """
-    return _extract_protein(FASTESM2_650.name, load_fast_esm, fasta_file, out_file, model, tokenizer,
+    return _extract_protein(pins.FASTESM2_650.name, load_fast_esm, fasta_file, out_file, model, tokenizer,
                             truncation_seq_length, toks_per_batch)
 
 
-def extract_esm(fasta_file, model_location=ESM2_3B.hub_id, truncation_seq_length=engine.PROTEIN_TRUNCATION,
-                toks_per_batch=PROTEIN_TOKS_PER_BATCH, out_file=None, model_loaded=False, model=None, alphabet=None):
+def extract_esm(fasta_file, model_location=pins.ESM2_3B.hub_id, truncation_seq_length=engine.PROTEIN_TRUNCATION,
+                toks_per_batch=engine.PROTEIN_TOKS_PER_BATCH, out_file=None, model_loaded=False, model=None, alphabet=None):
     """The published ESM2-3B baseline (2560-d), through transformers instead
     of fair-esm, with the published pooling; ``alphabet`` is the tokenizer.
     Same batching, failure handling and output layout as ``extract_fast_esm``.
     ``model_loaded`` is accepted for compatibility: a model is loaded from
     ``model_location`` whenever ``model`` is not given."""
-    return _extract_protein(ESM2_3B.name, lambda: load_esm2_3b(model_location), fasta_file, out_file, model,
+    return _extract_protein(pins.ESM2_3B.name, lambda: load_esm2_3b(model_location), fasta_file, out_file, model,
                             alphabet, truncation_seq_length, toks_per_batch)
 
 
-def extract_protein(pipeline: Pipeline, fasta_file, out_file, model, tokenizer, toks_per_batch=PROTEIN_TOKS_PER_BATCH):
+def extract_protein(pipeline: loaders.Pipeline, fasta_file, out_file, model, tokenizer, toks_per_batch=engine.PROTEIN_TOKS_PER_BATCH):
     """Protein features of ``fasta_file`` with the pipeline's protein model."""
     return _extract_protein(pipeline.protein.name, pipeline.load_protein, fasta_file, out_file, model, tokenizer,
                             engine.PROTEIN_TRUNCATION, toks_per_batch)
@@ -209,7 +208,7 @@ def extract_protein(pipeline: Pipeline, fasta_file, out_file, model, tokenizer, 
 # Merging DNA and protein features
 # =============================================================================
 
-def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_dim=PROTEIN_DIM, chunk_length=None):
+def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_dim=pins.PROTEIN_DIM, chunk_length=None):
     """Join DNABERT-S and protein features by sequence id into
     ``{'ids', 'data': tensor(n, 768 + protein_dim)}`` (plus ``'labels': [1]``
     for ``data_type='viral'``, ``[0]`` for ``'host'``, as published), and
@@ -222,27 +221,27 @@ def merge_data(DNABERT_S_data, ESM_data, merged_file, data_type=None, protein_di
     published code, an id present in only one file is left out instead of
     misaligning ids and rows; those ids are returned.
     """
-    if data_type is not None and data_type not in LABELS:
-        raise InputError(f"data_type must be 'viral', 'host' or None, got {data_type!r}")
-    dna = load_feature_file(DNABERT_S_data, "nucleotide")
-    protein = load_feature_file(ESM_data, "proteins")
-    dna_vectors = feature_vectors(DNABERT_S_data, dna["nucleotide"],
-                                  [item["mean_representation"] for item in dna["data"]], DNA_DIM)
-    protein_vectors = feature_vectors(ESM_data, protein["proteins"], protein["data"], protein_dim)
+    if data_type is not None and data_type not in features.LABELS:
+        raise errors.InputError(f"data_type must be 'viral', 'host' or None, got {data_type!r}")
+    dna = features.load_feature_file(DNABERT_S_data, "nucleotide")
+    protein = features.load_feature_file(ESM_data, "proteins")
+    dna_vectors = features.feature_vectors(DNABERT_S_data, dna["nucleotide"],
+                                  [item["mean_representation"] for item in dna["data"]], pins.DNA_DIM)
+    protein_vectors = features.feature_vectors(ESM_data, protein["proteins"], protein["data"], protein_dim)
 
     ids = [i for i in dna["nucleotide"] if i in protein_vectors]
     left_out = [i for i in dna["nucleotide"] if i not in protein_vectors] + \
                [i for i in protein["proteins"] if i not in dna_vectors]
     if not ids:
-        raise InputError(f"{DNABERT_S_data} and {ESM_data} have no sequence id in common")
+        raise errors.InputError(f"{DNABERT_S_data} and {ESM_data} have no sequence id in common")
     data = torch.stack([torch.cat((dna_vectors[i], protein_vectors[i])) for i in ids])
-    if data.shape[1] != DNA_DIM + protein_dim:
-        raise DimensionError(DNA_DIM + protein_dim, data.shape[1], ids[0], f"{merged_file} (merged)")
+    if data.shape[1] != pins.DNA_DIM + protein_dim:
+        raise errors.DimensionError(pins.DNA_DIM + protein_dim, data.shape[1], ids[0], f"{merged_file} (merged)")
     precision = {"dna": dna["precision"], "protein": protein["precision"]} \
         if "precision" in dna and "precision" in protein else None
-    save_merged_features(ids, data, merged_file, precision, LABELS.get(data_type), chunk_length)
+    features.save_merged_features(ids, data, merged_file, precision, features.LABELS.get(data_type), chunk_length)
     if left_out:
-        logger.warning(f"{merged_file}: {len(left_out)} ids are not in both feature files and were left out "
+        log.logger.warning(f"{merged_file}: {len(left_out)} ids are not in both feature files and were left out "
                        f"(first: {', '.join(left_out[:3])})")
     return left_out
 
@@ -288,16 +287,16 @@ def save_checkpoint(model: MLPClassifier, path, pipeline: str = "fastesm650", ch
 
 
 def _classifier_state(input_dim: int, hidden_dim: int) -> dict:
-    return MLPClassifier(input_dim, hidden_dim, NUM_CLASSES).state_dict()
+    return MLPClassifier(input_dim, hidden_dim, calls.NUM_CLASSES).state_dict()
 
 
 def load_checkpoint(path, pipeline: str | None = None, device="cpu",
                     chunk_length: int | None = None) -> tuple[MLPClassifier, dict]:
     """Load a classifier for ``pipeline`` (default: the one its metadata names),
-    every tensor checked (see ``virnucpro.checkpoints.read_classifier``); the
+    every tensor checked (see ``virnucpro.scoring.checkpoints.read_classifier``); the
     published pickled classifiers are read without running any code in them.
     Returns ``(model in eval mode, metadata)``."""
     state, metadata, pipeline = checkpoints.read_classifier(path, pipeline, chunk_length, _classifier_state)
-    model = MLPClassifier(PIPELINES[pipeline].input_dim, state["hidden_layer.weight"].shape[0], NUM_CLASSES)
+    model = MLPClassifier(loaders.PIPELINES[pipeline].input_dim, state["hidden_layer.weight"].shape[0], calls.NUM_CLASSES)
     model.load_state_dict(state)
     return model.to(device).eval(), metadata

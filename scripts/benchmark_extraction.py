@@ -30,14 +30,15 @@ from unittest import mock
 import torch
 
 import units
-from virnucpro import dnabert_s, random_models, synthetic
-from virnucpro.benchmarks import agreement, device_name, timed
-from virnucpro.cli import at_least, run_cli
+from benchmarking import random_models, synthetic
+from benchmarking.timing import agreement, device_name, timed
+from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import resolve_device
-from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
-from virnucpro.fasta import read_fasta, write_fasta
-from virnucpro.loaders import PIPELINES, esm_tokenizer
+from virnucpro.models import dnabert_s
+from virnucpro.models.loaders import PIPELINES, esm_tokenizer
 from virnucpro.precision import dtype_name
+from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
+from virnucpro.sequences.fasta import read_fasta, write_fasta
 
 
 def one_at_a_time_dnabert(model, tokenizer, sequences, device):

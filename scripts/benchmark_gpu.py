@@ -44,15 +44,19 @@ from typing import NamedTuple
 import torch
 
 import units
-from virnucpro import predict, random_models, synthetic
-from virnucpro.benchmarks import agreement, device_name, timed
-from virnucpro.cli import at_least, run_cli
+from benchmarking import random_models, synthetic
+from benchmarking.timing import agreement, device_name, timed
+from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import nvidia_driver, refuse_an_unusable_gpu, resolve_device
 from virnucpro.errors import InputError
-from virnucpro.fasta import write_fasta
 from virnucpro.files import atomic_write
-from virnucpro.loaders import PIPELINES, esm_tokenizer
+from virnucpro.models.loaders import PIPELINES, esm_tokenizer
+from virnucpro.models.pins import MERGED_DIM
 from virnucpro.precision import dtype_name
+from virnucpro.prediction import predict
+from virnucpro.scoring.calls import NUM_CLASSES
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
+from virnucpro.sequences.fasta import write_fasta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_FOLDER = os.path.join(ROOT, "tests", "data", "arch_tiny", "dnabert_s")
@@ -216,7 +220,7 @@ def end_to_end(session: Session) -> dict:
                                                        fast_esm=True)
         reads, checkpoint = os.path.join(folder, "reads.fasta"), os.path.join(folder, "classifier.pth")
         synthetic.orf_reads(reads, session.reads)
-        units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
+        units.save_checkpoint(units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES), checkpoint,
                               chunk_length=synthetic.ORF_READ_LENGTH)
         classifier, metadata = units.load_checkpoint(checkpoint, chunk_length=synthetic.ORF_READ_LENGTH)
         request = predict.Request(

@@ -19,11 +19,11 @@ import argparse
 import random
 import time
 
-from virnucpro import synthetic
-from virnucpro.chunks import chunk_id, iter_chunks
-from virnucpro.cli import at_least, run_cli
-from virnucpro.frames import ProteinIndex, batched, select_frames
-from virnucpro.published import published_frames
+from benchmarking import synthetic
+from benchmarking.published import published_frames
+from virnucpro.commands.cli import at_least, run_cli
+from virnucpro.sequences.chunks import chunk_id, iter_chunks
+from virnucpro.sequences.frames import ProteinIndex, batched, select_frames
 
 
 def timed(function):

@@ -49,20 +49,22 @@ import tempfile
 import torch
 
 import units
-from virnucpro import predict, random_models, synthetic
-from virnucpro.benchmarks import device_name, timed
-from virnucpro.checkpoints import HIDDEN_DIM
-from virnucpro.cli import at_least, run_cli
+from benchmarking import random_models, synthetic
+from benchmarking.host_ceiling import measure, print_result
+from benchmarking.synthetic import ORF_READ_LENGTH
+from benchmarking.timing import device_name, timed
+from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import resolve_device
-from virnucpro.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.errors import InputError
-from virnucpro.fasta import read_fasta, write_fasta
 from virnucpro.files import atomic_write
-from virnucpro.host_ceiling import measure, print_result
-from virnucpro.loaders import PIPELINES, Pipeline, esm_tokenizer
-from virnucpro.modelfiles import model_folder
-from virnucpro.pins import DEFAULT_MODELS_DIR, ESM2_3B, FASTESM2_650, MERGED_DIM, MODELS_ENV
-from virnucpro.synthetic import ORF_READ_LENGTH
+from virnucpro.models.loaders import PIPELINES, Pipeline, esm_tokenizer
+from virnucpro.models.modelfiles import model_folder
+from virnucpro.models.pins import DEFAULT_MODELS_DIR, ESM2_3B, FASTESM2_650, MERGED_DIM, MODELS_ENV
+from virnucpro.prediction import predict
+from virnucpro.scoring.calls import NUM_CLASSES
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
+from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
+from virnucpro.sequences.fasta import read_fasta, write_fasta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "sample.fasta")
@@ -136,7 +138,7 @@ def host_ceiling(args) -> dict:
         input_path, checkpoint = os.path.join(folder, "reads.fasta"), os.path.join(folder, "classifier.pth")
         synthetic.orf_reads(input_path, reads, args.contig_length)
         torch.manual_seed(0)
-        units.save_checkpoint(units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, units.NUM_CLASSES), checkpoint,
+        units.save_checkpoint(units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES), checkpoint,
                               chunk_length=ORF_READ_LENGTH)
         classifier, metadata = units.load_checkpoint(checkpoint, chunk_length=ORF_READ_LENGTH)
         request = predict.Request(

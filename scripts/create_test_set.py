@@ -39,11 +39,11 @@ import argparse
 import json
 import os
 
-from virnucpro import splits
-from virnucpro.cli import fraction, run_cli
-from virnucpro.features import FeatureSet, find_merged_files
+from virnucpro.commands.cli import fraction, run_cli
 from virnucpro.files import atomic_write, check_writable_file
 from virnucpro.log import logger
+from virnucpro.models.features import FeatureSet, find_merged_files
+from virnucpro.training import splits
 
 
 def main(argv=None):

@@ -25,13 +25,13 @@ import os
 import subprocess
 import sys
 
-from virnucpro import report
-from virnucpro.cli import at_least, run_cli
+from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, check_writable, check_writable_file
 from virnucpro.log import logger
 from virnucpro.runs import changed_settings, read_record
-from virnucpro.splits import GROUP_LEVELS
+from virnucpro.training import report
+from virnucpro.training.splits import GROUP_LEVELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = (("fastesm650", "FastESM2_650"), ("esm2_3b", "ESM2-3B"))

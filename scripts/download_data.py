@@ -22,10 +22,10 @@ import os
 import requests
 from tqdm import tqdm
 
-from virnucpro import fetching
-from virnucpro.cli import run_cli
+from virnucpro.commands.cli import run_cli
 from virnucpro.files import check_writable
 from virnucpro.log import logger
+from virnucpro.models import fetching
 
 
 def main(argv=None):

@@ -59,17 +59,17 @@ import subprocess
 import sys
 
 import units
-from virnucpro import evaluation, report
-from virnucpro.checkpoints import default_checkpoint_path
-from virnucpro.cli import at_least, fraction, run_cli
+from virnucpro.commands.cli import at_least, fraction, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.errors import InputError
-from virnucpro.features import FeatureSet, find_merged_files
 from virnucpro.files import check_writable
-from virnucpro.loaders import PIPELINES
 from virnucpro.log import logger
-from virnucpro.pins import DEFAULT_MODELS_DIR, MODELS_ENV
-from virnucpro.splits import read_split, record_fingerprint
+from virnucpro.models.features import FeatureSet, find_merged_files
+from virnucpro.models.loaders import PIPELINES
+from virnucpro.models.pins import DEFAULT_MODELS_DIR, MODELS_ENV
+from virnucpro.scoring.checkpoints import default_checkpoint_path
+from virnucpro.training import evaluation, report
+from virnucpro.training.splits import read_split, record_fingerprint
 
 PREDICTION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prediction.py")
 

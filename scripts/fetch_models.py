@@ -31,11 +31,11 @@ import argparse
 import os
 import sys
 
-from virnucpro import fetching
-from virnucpro.cli import run_cli
+from virnucpro.commands.cli import run_cli
 from virnucpro.files import check_writable, check_writable_file
 from virnucpro.log import logger
-from virnucpro.pins import ARTIFACTS, DEFAULT_MODELS_DIR, MODELS_ENV, models_dir
+from virnucpro.models import fetching
+from virnucpro.models.pins import ARTIFACTS, DEFAULT_MODELS_DIR, MODELS_ENV, models_dir
 
 
 def parse_args(argv):

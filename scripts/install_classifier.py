@@ -17,12 +17,12 @@ import argparse
 import os
 
 import units
-from virnucpro.calibration import calibration_path
-from virnucpro.checkpoints import default_checkpoint_path, install_classifier
-from virnucpro.cli import run_cli
+from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.log import logger
-from virnucpro.pins import DEFAULT_MODELS_DIR, MODELS_ENV
+from virnucpro.models.pins import DEFAULT_MODELS_DIR, MODELS_ENV
+from virnucpro.scoring.calibration import calibration_path
+from virnucpro.scoring.checkpoints import default_checkpoint_path, install_classifier
 
 
 def parse_args(argv):

@@ -21,10 +21,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from tqdm import tqdm
 
-from virnucpro import genomes
-from virnucpro.cli import at_least, run_cli
+from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.errors import InputError
 from virnucpro.log import logger
+from virnucpro.sequences import genomes
 
 
 def parse_args(argv):

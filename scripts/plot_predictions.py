@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from virnucpro import outputs
-from virnucpro.calls import chunk_is_viral
-from virnucpro.chunks import chunk_starts
-from virnucpro.cli import run_cli
+from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.files import check_writable_file
 from virnucpro.log import logger
-from virnucpro.plots import panel_label, plot_chunk_scores
+from virnucpro.prediction import outputs
+from virnucpro.prediction.plots import panel_label, plot_chunk_scores
+from virnucpro.scoring.calls import chunk_is_viral
+from virnucpro.sequences.chunks import chunk_starts
 
 
 def chunk_length(folder: str, given: int | None) -> int:

@@ -22,12 +22,12 @@ import time
 
 import torch
 
-from virnucpro.cli import run_cli
+from virnucpro.commands.cli import run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.errors import InputError
-from virnucpro.loaders import load_fast_esm
-from virnucpro.modelfiles import model_folder
-from virnucpro.pins import DEFAULT_MODELS_DIR, FASTESM2_650, MODELS_ENV
+from virnucpro.models.loaders import load_fast_esm
+from virnucpro.models.modelfiles import model_folder
+from virnucpro.models.pins import DEFAULT_MODELS_DIR, FASTESM2_650, MODELS_ENV
 
 OLDEST_TRANSFORMERS = (4, 57)
 

@@ -14,11 +14,11 @@ import argparse
 import os
 import sys
 
-from virnucpro.cli import run_cli
+from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
-from virnucpro.features import find_merged_files, load_merged_file
-from virnucpro.loaders import PIPELINES
-from virnucpro.selection import DEFAULT_MERGE_DIR
+from virnucpro.models.features import find_merged_files, load_merged_file
+from virnucpro.models.loaders import PIPELINES
+from virnucpro.training.selection import DEFAULT_MERGE_DIR
 
 
 def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro.cli import run_cli
-
 from helpers.models import TINY_DNABERT, TINY_ESM2_3B, TINY_FASTESM, save_classifier, tiny_model_folders  # noqa: F401
+from virnucpro.commands.cli import run_cli
 
 # The tests never touch the network: models are tiny ones the tests build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -24,7 +24,11 @@ import zstandard
 import prediction
 import units
 from conftest import ARCH_TINY, GOLDEN, ROOT, predict_args, run_script
-from virnucpro import outputs, shards
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.prediction import outputs, shards
+from virnucpro.runs import LOCK_FILE
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
+from virnucpro.sequences.fasta import read_fasta
 
 SAMPLE = ROOT / "data/sample.fasta"
 DNA = SAMPLE.read_text()
@@ -136,9 +140,9 @@ def stdin_without_output(tmp, models):
     return args
 
 
-def classifier(num_classes=2, input_dim=units.MERGED_DIM):
+def classifier(num_classes=2, input_dim=MERGED_DIM):
     torch.manual_seed(0)
-    return units.MLPClassifier(input_dim, units.HIDDEN_DIM, num_classes)
+    return units.MLPClassifier(input_dim, HIDDEN_DIM, num_classes)
 
 
 def with_nan(path):
@@ -175,7 +179,7 @@ def earlier_run(folder, models):
 
 def live_lock(folder, models):
     """Another run, alive on this host, holds the folder."""
-    (folder / units.LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+    (folder / LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
                                                       "since": "2026-11-25T10:00:00+00:00"}))
 
 
@@ -415,8 +419,8 @@ def test_rna_is_read_as_dna(models, sample_run, tmp_path, caplog):
 
 
 def test_fastq_compressed_bom_tabs_and_crlf_read_as_the_fasta(models, sample_run, tmp_path):
-    records = [(r.id, r.sequence) for r in units.read_fasta(SAMPLE)]
-    expected = [(r.id, r.sequence) for r in units.read_fasta(SAMPLE)]
+    records = [(r.id, r.sequence) for r in read_fasta(SAMPLE)]
+    expected = [(r.id, r.sequence) for r in read_fasta(SAMPLE)]
     text = fastq(records)
     variants = {"reads.fq.gz": gzip.compress(text.encode()), "reads.fq.bz2": bz2.compress(text.encode()),
                 "reads.fastq.xz": __import__("lzma").compress(text.encode()),
@@ -427,7 +431,7 @@ def test_fastq_compressed_bom_tabs_and_crlf_read_as_the_fasta(models, sample_run
                                    for line in DNA.splitlines(True)).encode()}
     for name, content in variants.items():
         (tmp_path / name).write_bytes(content)
-        assert [(r.id, r.sequence) for r in units.read_fasta(tmp_path / name)] == expected, name
+        assert [(r.id, r.sequence) for r in read_fasta(tmp_path / name)] == expected, name
     for name in ("reads.fq.bz2", "reads.fq.zst", "old_mac.fa"):
         assert result_bytes(run_prediction(models, tmp_path, name + "_out", tmp_path / name)) == \
             result_bytes(sample_run), name
@@ -446,7 +450,7 @@ def test_standard_input_is_read_as_the_file(models, sample_run, tmp_path):
 def test_ids_with_dollar_signs_are_plotted_as_they_are(models, tmp_path):
     reads = tmp_path / "dollars.fa"
     reads.write_text("".join(f">read_${k}$_x^2\n{record.sequence}\n"
-                             for k, record in enumerate(units.read_fasta(SAMPLE))))
+                             for k, record in enumerate(read_fasta(SAMPLE))))
     output = run_prediction(models, tmp_path, "out", reads, "--plot")
     assert (output / "prediction.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((output / "run.json").read_text())["status"] == "complete"
@@ -464,7 +468,7 @@ def test_a_shards_folder_linked_to_scratch_space_stays_linked(models, sample_run
 
 def test_every_record_has_a_summary_row_with_its_reason(models, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="virnucpro")
-    sequences = [(r.id, r.sequence) for r in units.read_fasta(SAMPLE)][:3]
+    sequences = [(r.id, r.sequence) for r in read_fasta(SAMPLE)][:3]
     path = tmp_path / "mixed.fa"
     path.write_text(f">{sequences[0][0]}\n{sequences[0][1]}\n>empty\n\n>tiny\nACGTACGTAC\n"
                     f">edge\n{sequences[1][1][:150]}\n>no_frame\n{'TAAT' * 75}\n>{sequences[2][0]}\n{sequences[2][1]}\n")
@@ -520,10 +524,10 @@ def test_a_stale_lock_is_taken_over(models, sample_run, tmp_path, caplog):
     finished.wait()
     output = tmp_path / "out"
     output.mkdir()
-    (output / units.LOCK_FILE).write_text(json.dumps({"pid": finished.pid, "host": socket.gethostname()}))
+    (output / LOCK_FILE).write_text(json.dumps({"pid": finished.pid, "host": socket.gethostname()}))
     assert prediction.main(predict_args(models, output, input_fasta=SAMPLE)) == 0
     assert "taking over the lock of a run that ended" in caplog.text
-    assert result_bytes(output) == result_bytes(sample_run) and not (output / units.LOCK_FILE).exists()
+    assert result_bytes(output) == result_bytes(sample_run) and not (output / LOCK_FILE).exists()
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])

@@ -10,10 +10,16 @@ import pytest
 import prediction as predictor
 import units
 from conftest import GOLDEN, predict_args
-from virnucpro import metrics
+from virnucpro.errors import InputError
+from virnucpro.files import file_sha256
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.scoring import metrics
+from virnucpro.scoring.calibration import Calibration, false_discovery_rates, load_calibration, save_calibration
+from virnucpro.scoring.checkpoints import install_classifier
+from virnucpro.sequences.fasta import read_fasta, write_fasta_record
 
 # a hand-made calibration: chunk scores squeezed into [0.05, 0.95], sequences as the mean of their chunks
-SQUEEZE = units.Calibration((np.array([0.0, 1.0]), np.array([0.05, 0.95])), (np.array([0.0, 1.0]),
+SQUEEZE = Calibration((np.array([0.0, 1.0]), np.array([0.05, 0.95])), (np.array([0.0, 1.0]),
                                                                               np.array([0.0, 1.0])))
 
 
@@ -51,34 +57,34 @@ def test_expected_calibration_error_by_hand():
 def test_fdr_is_the_mean_of_one_minus_p_over_the_calls_scored_at_least_as_high():
     p = [0.5, 0.9, 0.8, 0.8, 0.99]
     expected = [np.mean([0.5, 0.1, 0.2, 0.2, 0.01]), 0.055, 0.1275, 0.1275, 0.01]   # ties share the last one's
-    assert units.false_discovery_rates(p) == pytest.approx(expected)
-    assert len(units.false_discovery_rates([])) == 0
+    assert false_discovery_rates(p) == pytest.approx(expected)
+    assert len(false_discovery_rates([])) == 0
 
 
 def test_calibration_file_round_trips_and_belongs_to_its_classifier(models, tmp_path):
     checkpoint = tmp_path / "model_fastesm650_300.pth"
     shutil.copy(models["checkpoint"], checkpoint)
-    assert units.load_calibration(checkpoint) is None
-    path = units.save_calibration(checkpoint, SQUEEZE, fitted_on={"records": 2})
+    assert load_calibration(checkpoint) is None
+    path = save_calibration(checkpoint, SQUEEZE, fitted_on={"records": 2})
     assert path == str(tmp_path / "model_fastesm650_300.calibration.json")
-    loaded = units.load_calibration(checkpoint)
+    loaded = load_calibration(checkpoint)
     assert loaded.chunk_probabilities([0.5, 2.0]) == pytest.approx([0.5, 0.95])     # flat beyond the knots
     assert json.loads(open(path).read())["fitted_on"] == {"records": 2}
 
-    installed = units.install_classifier(str(checkpoint), 300, str(tmp_path / "models"))
-    assert units.load_calibration(installed).to_json() == SQUEEZE.to_json()          # travels with the classifier
+    installed = install_classifier(str(checkpoint), 300, str(tmp_path / "models"))
+    assert load_calibration(installed).to_json() == SQUEEZE.to_json()          # travels with the classifier
 
-    units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, 512, 2), checkpoint, chunk_length=300)
-    assert units.load_calibration(checkpoint) is None                # retrained: the old calibration is gone
+    units.save_checkpoint(units.MLPClassifier(MERGED_DIM, 512, 2), checkpoint, chunk_length=300)
+    assert load_calibration(checkpoint) is None                # retrained: the old calibration is gone
     shutil.copy(installed.replace(".pth", ".calibration.json"), path)
-    with pytest.raises(units.InputError, match="calibration of another classifier"):
-        units.load_calibration(checkpoint)
+    with pytest.raises(InputError, match="calibration of another classifier"):
+        load_calibration(checkpoint)
     content = json.loads(open(path).read())
-    content["classifier_sha256"] = units.file_sha256(checkpoint)
+    content["classifier_sha256"] = file_sha256(checkpoint)
     content["chunk"]["y"] = [0.9, 0.1]                                # falling: not a calibration map
     open(path, "w").write(json.dumps(content))
-    with pytest.raises(units.InputError, match="damaged calibration"):
-        units.load_calibration(checkpoint)
+    with pytest.raises(InputError, match="damaged calibration"):
+        load_calibration(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +92,7 @@ def calibrated_checkpoint(models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("calibrated")
     checkpoint = folder / "model_fastesm650_300.pth"
     shutil.copy(models["checkpoint"], checkpoint)
-    units.save_calibration(checkpoint, SQUEEZE)
+    save_calibration(checkpoint, SQUEEZE)
     return str(checkpoint)
 
 
@@ -137,14 +143,14 @@ def test_min_score_and_max_fdr_filter_the_virus_calls(models, calibrated_checkpo
         assert row["Call"] == ("virus" if passes else "below_threshold")
         kept += [row["Sequence_ID"]] if passes else []
     assert 0 < len(kept) < len(called)
-    assert [r.id for r in units.read_fasta(output / "viral_sequences.fna")] == kept
+    assert [r.id for r in read_fasta(output / "viral_sequences.fna")] == kept
     run = json.loads((output / "run.json").read_text())
     assert run["thresholds"]["min_score"] == min_score and run["thresholds"]["max_fdr"] == max_fdr
     assert run["calls"]["below_threshold"] == len(called) - len(kept)
 
 
 def test_filters_need_a_calibrated_classifier(models, tmp_path, capsys):
-    with pytest.raises(units.InputError, match="not calibrated.*evaluate_compare.py"):
+    with pytest.raises(InputError, match="not calibrated.*evaluate_compare.py"):
         predictor.main(predict_args(models, tmp_path / "out", "--max-fdr", "0.05"))
     with pytest.raises(SystemExit):
         predictor.main(predict_args(models, tmp_path / "out", "--min-score", "1.5"))
@@ -154,8 +160,8 @@ def test_filters_need_a_calibrated_classifier(models, tmp_path, capsys):
 def test_uncalibrated_runs_say_so(models, calibrated_checkpoint, tmp_path):
     input_fasta = tmp_path / "few.fasta"
     with open(input_fasta, "w") as handle:
-        for record in list(units.read_fasta(GOLDEN / "prediction/input.fasta"))[:3]:
-            units.write_fasta_record(handle, record.id, record.sequence)
+        for record in list(read_fasta(GOLDEN / "prediction/input.fasta"))[:3]:
+            write_fasta_record(handle, record.id, record.sequence)
     output = tmp_path / "raw"
     assert predictor.main(predict_args(models, output, "--uncalibrated", input_fasta=input_fasta,
                                        checkpoint=calibrated_checkpoint)) == 0

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import units
 from conftest import GOLDEN
+from virnucpro.models.pins import MERGED_DIM
 
 TRAIN = GOLDEN / "train300"
 
@@ -39,7 +39,7 @@ def merged_features(folder: Path, accessions: int = 6) -> Path:
     rng = torch.Generator().manual_seed(0)
     for label, stem in ((1, "viral.1.1"), (0, "bacteria.1.1")):
         ids = [f"{stem}_ACC{a}.1_chunk_{c}F1" for a in range(accessions) for c in range(1, 6)]
-        data = torch.randn(len(ids), units.MERGED_DIM, generator=rng) + (1.0 if label else -1.0)
+        data = torch.randn(len(ids), MERGED_DIM, generator=rng) + (1.0 if label else -1.0)
         (folder / f"{stem}_merged").mkdir(parents=True)
         torch.save({"ids": ids, "data": data, "labels": [label], "chunk_length": 300},
                    folder / f"{stem}_merged/output_1_merged.pt")

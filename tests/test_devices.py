@@ -80,9 +80,9 @@ def test_each_process_of_a_team_makes_its_gpu_current(cuda_machine):
 def test_encoders_run_in_half_precision_on_a_gpu_and_in_fp32_on_the_cpu():
     from types import SimpleNamespace
 
-    from virnucpro.loaders import default_dtype
-    from virnucpro.pins import DNABERT_S, ESM2_3B, FASTESM2_650
-    from virnucpro.predict import encoder_dtypes
+    from virnucpro.models.loaders import default_dtype
+    from virnucpro.models.pins import DNABERT_S, ESM2_3B, FASTESM2_650
+    from virnucpro.prediction.predict import encoder_dtypes
 
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     assert [default_dtype(spec, gpu) for spec in (DNABERT_S, FASTESM2_650, ESM2_3B)] == \

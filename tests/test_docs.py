@@ -5,7 +5,7 @@ import shlex
 import sys
 
 from conftest import ROOT
-from virnucpro import pins
+from virnucpro.models import pins
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import download_data as download
-import units
-from virnucpro import fetching as fetcher
+from virnucpro.errors import InputError
+from virnucpro.models import fetching as fetcher
 
 BACTERIA = [f"bacteria.{n}" for n in (3, 17, 42)]
 
@@ -126,8 +126,8 @@ def test_download_resume_and_skip(server, tmp_path):
 
 
 def test_bad_release_url_is_one_clear_error(server, tmp_path):
-    with pytest.raises(units.InputError, match="404"):
+    with pytest.raises(InputError, match="404"):
         download.main(["--release-url", server.url + "nowhere/", "--data-dir", str(tmp_path),
                        "--categories", "plant"])
-    with pytest.raises(units.InputError, match="expected CATEGORY=N"):
+    with pytest.raises(InputError, match="expected CATEGORY=N"):
         download.main(["--count", "viruses=3", "--dry-run"])

@@ -12,9 +12,13 @@ import pytest
 import torch
 
 import units
+from benchmarking import random_models
 from conftest import ARCH_TINY, ROOT, TINY_DNABERT
-from virnucpro import modelfiles, random_models
-from virnucpro.fasta import write_fasta
+from virnucpro.errors import DimensionError, InputError
+from virnucpro.models import modelfiles
+from virnucpro.models.pins import PROTEIN_DIM
+from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH
+from virnucpro.sequences.fasta import read_fasta, write_fasta
 
 DNABERT_FIXTURE = ARCH_TINY / "dnabert_s"
 FASTESM_FIXTURE = ARCH_TINY / "fastesm650"
@@ -26,7 +30,7 @@ def expected(folder):
 
 
 def fasta_records(path):
-    return [(r.id, r.sequence) for r in units.read_fasta(path, alphabet=None)]
+    return [(r.id, r.sequence) for r in read_fasta(path, alphabet=None)]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def test_dnabert_hidden_states_equal_the_reference(dnabert):
         torch.testing.assert_close(ours, hidden, **TOLERANCE)
 
 
-@pytest.mark.parametrize("toks_per_batch", [units.DNA_TOKS_PER_BATCH, 1])
+@pytest.mark.parametrize("toks_per_batch", [DNA_TOKS_PER_BATCH, 1])
 def test_dnabert_extraction_equals_the_reference(dnabert, tmp_path, toks_per_batch):
     """Batched (the default budget; the 3000-nt inputs go past ALiBi's 512
     starting size) and one at a time both give the published features."""
@@ -155,20 +159,20 @@ def test_fastesm_folder_loads_quietly_with_or_without_heads(tmp_path, capfd):
 
 # ------------------------------------------------------------ widths
 def test_width_checks_stop_a_real_run_and_yield_to_expected_dim(tmp_path):
-    with pytest.raises(units.InputError, match="gives 64-value embeddings, not 1280; point --protein-model"):
+    with pytest.raises(InputError, match="gives 64-value embeddings, not 1280; point --protein-model"):
         units.load_fast_esm(str(FASTESM_FIXTURE), device="cpu")
-    with pytest.raises(units.InputError, match="gives 64-value embeddings, not 2560"):
+    with pytest.raises(InputError, match="gives 64-value embeddings, not 2560"):
         units.load_esm2_3b(str(FASTESM_FIXTURE), device="cpu")
     narrow = random_models.save_random_dnabert(tmp_path / "narrow", (64, 1, 4, 32), vocab_size=64)
-    with pytest.raises(units.InputError, match="gives 64-value embeddings, not 768; point --dna-model"):
+    with pytest.raises(InputError, match="gives 64-value embeddings, not 768; point --dna-model"):
         units.load_dnabert_s(str(narrow), device="cpu")
     model, tokenizer = units.load_dnabert_s(str(narrow), device="cpu", expected_dim=None)
     fasta = write_fasta(str(tmp_path / "dna.fa"), [("a", "ACGTACGTTT"), ("b", "GGGCCCAAAT")])
     features = units.extract_DNABERT_S(fasta, str(tmp_path / "dna.pt"), model=model, tokenizer=tokenizer)
     assert features["data"][0]["mean_representation"].shape == (64,)
-    protein = {"proteins": ["a", "b"], "data": [torch.zeros(units.PROTEIN_DIM)] * 2}
+    protein = {"proteins": ["a", "b"], "data": [torch.zeros(PROTEIN_DIM)] * 2}
     torch.save(protein, tmp_path / "protein.pt")
-    with pytest.raises(units.DimensionError):             # such features never reach a classifier
+    with pytest.raises(DimensionError):             # such features never reach a classifier
         units.merge_data(tmp_path / "dna.pt", tmp_path / "protein.pt", tmp_path / "merged.pt")
 
 
@@ -190,7 +194,7 @@ def bert_folder(tmp_path):
     (bert_folder, "not a DNABERT-S (MosaicBERT) checkpoint"),
 ])
 def test_a_folder_that_is_not_dnabert_s_is_refused_in_one_line(tmp_path, make_folder, words):
-    with pytest.raises(units.InputError) as error:
+    with pytest.raises(InputError) as error:
         units.load_dnabert_s(str(make_folder(tmp_path)), device="cpu")
     assert words in str(error.value) and "--dna-model" in str(error.value) and "\n" not in str(error.value)
 
@@ -200,14 +204,14 @@ def test_dnabert_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path):
     shutil.copytree(DNABERT_FIXTURE, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 256}))
-    with pytest.raises(units.InputError, match="mlp.gated_layers.weight is \\(256, 768\\) in the checkpoint"):
+    with pytest.raises(InputError, match="mlp.gated_layers.weight is \\(256, 768\\) in the checkpoint"):
         units.load_dnabert_s(str(folder), device="cpu")
     (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
-    with pytest.raises(units.InputError, match="no place for .*encoder.layer.1"):
+    with pytest.raises(InputError, match="no place for .*encoder.layer.1"):
         units.load_dnabert_s(str(folder), device="cpu")
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "tokenizer.json").unlink()
-    with pytest.raises(units.InputError, match="has no tokenizer.json"):
+    with pytest.raises(InputError, match="has no tokenizer.json"):
         units.load_dnabert_s(str(folder), device="cpu")
 
 
@@ -249,9 +253,9 @@ def transformers_esm(folder):
 def test_our_esm2_equals_transformers_esm_batched_and_padded(layout, tiny_models):
     """Within 1e-5 in fp32 on every token of a padded batch, on the transformers version installed
     (CI runs 4.57 and the newest 5.x)."""
-    from virnucpro.engine import protein_tokens, residue_table
-    from virnucpro.esm2 import Esm2Model
-    from virnucpro.loaders import load_esm2_3b
+    from virnucpro.models.esm2 import Esm2Model
+    from virnucpro.models.loaders import load_esm2_3b
+    from virnucpro.scoring.engine import protein_tokens, residue_table
 
     folder = FASTESM_FIXTURE if layout.startswith("FastESM") else Path(tiny_models["esm2_3b"])
     load = functools.partial(units.load_fast_esm, expected_dim=None) if layout.startswith("FastESM") else load_esm2_3b
@@ -272,7 +276,7 @@ def test_the_key_table_is_the_published_layout():
     """Every encoder key of FastESM2_650's file, with its shape; the rest are heads and rotary frequencies."""
     from safetensors.torch import load_file
 
-    from virnucpro.esm2 import Esm2Config, key_table
+    from virnucpro.models.esm2 import Esm2Config, key_table
 
     config = Esm2Config.from_dict(json.loads((FASTESM_FIXTURE / "config.json").read_text()))
     weights = load_file(FASTESM_FIXTURE / "model.safetensors")

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 import units
-from virnucpro import engine
 from conftest import ARCH_TINY, ROOT
+from virnucpro.errors import InputError
+from virnucpro.models.loaders import esm_tokenizer
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.scoring import engine
+from virnucpro.scoring.calls import NUM_CLASSES
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
+from virnucpro.sequences.chunks import iter_fasta_chunks
+from virnucpro.sequences.fasta import read_fasta
+from virnucpro.sequences.frames import stop_free_frames
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +41,13 @@ def random_dna(count, seed, lengths=(5, 600)):
 
 def test_dna_tokens_are_the_tokenizers(dnabert):
     _, tokenizer = dnabert
-    sequences = [r.sequence for r in units.read_fasta(ARCH_TINY / "dnabert_s/inputs.fasta")]
+    sequences = [r.sequence for r in read_fasta(ARCH_TINY / "dnabert_s/inputs.fasta")]
     sequences += random_dna(50, seed=1) + ["ACGTNNNNACGT", "A", "NNNN", "ACGTRYSWKMBDHVN" * 3]
     assert as_lists(engine.dna_tokens(tokenizer, sequences)) == tokenizer(sequences)["input_ids"]
 
 
 def test_protein_tokens_are_the_tokenizers_without_a_call_per_residue():
-    tokenizer = units.esm_tokenizer()
+    tokenizer = esm_tokenizer()
     proteins = ["MKVLLAGG", "ACDEFGHIKLMNPQRSTVWYBZUOX", "M" * 1500, "", "XX*", "KQ.-"]
     expected = [tokenizer.build_inputs_with_special_tokens(tokenizer.convert_tokens_to_ids(list(p[:1024])))
                 for p in proteins]
@@ -86,10 +94,10 @@ def test_batched_protein_embeddings_equal_one_at_a_time(fastesm):
 
 
 def test_scores_are_the_classifier_on_both_embeddings(dnabert, fastesm):
-    chunks = list(units.iter_fasta_chunks(ROOT / "data/sample.fasta", 300))
-    frames = units.stop_free_frames(chunks)
+    chunks = list(iter_fasta_chunks(ROOT / "data/sample.fasta", 300))
+    frames = stop_free_frames(chunks)
     torch.manual_seed(0)
-    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES).eval()
+    classifier = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES).eval()
     scorer = engine.Engine(dnabert, fastesm, classifier, 4096, 4096, "FastESM2_650")
     scores = scorer.score(scorer.tokenize(frames.ids, frames.nucleotides, frames.proteins))
     assert len(frames) > 3 and scores.kept.tolist() == list(range(len(frames))) and not scores.failures
@@ -111,7 +119,7 @@ def test_frames_whose_embedding_fails_are_left_out_and_reported(dnabert, fastesm
             return pooled
 
     ids = [f"c{k}_chunk_1F1" for k in range(4)]
-    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES).eval()
+    classifier = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES).eval()
     scorer = engine.Engine(dnabert, fastesm, classifier, 4096, 4096, "FastESM2_650")
     scorer.protein_encoder = NotFinite(fastesm[0])
     nucleotides, proteins = ["ACGT" * (10 + k) for k in range(4)], ["M" * (5 + k) for k in range(4)]
@@ -124,7 +132,7 @@ def test_frames_whose_embedding_fails_are_left_out_and_reported(dnabert, fastesm
 def test_prefetched_keeps_order_runs_in_a_background_thread_and_raises_at_the_item():
     def prepare(item):
         if item == 3:
-            raise units.InputError("bad record in item 3")
+            raise InputError("bad record in item 3")
         return item * 10, threading.current_thread() is threading.main_thread()
 
     results = engine.prefetched(range(3), prepare, ahead=1)
@@ -132,7 +140,7 @@ def test_prefetched_keeps_order_runs_in_a_background_thread_and_raises_at_the_it
     assert not any(in_main for _, in_main in engine.prefetched(range(3), prepare, ahead=2))
     assert all(in_main for _, in_main in engine.prefetched(range(3), prepare, ahead=0))
     seen = []
-    with pytest.raises(units.InputError, match="item 3"):
+    with pytest.raises(InputError, match="item 3"):
         for value, _ in engine.prefetched(range(5), prepare):
             seen.append(value)
     assert seen == [0, 10, 20]

@@ -16,8 +16,13 @@ import train_fastesm as trainer
 import units
 from conftest import ROOT, run_script
 from helpers import genomes as synthetic
-from virnucpro import evaluation, metrics, outputs, splits
-from virnucpro.report import VERDICT_ORDER
+from virnucpro.errors import InputError
+from virnucpro.prediction import outputs
+from virnucpro.scoring import metrics
+from virnucpro.scoring.calibration import load_calibration
+from virnucpro.sequences.fasta import read_fasta
+from virnucpro.training import evaluation, splits
+from virnucpro.training.report import VERDICT_ORDER
 
 EXAMPLE_REPORT = ROOT / "reports/example_validation_report.md"
 SLOW = pytest.mark.slow          # what builds the study: genomes, features of both pipelines, two classifiers
@@ -108,7 +113,7 @@ def test_the_levels_are_predictions_own_calls(study, evaluated, tmp_path):
     chunk_calls = [int(row["Is_Virus"] == "True") for row in chunks]
     assert saved["chunks"]["n"] == len(chunks)
     assert saved["chunks"]["accuracy"] == pytest.approx(np.mean(np.equal(chunk_labels, chunk_calls)))
-    calibration = units.load_calibration(study["root"] / "model_fastesm650_300.pth")    # the evaluation's
+    calibration = load_calibration(study["root"] / "model_fastesm650_300.pth")    # the evaluation's
     assert [float(row["Viral_probability"]) for row in chunks] == pytest.approx(
         calibration.chunk_probabilities([float(row["Viral_score"]) for row in chunks]), abs=1e-6)
 
@@ -121,7 +126,7 @@ def test_each_classifier_is_calibrated_on_its_validation_records(study, evaluate
     held_out = evaluation.read_held_out(work / "held_out.tsv")
     for pipeline, name in (("fastesm650", "FastESM2_650"), ("esm2_3b", "ESM2-3B")):
         checkpoint = root / f"model_{pipeline}_300.pth"
-        calibration = units.load_calibration(checkpoint)
+        calibration = load_calibration(checkpoint)
         table = evaluation.read_held_out(work / f"validation_{pipeline}.tsv")
         records = {row["record"] for row in table.values()}
         assert records and not records & test_records
@@ -143,7 +148,7 @@ def test_held_out_sequences_are_slices_of_held_out_records_only(study, evaluated
     work, records = study["root"] / "evaluation", study["records"]
     split = json.loads(study["split"].read_text())
     table = read_tsv(work / "held_out.tsv")
-    sequences = {r.id: r.sequence for r in units.read_fasta(work / "held_out.fasta")}
+    sequences = {r.id: r.sequence for r in read_fasta(work / "held_out.fasta")}
     assert {row["record"] for row in table} == set(split["test_accessions"])
     for row in table:
         record = records[row["record"]]
@@ -199,7 +204,7 @@ def test_missing_genomes_are_named_and_frames_only_needs_none(study, tmp_path):
     empty.mkdir()
     args = evaluate_args(study, tmp_path / "r")
     args[args.index("--data-dir") + 1] = str(empty)
-    with pytest.raises(units.InputError, match="held-out records are not in the .*genomic.fna.gz files"):
+    with pytest.raises(InputError, match="held-out records are not in the .*genomic.fna.gz files"):
         evaluate.main(args)
     assert evaluate.main(args + ["--frames-only"]) in (0, 1)
     assert "### Sequences" not in (tmp_path / "r/validation_report.md").read_text()
@@ -262,7 +267,7 @@ def test_folds_are_group_disjoint_and_cover_every_group(study, tmp_path):
     assert splits[1]["fold"] == {"fold": 2, "folds": 3}
     for s in splits:                                            # both classes in every fold
         assert s["classes"]["viral"]["test"]["rows"] > 0 and s["classes"]["host"]["test"]["rows"] > 0
-    with pytest.raises(units.InputError, match="20 folds need at least 20 groups of each class"):
+    with pytest.raises(InputError, match="20 folds need at least 20 groups of each class"):
         create_test_set.main(["--merge-dir", str(study["root"] / "data_merge"), "--data-dir", str(study["data"]),
                               "--folds", "20", "--fold", "1", "--output", str(tmp_path / "x.json")])
 

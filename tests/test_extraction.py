@@ -8,10 +8,15 @@ import pytest
 import torch
 
 import units
+from benchmarking import random_models
 from conftest import GOLDEN, TINY_FASTESM
-from virnucpro import engine, random_models
-from virnucpro.esm2 import Esm2Model
-from virnucpro.fasta import write_fasta
+from virnucpro.devices import resolve_device
+from virnucpro.errors import DimensionError, InputError
+from virnucpro.models.esm2 import Esm2Model
+from virnucpro.models.features import FAILURE_LOG
+from virnucpro.models.pins import DNA_DIM, ESM2_3B_DIM, MERGED_DIM, MODELS_ENV, PROTEIN_DIM
+from virnucpro.scoring import engine
+from virnucpro.sequences.fasta import write_fasta
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def test_loaders_return_checkpoint_weights(fastesm, dnabert):
     saved = random_models.random_esm_masked_lm(TINY_FASTESM).esm.state_dict()
     assert torch.equal(model.encoder.layer[1].output.dense.weight, saved["encoder.layer.1.output.dense.weight"])
     dna_model, dna_tokenizer = dnabert
-    assert dna_model.config.hidden_size == units.DNA_DIM
+    assert dna_model.config.hidden_size == DNA_DIM
     assert dna_tokenizer("ACGT")["input_ids"][0] == dna_tokenizer.cls_token_id
 
 
@@ -82,7 +87,7 @@ def test_loader_refuses_checkpoint_missing_encoder_weights(esm_folder, tmp_path)
     weights = load_file(broken / "model.safetensors")
     del weights["esm.encoder.layer.0.attention.self.query.weight"]
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(units.InputError, match="not an ESM-2 encoder of its config.json .*esm.encoder.layer.0.attention.self.query.weight is missing"):
+    with pytest.raises(InputError, match="not an ESM-2 encoder of its config.json .*esm.encoder.layer.0.attention.self.query.weight is missing"):
         units.load_fast_esm(str(broken), device="cpu")
 
 
@@ -90,7 +95,7 @@ def test_loader_accepts_legacy_layernorm_names(tmp_path):
     """transformers loads old checkpoints naming LayerNorm weights gamma/beta; so must the weight check."""
     from safetensors.torch import load_file, save_file
 
-    folder = random_models.save_random_esm(tmp_path / "legacy", (units.PROTEIN_DIM, 1, 4, 32))
+    folder = random_models.save_random_esm(tmp_path / "legacy", (PROTEIN_DIM, 1, 4, 32))
     weights = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
                for k, v in load_file(folder / "model.safetensors").items()}
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
@@ -101,7 +106,7 @@ def test_loader_accepts_legacy_layernorm_names(tmp_path):
 
 def test_loader_refuses_a_model_of_the_wrong_size(tmp_path):
     folder = random_models.save_random_esm(tmp_path / "small", (64, 1, 4, 32))
-    with pytest.raises(units.InputError, match="gives 64-value embeddings, not 1280"):
+    with pytest.raises(InputError, match="gives 64-value embeddings, not 1280"):
         units.load_fast_esm(str(folder), device="cpu")
 
 
@@ -110,26 +115,26 @@ def test_loader_without_network_or_cache_names_model_and_fix(tmp_path, monkeypat
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv(units.MODELS_ENV, str(tmp_path / "models"))
-    with pytest.raises(units.InputError) as error:
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "models"))
+    with pytest.raises(InputError) as error:
         units.load_fast_esm(device="cpu")
     message = str(error.value)
     assert message.startswith(f"FastESM2_650: Synthyra/FastESM2_650 is not in the models folder ({tmp_path / 'models'})")
     assert str(tmp_path / "empty-cache") in message and "python scripts/fetch_models.py fastesm650" in message
     assert "--protein-model" in message and "\n" not in message
-    with pytest.raises(units.InputError, match="huggingface-cli download someone/fine-tuned"):
+    with pytest.raises(InputError, match="huggingface-cli download someone/fine-tuned"):
         units.load_fast_esm("someone/fine-tuned", device="cpu")
-    with pytest.raises(units.InputError, match="neither a folder nor a Hugging Face id"):
+    with pytest.raises(InputError, match="neither a folder nor a Hugging Face id"):
         units.load_dnabert_s("./no/such/folder", device="cpu")
 
 
 def test_device_choice():
-    assert units.resolve_device("cpu").type == "cpu"
-    with pytest.raises(units.InputError, match="not a device"):
-        units.resolve_device("gpu0")
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(InputError, match="not a device"):
+        resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(units.InputError, match="no CUDA GPU"):
-            units.resolve_device("cuda")
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")
 
 
 # ------------------------------------------------------------ DNABERT-S
@@ -145,7 +150,7 @@ def test_dnabert_batched_equals_published_one_at_a_time(dnabert, tmp_path):
         with torch.no_grad():   # the published code: one sequence, no mask, mean over every token
             expected = model(tokenizer(sequence, return_tensors="pt")["input_ids"])[0].mean(dim=1)[0]
         assert item["label"] == record_id
-        assert item["mean_representation"].shape == (units.DNA_DIM,)
+        assert item["mean_representation"].shape == (DNA_DIM,)
         torch.testing.assert_close(item["mean_representation"], expected, atol=1e-5, rtol=0)
 
 
@@ -165,7 +170,7 @@ def test_fastesm_batched_equals_one_at_a_time_and_pools_residues_only(fastesm, t
     alone = units.extract_fast_esm(fasta, model=model, tokenizer=tokenizer, toks_per_batch=1)
     assert batched["proteins"] == alone["proteins"] == [r[0] for r in records]
     for (_, sequence), vector, single in zip(records, batched["data"], alone["data"]):
-        assert vector.dtype == torch.float32 and vector.shape == (units.PROTEIN_DIM,)
+        assert vector.dtype == torch.float32 and vector.shape == (PROTEIN_DIM,)
         torch.testing.assert_close(vector, single, atol=1e-5, rtol=0)
         torch.testing.assert_close(vector, residue_mean(model, tokenizer, sequence), atol=1e-5, rtol=0)
         assert not torch.allclose(vector, residue_mean(model, tokenizer, sequence, include_specials=True), atol=1e-3)
@@ -208,7 +213,7 @@ def test_out_of_memory_splits_batches_and_logs_what_still_fails(fastesm, tmp_pat
     for vector, expected in zip(result["data"], reference["data"]):
         torch.testing.assert_close(vector, expected, atol=1e-5, rtol=0)
     assert max(rows for rows, _ in recording.shapes) > 2            # it tried big batches first
-    log = (out.parent / units.FAILURE_LOG).read_text().strip().split("\t")
+    log = (out.parent / FAILURE_LOG).read_text().strip().split("\t")
     assert log[1:4] == [str(fasta), "huge", "out_of_memory"] and "CUDA out of memory" in log[4]
 
 
@@ -220,7 +225,7 @@ def test_nan_embedding_is_refused_and_logged(fastesm, tmp_path):
                                     model=Recording(model, nan_length=9), tokenizer=tokenizer)
     assert result["proteins"] == ["ok", "ok2"]
     assert all(torch.isfinite(v).all() for v in torch.load(out, weights_only=True)["data"])
-    assert "\tbad\tnon_finite\t" in (tmp_path / units.FAILURE_LOG).read_text()
+    assert "\tbad\tnon_finite\t" in (tmp_path / FAILURE_LOG).read_text()
 
 
 def test_existing_output_is_not_redone(fastesm, tmp_path):
@@ -245,7 +250,7 @@ def test_embedding_that_is_not_the_model_width_is_refused_before_writing(fastesm
             return output._replace(last_hidden_state=output.last_hidden_state[..., :32])
 
     out = tmp_path / "p_ESM.pt"
-    with pytest.raises(units.DimensionError) as error:
+    with pytest.raises(DimensionError) as error:
         units.extract_fast_esm(write(tmp_path / "p.faa", random_proteins(3)), str(out),
                                model=Truncating(model), tokenizer=tokenizer)
     assert (error.value.expected, error.value.actual, error.value.sequence_id) == (1280, (32,), "p0")
@@ -258,7 +263,7 @@ def test_esm2_3b_baseline_runs_side_by_side(tiny_models, tmp_path):
     records = random_proteins(4)
     result = units.extract_esm(write(tmp_path / "p.faa", records), model=model, alphabet=alphabet,
                                out_file=str(tmp_path / "p_ESM.pt"))
-    assert [v.shape for v in result["data"]] == [(units.ESM2_3B_DIM,)] * 4
+    assert [v.shape for v in result["data"]] == [(ESM2_3B_DIM,)] * 4
     torch.testing.assert_close(result["data"][2], residue_mean(model, alphabet, records[2][1]), atol=1e-5, rtol=0)
 
 
@@ -268,7 +273,7 @@ def test_merge_reproduces_the_published_file():
     merged_file = out_dir.parent.parent / "merged.tmp.pt"
     try:
         left_out = units.merge_data(out_dir / "output_1_DNABERT_S.pt", out_dir / "output_1_ESM.pt",
-                                    merged_file, protein_dim=units.ESM2_3B_DIM)
+                                    merged_file, protein_dim=ESM2_3B_DIM)
         merged = torch.load(merged_file, weights_only=True)
     finally:
         merged_file.unlink(missing_ok=True)
@@ -279,7 +284,7 @@ def test_merge_reproduces_the_published_file():
     assert merged["data"].dtype == published["data"].dtype and torch.equal(merged["data"], published["data"])
 
 
-def feature_files(tmp_path, dna_ids, protein_ids, dna_dim=units.DNA_DIM, protein_dim=units.PROTEIN_DIM):
+def feature_files(tmp_path, dna_ids, protein_ids, dna_dim=DNA_DIM, protein_dim=PROTEIN_DIM):
     dna = {"nucleotide": dna_ids,
            "data": [{"label": i, "mean_representation": torch.full((dna_dim,), float(n))} for n, i in enumerate(dna_ids)]}
     protein = {"proteins": protein_ids, "data": [torch.full((protein_dim,), -float(n)) for n, i in enumerate(protein_ids)]}
@@ -293,7 +298,7 @@ def test_merge_joins_by_id_and_reports_ids_left_out(tmp_path):
     assert units.merge_data(dna, protein, merged_file, data_type="viral") == ["b", "z"]
     merged = torch.load(merged_file, weights_only=True)
     assert merged["ids"] == ["a", "c"] and merged["labels"] == [1]
-    assert merged["data"].shape == (2, units.MERGED_DIM)
+    assert merged["data"].shape == (2, MERGED_DIM)
     assert merged["data"][1, 0] == 2 and merged["data"][1, -1] == 0      # c: dna row 2, protein row 0
     assert merged["data"][0, -1] == -1                                      # a: protein row 1
     units.merge_data(dna, protein, merged_file, data_type="host")
@@ -301,12 +306,12 @@ def test_merge_joins_by_id_and_reports_ids_left_out(tmp_path):
 
 
 @pytest.mark.parametrize("dna_dim, protein_dim, expected, actual, where", [
-    (767, units.PROTEIN_DIM, units.DNA_DIM, 767, "dna.pt"),
-    (units.DNA_DIM, units.ESM2_3B_DIM, units.PROTEIN_DIM, units.ESM2_3B_DIM, "protein.pt"),
+    (767, PROTEIN_DIM, DNA_DIM, 767, "dna.pt"),
+    (DNA_DIM, ESM2_3B_DIM, PROTEIN_DIM, ESM2_3B_DIM, "protein.pt"),
 ])
 def test_merge_dimension_guards(tmp_path, dna_dim, protein_dim, expected, actual, where):
     dna, protein, merged_file = feature_files(tmp_path, ["a", "b"], ["a", "b"], dna_dim, protein_dim)
-    with pytest.raises(units.DimensionError) as error:
+    with pytest.raises(DimensionError) as error:
         units.merge_data(dna, protein, merged_file)
     assert (error.value.expected, error.value.actual, error.value.sequence_id) == (expected, actual, "a")
     assert error.value.location.endswith(where)
@@ -315,11 +320,11 @@ def test_merge_dimension_guards(tmp_path, dna_dim, protein_dim, expected, actual
 
 def test_merge_refuses_non_finite_and_disjoint_inputs(tmp_path):
     dna, protein, merged_file = feature_files(tmp_path, ["a"], ["b"])
-    with pytest.raises(units.InputError, match="no sequence id in common"):
+    with pytest.raises(InputError, match="no sequence id in common"):
         units.merge_data(dna, protein, merged_file)
-    bad = {"proteins": ["a"], "data": [torch.full((units.PROTEIN_DIM,), float("nan"))]}
+    bad = {"proteins": ["a"], "data": [torch.full((PROTEIN_DIM,), float("nan"))]}
     torch.save(bad, protein)
-    with pytest.raises(units.InputError, match="NaN"):
+    with pytest.raises(InputError, match="NaN"):
         units.merge_data(dna, protein, merged_file)
     assert not merged_file.exists()
 
@@ -333,4 +338,4 @@ def test_extracted_features_merge_to_2048(dnabert, fastesm, tmp_path):
     units.extract_fast_esm(protein_file, str(tmp_path / "f_ESM.pt"), model=fastesm[0], tokenizer=fastesm[1])
     units.merge_data(tmp_path / "f_DNABERT_S.pt", tmp_path / "f_ESM.pt", tmp_path / "f_merged.pt")
     merged = torch.load(tmp_path / "f_merged.pt", weights_only=True)
-    assert merged["data"].shape == (2, units.MERGED_DIM) and "labels" not in merged
+    assert merged["data"].shape == (2, MERGED_DIM) and "labels" not in merged

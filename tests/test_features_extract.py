@@ -13,7 +13,10 @@ import features_extract as features
 import units
 import validate_features as validate
 from conftest import ROOT, interrupt_after
-from virnucpro import selection
+from virnucpro.errors import InputError
+from virnucpro.models.modelfiles import model_fingerprint
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.training import selection
 
 PER_FILE = 5
 # stem -> frames: viral gives 3 full files and a partial one (never used)
@@ -83,7 +86,7 @@ def test_merged_files_are_labelled_2048_features(reference, tiny_models, monkeyp
     merged = merged_contents(reference / "data_merge")
     assert len(merged) == 6
     for name, content in merged.items():
-        assert content["data"].shape == (PER_FILE, units.MERGED_DIM)
+        assert content["data"].shape == (PER_FILE, MERGED_DIM)
         assert content["labels"] == ([1] if name.startswith("viral") else [0])
         assert content["chunk_length"] == 300 and content["precision"] == {"dna": "float32", "protein": "float32"}
     assert "viral.1.1_merged/output_1_merged.pt" in merged
@@ -133,13 +136,13 @@ def test_resuming_with_another_model_is_refused_until_restart(tiny_models, tmp_p
     state = torch.load(dna / "pytorch_model.bin", weights_only=True)
     state["encoder.layer.0.mlp.wo.bias"] += 0.5
     torch.save(state, dna / "pytorch_model.bin")                    # the DNA model changed in between
-    with pytest.raises(units.InputError, match=r"holds features made with other settings \(dna_model\); .*--restart"):
+    with pytest.raises(InputError, match=r"holds features made with other settings \(dna_model\); .*--restart"):
         features.main(extract_args(models, data))
     before = merged_contents(data / "data_merge")
     assert features.main(extract_args(models, data, "--restart")) == 0
     after = merged_contents(data / "data_merge")
     assert len(after) == 6 and not any(torch.equal(before[name]["data"], after[name]["data"]) for name in before)
-    assert json.loads((data / "data_merge/extraction.json").read_text())["dna_model"] == units.model_fingerprint(str(dna))
+    assert json.loads((data / "data_merge/extraction.json").read_text())["dna_model"] == model_fingerprint(str(dna))
 
 
 @pytest.mark.slow

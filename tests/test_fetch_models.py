@@ -21,8 +21,22 @@ import fetch_models as fetch_script
 import prediction
 import units
 from conftest import ROOT
-from virnucpro import checkpoints
-from virnucpro import fetching as fetcher
+from virnucpro.errors import InputError
+from virnucpro.models import fetching as fetcher
+from virnucpro.models.modelfiles import model_folder
+from virnucpro.models.pins import (
+    ARTIFACTS,
+    CLASSIFIER_300,
+    CLASSIFIER_500,
+    DNABERT_S,
+    ESM2_3B,
+    FASTESM2_650,
+    MERGED_DIM,
+    MODELS_ENV,
+)
+from virnucpro.scoring import checkpoints
+from virnucpro.scoring.checkpoints import install_classifier
+
 FASTESM_COMMIT = "fa57e5" + "0" * 34                 # what the hub says main is
 
 
@@ -112,10 +126,10 @@ def published_classifiers(tmp_path_factory):
 def sources(tiny_models, published_classifiers, monkeypatch, tmp_path):
     import huggingface_hub.constants as constants
 
-    repos = {units.DNABERT_S.hub_id: (units.DNABERT_S.revision, units.DNABERT_S.revision,
+    repos = {DNABERT_S.hub_id: (DNABERT_S.revision, DNABERT_S.revision,
                                       {**folder_files(tiny_models["dna"]), "bert_layers.py": b"raise SystemExit\n"}),
-             units.FASTESM2_650.hub_id: ("main", FASTESM_COMMIT, folder_files(tiny_models["protein"])),
-             units.ESM2_3B.hub_id: (units.ESM2_3B.revision, units.ESM2_3B.revision,
+             FASTESM2_650.hub_id: ("main", FASTESM_COMMIT, folder_files(tiny_models["protein"])),
+             ESM2_3B.hub_id: (ESM2_3B.revision, ESM2_3B.revision,
                                     folder_files(tiny_models["esm2_3b"]))}
     contents = [path.read_bytes() for path in published_classifiers]
     running = Sources(repos, {git_blob(content): content for content in contents})
@@ -123,9 +137,9 @@ def sources(tiny_models, published_classifiers, monkeypatch, tmp_path):
     monkeypatch.setattr(fetcher, "GITHUB_API", running.url)
     monkeypatch.setattr(fetcher.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    for item, content in zip((units.CLASSIFIER_300, units.CLASSIFIER_500), contents):
+    for item, content in zip((CLASSIFIER_300, CLASSIFIER_500), contents):
         stand_in = dataclasses.replace(item, blob_sha1=git_blob(content))     # the real hashes name the real files
-        monkeypatch.setitem(units.ARTIFACTS, item.key, stand_in)
+        monkeypatch.setitem(ARTIFACTS, item.key, stand_in)
         monkeypatch.setattr(checkpoints, "PUBLISHED_BY_BLOB", {**checkpoints.PUBLISHED_BY_BLOB,
                                                                stand_in.blob_sha1: stand_in})
     yield running
@@ -143,7 +157,7 @@ def test_fetch_what_prediction_needs_verified_then_nothing_more(sources, tiny_mo
     assert sorted(os.listdir(models / "classifiers")) == ["300_model.pth", "500_model.pth"]
     assert folder_files(models / "dnabert-s").keys() == folder_files(tiny_models["dna"]).keys() | {"fetched.json"}
     record = json.loads((models / "dnabert-s/fetched.json").read_text())
-    assert record["commit"] == units.DNABERT_S.revision and "bert_layers.py" not in record["files"]
+    assert record["commit"] == DNABERT_S.revision and "bert_layers.py" not in record["files"]
     assert units.load_dnabert_s(str(models / "dnabert-s"), device="cpu")           # a model the loader takes
     sources.requests.clear()
     assert fetch(models) == 0
@@ -155,11 +169,11 @@ def test_an_unpinned_revision_is_resolved_and_recorded(sources, tmp_path, caplog
     assert fetch(models, "fastesm650") == 0
     assert json.loads((models / "fastesm650/fetched.json").read_text())["commit"] == FASTESM_COMMIT
     assert f"revision main is commit {FASTESM_COMMIT}" in caplog.text
-    assert units.model_folder(units.FASTESM2_650, None, str(models)) == str(models / "fastesm650")
+    assert model_folder(FASTESM2_650, None, str(models)) == str(models / "fastesm650")
 
 
 def test_an_interrupted_download_resumes(sources, tmp_path):
-    weights = f"/{units.DNABERT_S.hub_id}/resolve/{units.DNABERT_S.revision}/pytorch_model.bin"
+    weights = f"/{DNABERT_S.hub_id}/resolve/{DNABERT_S.revision}/pytorch_model.bin"
     sources.cut_once.add(weights)
     assert fetch(tmp_path / "models", "dnabert-s") == 0
     assert (weights, None) in sources.requests and any(p == weights and r for p, r in sources.requests)
@@ -174,12 +188,12 @@ def test_a_file_that_does_not_match_its_hash_is_refused_and_deleted(sources, tmp
     assert not (tmp_path / "models/dnabert-s").exists() and not (tmp_path / "models/dnabert-s.incomplete").exists()
     sources.blobs = {sha: content[:-10] + b"tampered!!" for sha, content in sources.blobs.items()}
     assert fetch(tmp_path / "models", "classifier-300") == 2
-    assert f"is not git blob {units.ARTIFACTS['classifier-300'].blob_sha1}" in capsys.readouterr().err
+    assert f"is not git blob {ARTIFACTS['classifier-300'].blob_sha1}" in capsys.readouterr().err
     assert not list((tmp_path / "models/classifiers").iterdir())
 
 
 def test_a_model_in_the_hugging_face_cache_is_not_fetched_again(sources, tiny_models, tmp_path, caplog):
-    snapshot = tmp_path / "hf-cache/models--zhihan1996--DNABERT-S/snapshots" / units.DNABERT_S.revision
+    snapshot = tmp_path / "hf-cache/models--zhihan1996--DNABERT-S/snapshots" / DNABERT_S.revision
     shutil.copytree(tiny_models["dna"], snapshot)
     assert fetch(tmp_path / "models", "dnabert-s") == 0
     assert sources.file_gets() == [] and "found in the Hugging Face cache" in caplog.text
@@ -210,7 +224,7 @@ def test_bundle_round_trip_and_a_corrupted_member_refused(sources, tmp_path):
     content[member.offset_data + 100] ^= 0xFF
     damaged.write_bytes(bytes(content))
     fresh = tmp_path / "fresh"
-    with pytest.raises(units.InputError, match="esm2-3b/model.safetensors does not match its SHA-256"):
+    with pytest.raises(InputError, match="esm2-3b/model.safetensors does not match its SHA-256"):
         fetch(fresh, "--from-bundle", str(damaged))
     assert not fresh.exists() or os.listdir(fresh) == []
 
@@ -229,15 +243,15 @@ def prepared_models(tiny_models, published_classifiers, folder):
 def test_prediction_picks_its_classifier_from_the_models_folder(tiny_models, published_classifiers, tmp_path,
                                                                  monkeypatch, caplog):
     models = prepared_models(tiny_models, published_classifiers, tmp_path / "models")
-    monkeypatch.setenv(units.MODELS_ENV, str(models))
+    monkeypatch.setenv(MODELS_ENV, str(models))
     sample = ROOT / "data/sample.fasta"
     assert prediction.main([str(sample), "300", "-o", str(tmp_path / "published"), "--device", "cpu"]) == 0
     assert f"classifier {models / 'classifiers/300_model.pth'}, esm2_3b pipeline: no FastESM2_650 classifier " \
            "is installed for 300-bp chunks" in caplog.text
     torch.manual_seed(0)
     trained = tmp_path / "trained.pth"
-    units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, 512, 2), trained, chunk_length=300)
-    installed = units.install_classifier(str(trained), 300)
+    units.save_checkpoint(units.MLPClassifier(MERGED_DIM, 512, 2), trained, chunk_length=300)
+    installed = install_classifier(str(trained), 300)
     assert installed == str(models / "classifiers/model_fastesm650_300.pth")
     assert prediction.main([str(sample), "300", "-o", str(tmp_path / "ours"), "--device", "cpu"]) == 0
     assert "fastesm650 pipeline: the FastESM2_650 classifier installed for 300-bp chunks" in caplog.text
@@ -259,7 +273,7 @@ def test_the_first_command_on_a_fresh_machine(tiny_models, published_classifiers
 
     models = prepared_models(tiny_models, published_classifiers, tmp_path / "prepared")
     bundle = tmp_path / "models.tar"
-    fetcher.make_bundle(str(bundle), list(units.ARTIFACTS), str(models))
+    fetcher.make_bundle(str(bundle), list(ARTIFACTS), str(models))
     env["VIRNUCPRO_MODELS"] = str(tmp_path / "models")
     unpack = subprocess.run([sys.executable, str(ROOT / "scripts/fetch_models.py"), "--from-bundle", str(bundle)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

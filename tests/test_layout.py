@@ -1,77 +1,101 @@
-"""The layout's contracts: units.py is the card and keeps every public name it
-had; each other part is a module of the package; imports flow one way (no
-cycle, nothing in the package imports units or a script); installing puts
-only units and the package in site-packages."""
+"""The layout's contracts: units.py is the card and nothing else; the package is a few basic modules
+and a sub-package per concern, each importing only the ones below it; nothing in the package imports
+units or a script, and no script or test reaches past the card through units; docs/layout.md names
+every module; installing puts only units and the package in site-packages."""
 import ast
+import re
 import shutil
 import subprocess
 import sys
+import types
 
 import units
 from conftest import ROOT
+from virnucpro.sequences.fasta import FastaRecord
 
 PACKAGE = ROOT / "virnucpro"
 SCRIPTS = {path.stem for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]} - {"units"}
-CARD = ("extract_DNABERT_S", "extract_fast_esm", "merge_data", "MLPClassifier")
-# Every public name of units.py before the package existed (the published ones and this project's own).
-PUBLISHED = """
-logger InputError DNA_DIM PROTEIN_DIM MERGED_DIM ESM2_3B_DIM DimensionError READ_ERRORS open_raw open_binary
-open_text atomic_write current_umask LOCK_FILE LOCK_POLL_SECONDS folder_lock warn_once setup_logging run_cli
-rare_garbage_collection IUPAC_NUCLEOTIDES PROTEIN_LETTERS FastaRecord read_fasta write_fasta_record split_fasta_file
-chunk_starts iter_chunks split_fasta_chunk CODON_TABLE AMBIGUOUS_BASES reverse_complement translate_dna ProteinIndex
-has_ambiguous_base FRAME_NAMES StopFreeFrames stop_free_frames select_frames identify_seq read_genbank
-create_refseq_pro_list IdentifiedWriter batched iter_fasta_chunks ModelSpec PublishedClassifier DNABERT_S
-FASTESM2_650 ESM2_3B CLASSIFIER_300 CLASSIFIER_500 ARTIFACTS MODELS_ENV DEFAULT_MODELS_DIR CLASSIFIERS models_dir
-ESM2_ALPHABET resolve_device model_folder model_fingerprint file_sha256 git_blob_sha1 weight_files verify_weights
-dtype_name load_dnabert_s esm_tokenizer load_fast_esm load_esm2_3b FAILURE_LOG DNA_TOKS_PER_BATCH model_precision
-log_failures save_dna_features save_protein_features extract_DNABERT_S extract_fast_esm extract_esm Pipeline
-PIPELINES extract_protein LABELS merge_data load_merged_file find_merged_files accession_of FeatureSet
-CHECKPOINT_VERSION HIDDEN_DIM NUM_CLASSES CLASS_NAMES MLPClassifier save_checkpoint default_classifier
-install_classifier default_checkpoint_path PUBLISHED_BY_BLOB checkpoint_pipeline load_checkpoint
-predict_probabilities CALIBRATION_FORMAT calibration_path Calibration save_calibration load_calibration
-false_discovery_rates ViralRegion viral_regions plot_chunk_scores
-""".split()
+# The sub-packages from the bottom up: each imports only the basic modules (the package's top level),
+# itself and the ones before it.
+GROUPS = ("sequences", "models", "scoring", "prediction", "training", "commands")
+CARD = {"extract_DNABERT_S", "extract_fast_esm", "extract_esm", "extract_protein", "merge_data", "MLPClassifier",
+        "save_checkpoint", "load_checkpoint", "load_dnabert_s", "load_fast_esm", "load_esm2_3b"}
+# The published units.py (Li et al. 2025): every name it defined.
+PUBLISHED = {"split_fasta_chunk", "create_refseq_pro_list", "reverse_complement", "translate_dna", "seq_in_reflist",
+             "identify_seq", "process_record", "extract_DNABERT_S", "extract_esm", "split_fasta_file", "merge_data"}
+# The card's functions that units.py defines itself (the others are the package's, under their published names).
+DEFINED_HERE = {"extract_DNABERT_S", "extract_fast_esm", "extract_esm", "extract_protein", "merge_data",
+                "MLPClassifier", "save_checkpoint", "load_checkpoint", "split_fasta_chunk", "create_refseq_pro_list",
+                "seq_in_reflist", "identify_seq", "process_record"}
+
+
+def package_modules() -> dict[str, object]:
+    """``virnucpro.<group>.<module>`` (or ``virnucpro.<module>`` for a basic one) -> its path."""
+    return {".".join(path.relative_to(ROOT).with_suffix("").parts): path for path in PACKAGE.rglob("*.py")
+            if path.stem != "__init__"}
 
 
 def imported_modules(path) -> set[str]:
-    """Every module a file imports, anywhere in it (inside functions too), package-relative ones as
-    ``virnucpro.<name>``."""
+    """Every module a file imports, anywhere in it (inside functions too); for ``from a import b``, both
+    ``a`` and ``a.b`` (b may be a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            if node.level:                                   # from .x import y / from . import x, y
-                found |= {f"virnucpro.{node.module}"} if node.module else \
-                    {f"virnucpro.{alias.name}" for alias in node.names}
-            else:
-                found.add(node.module)
-                if node.module == "virnucpro":
-                    found |= {f"virnucpro.{alias.name}" for alias in node.names}
+            assert not node.level, f"{path.name}: relative import (the package imports absolutely)"
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
     return found
 
 
-def package_graph() -> dict[str, set[str]]:
-    modules = {f"virnucpro.{path.stem}": path for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
-    return {name: {m for m in imported_modules(path) if m in modules} for name, path in modules.items()}
+def group_of(module: str) -> int:
+    """0 for a basic module, else 1 + the place of its sub-package in GROUPS."""
+    parts = module.split(".")
+    return 0 if len(parts) == 2 else 1 + GROUPS.index(parts[1])
 
 
-def test_units_defines_the_card_and_keeps_every_public_name():
-    for name in CARD:
-        assert getattr(units, name).__module__ == "units", name
-    missing = [name for name in PUBLISHED if not hasattr(units, name)]
-    assert not missing
-    assert units.accession_of("NC_1.1_chunk_3F2") == "NC_1.1"
+def test_units_is_the_card_alone():
+    public = {name for name, value in vars(units).items()
+              if not name.startswith("_") and not isinstance(value, types.ModuleType)} - {"annotations"}
+    assert public == set(units.__all__) == CARD | PUBLISHED
+    assert {name for name in public if getattr(units, name).__module__ == "units"} == DEFINED_HERE
 
 
-def test_nothing_in_the_package_imports_units_or_a_script():
-    for path in PACKAGE.glob("*.py"):
-        wrong = {module.split(".")[0] for module in imported_modules(path)} & (SCRIPTS | {"units"})
-        assert not wrong, f"{path.name} imports {wrong}"
+def test_the_published_helpers_behave_as_published():
+    assert units.seq_in_reflist("MKV", ["AAMKVL", "GG"]) and not units.seq_in_reflist("MKW", ["AAMKVL"])
+    chunk = "ATGAAAGTTTTAGGGCCCTTTAAACCC"
+    record = FastaRecord("NC_1.1_chunk_1", "NC_1.1_chunk_1", chunk.lower(), 1, 1)
+    assert units.process_record(7, record) == (7, units.identify_seq("NC_1.1_chunk_1", chunk))
+    biopython_like = types.SimpleNamespace(id="NC_1.1_chunk_1", seq=chunk)
+    assert units.process_record(2, biopython_like, ["MKVLGPFKP"], istraindata=True) == \
+        (2, units.identify_seq("NC_1.1_chunk_1", chunk, ["MKVLGPFKP"], istraindata=True))
+
+
+def test_no_script_or_test_reaches_past_the_card():
+    """A name of the package is imported from its module, never through units."""
+    allowed = set(units.__all__) | {"__all__"}
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/**/*.py"), *ROOT.glob("tests/**/*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "units":
+                assert node.attr in allowed, f"{path.relative_to(ROOT)}:{node.lineno}: units.{node.attr}"
+            if isinstance(node, ast.ImportFrom) and node.module == "units":
+                assert {alias.name for alias in node.names} <= allowed, f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def test_each_group_imports_only_the_groups_below_it():
+    modules = package_modules()
+    for module, path in modules.items():
+        for imported in imported_modules(path):
+            if imported.split(".")[0] in SCRIPTS | {"units"}:
+                raise AssertionError(f"{module} imports {imported}")
+            if imported in modules:
+                assert group_of(imported) <= group_of(module), f"{module} imports {imported}, from a group above"
 
 
 def test_the_package_has_no_import_cycle():
-    graph = package_graph()
+    modules = package_modules()
+    graph = {name: {m for m in imported_modules(path) if m in modules} for name, path in modules.items()}
     state: dict[str, str] = {}
 
     def visit(module, path):
@@ -87,23 +111,51 @@ def test_the_package_has_no_import_cycle():
             visit(module, [])
 
 
+def test_the_top_level_is_the_basics_and_the_rooms():
+    basics = [path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__"]
+    assert len(basics) <= 10, basics
+    assert sorted(path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__") == \
+        sorted(GROUPS)
+    for group in GROUPS:
+        assert len(list((PACKAGE / group).glob("*.py"))) <= 11, group
+
+
+def test_docs_layout_names_every_module():
+    """docs/layout.md has a row per room, naming each of its modules (`module`) and no other."""
+    rows = {}
+    for line in (ROOT / "docs/layout.md").read_text().splitlines():
+        found = re.match(r"\| `(?:virnucpro/)?(\w*)/?` \|([^|]*)\|", line)
+        if found:
+            rows[found.group(1) or "virnucpro"] = set(re.findall(r"`(\w+)`", found.group(2)))
+    expected: dict[str, set[str]] = {}
+    for module in package_modules():
+        parts = module.split(".")
+        expected.setdefault("virnucpro" if len(parts) == 2 else parts[1], set()).add(parts[-1])
+    assert rows == expected
+
+
 def test_modules_stay_chapters():
     """The card, the main script and each module of the package stay readable as a whole."""
     assert len((ROOT / "units.py").read_text().splitlines()) <= 700
     assert len((ROOT / "prediction.py").read_text().splitlines()) <= 400
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         assert len(path.read_text().splitlines()) <= 600, path.name
 
 
 def test_installing_puts_only_units_and_the_package_in_site_packages(tmp_path):
     """pip install --target of a copy of the repository (so that the build writes nothing into it)."""
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info",
-                                                                "build", "data", "models"))
+    skipped = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info", "build")
+
+    def ignored(folder, names):       # and the repository's own data and models folders
+        return skipped(folder, names) | ({"data", "models"} & set(names) if folder == str(ROOT) else set())
+
+    shutil.copytree(ROOT, source, ignore=ignored)
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target", str(target), str(source)], check=True, capture_output=True)
-    installed = sorted(path.name for path in target.iterdir())
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target",
+                    str(target), str(source)], check=True, capture_output=True)
+    installed = sorted(path.name for path in target.iterdir() if path.name != "bin")
     assert installed[:2] == ["units.py", "virnucpro"] and len(installed) == 3
     assert installed[2].startswith("virnucpro-") and installed[2].endswith(".dist-info")
-    assert sorted(path.name for path in (target / "virnucpro").iterdir()) == \
-        sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert sorted(str(path.relative_to(target / "virnucpro")) for path in (target / "virnucpro").rglob("*.py")) == \
+        sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py"))

@@ -13,8 +13,11 @@ import torch
 import prediction
 import units
 from conftest import ROOT, predict_args
-from virnucpro import outputs
-from virnucpro.calls import pair_call
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.prediction import outputs
+from virnucpro.scoring.calls import NUM_CLASSES, pair_call
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
+from virnucpro.sequences.fasta import read_fasta
 
 SAMPLE = ROOT / "data/sample.fasta"
 PAIRS = [f"M00001:7:FC1:1:1101:{k}:1000" for k in range(5)]
@@ -30,7 +33,7 @@ def reads(tmp_path_factory):
     mate files (the same id in both, the mate in the description), an interleaved file of /1 and /2 ids,
     and the single-end FASTA of the same reads as the paired run names them."""
     folder = tmp_path_factory.mktemp("paired")
-    sequences = [record.sequence for record in units.read_fasta(SAMPLE)]
+    sequences = [record.sequence for record in read_fasta(SAMPLE)]
     mates = list(zip(sequences[:5], sequences[5:]))
     (folder / "R1.fq.gz").write_bytes(gzip.compress(fastq(
         (f"{pair} 1:N:0:ACGT", one) for pair, (one, _) in zip(PAIRS, mates)).encode()))
@@ -49,7 +52,7 @@ def reads(tmp_path_factory):
 def classifier(tmp_path_factory):
     """A classifier whose calls on these reads are mixed: viral scores raised past one half for some."""
     torch.manual_seed(1)
-    model = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    model = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES)
     with torch.no_grad():
         model.output_layer.bias[:] = torch.tensor([0.0, 2.15])
     path = tmp_path_factory.mktemp("classifier") / "mixed.pth"

@@ -16,7 +16,13 @@ import plot_predictions
 import prediction
 import units
 from conftest import GOLDEN, ROOT, interrupt_after, predict_args
-from virnucpro import outputs, runs, shards
+from virnucpro import runs
+from virnucpro.errors import InputError
+from virnucpro.models.pins import MERGED_DIM, PROTEIN_DIM
+from virnucpro.prediction import outputs, shards
+from virnucpro.scoring.engine import predict_probabilities
+from virnucpro.sequences.chunks import chunk_starts
+from virnucpro.sequences.fasta import read_fasta
 
 INPUT = GOLDEN / "prediction/input.fasta"          # 40 contigs -> 377 chunks of 300 bp
 
@@ -38,7 +44,7 @@ def test_frame_results_cover_every_frame_in_the_published_format(reference_run):
     text = (reference_run / "prediction_results.txt").read_text()
     assert text.startswith("Sequence_ID\tPrediction\tscore1\tscore2\n")
     rows = read_tsv(reference_run / "prediction_results.txt")
-    expected_ids = [r.id for r in units.read_fasta(GOLDEN / "prediction/chunked300_identified_nucleotide.fa")]
+    expected_ids = [r.id for r in read_fasta(GOLDEN / "prediction/chunked300_identified_nucleotide.fa")]
     assert [row["Sequence_ID"] for row in rows] == expected_ids          # every frame, in input order
     for row in rows:
         others, virus = np.float32(row["score1"]), np.float32(row["score2"])
@@ -72,7 +78,7 @@ def test_scores_belong_to_their_frames(reference_run, models, tmp_path):
     units.extract_fast_esm(protein, str(tmp_path / "p.pt"), model=protein_model[0], tokenizer=protein_model[1])
     units.merge_data(tmp_path / "d.pt", tmp_path / "p.pt", tmp_path / "m.pt")
     merged = torch.load(tmp_path / "m.pt", weights_only=True)
-    expected = units.predict_probabilities(classifier, merged["data"]).numpy()
+    expected = predict_probabilities(classifier, merged["data"]).numpy()
     got = {row["Sequence_ID"]: (float(row["score1"]), float(row["score2"]))
            for row in read_tsv(reference_run / "prediction_results.txt")}
     for frame_id, (others, virus) in zip(merged["ids"], expected):
@@ -95,12 +101,12 @@ def test_chunk_calls_and_sequence_summary_are_consistent(reference_run):
         assert row["Viral_probability"] == "uncalibrated"                 # the test classifier has no calibration
 
     summary = read_tsv(reference_run / "prediction_summary.tsv")
-    records = list(units.read_fasta(INPUT))
+    records = list(read_fasta(INPUT))
     assert [row["Sequence_ID"] for row in summary] == [r.id for r in records]
     assert sum(int(row["Chunks"]) for row in summary) == 377             # every input chunk accounted for
     calls = {row["Modified_ID"]: row["Is_Virus"] == "True" for row in chunk_calls}
     for record, row in zip(records, summary):
-        chunk_ids = [f"{record.id}_chunk_{k}" for k in range(1, len(units.chunk_starts(len(record.sequence), 300)) + 1)]
+        chunk_ids = [f"{record.id}_chunk_{k}" for k in range(1, len(chunk_starts(len(record.sequence), 300)) + 1)]
         scored = [c for c in chunk_ids if c in calls]
         assert int(row["Length"]) == len(record.sequence) and int(row["Chunks"]) == len(chunk_ids)
         assert int(row["Chunks_without_frames"]) == len(chunk_ids) - len(scored)
@@ -205,10 +211,10 @@ def test_a_slurm_array_scores_by_task_and_the_last_task_assembles(models, refere
     assert "40 sequences: " in caplog.text and not (output / "shards").exists()
     for name in outputs.RESULT_FILES:
         assert (output / name).read_bytes() == (reference_run / name).read_bytes(), name
-    with pytest.raises(units.InputError, match="--overwrite in a SLURM array would make every task start over"):
+    with pytest.raises(InputError, match="--overwrite in a SLURM array would make every task start over"):
         prediction.main(predict_args(models, output, "--overwrite", "--slurm-array"))
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
-    with pytest.raises(units.InputError, match="is not one of 2 consecutive tasks"):
+    with pytest.raises(InputError, match="is not one of 2 consecutive tasks"):
         prediction.main(predict_args(models, output, "--slurm-array"))
 
 
@@ -223,7 +229,7 @@ def test_each_task_of_an_array_of_inputs_is_a_run_of_its_own(models, reference_r
         assert (tmp_path / "task_2" / name).read_bytes() == (reference_run / name).read_bytes(), name
     for name in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name)
-    with pytest.raises(units.InputError, match="--slurm-array: this is not a task of a SLURM array job"):
+    with pytest.raises(InputError, match="--slurm-array: this is not a task of a SLURM array job"):
         prediction.main(predict_args(models, tmp_path / "alone", "--slurm-array"))
 
 
@@ -241,7 +247,7 @@ def test_a_lock_can_be_waited_for(tmp_path, monkeypatch):
     holder.start()
     while not events:
         time.sleep(0.01)
-    with pytest.raises(units.InputError, match="is in use by another run"):
+    with pytest.raises(InputError, match="is in use by another run"):
         with runs.folder_lock(tmp_path):
             pass
     with runs.folder_lock(tmp_path, wait=True):
@@ -275,10 +281,10 @@ def test_keep_intermediate_and_changed_settings(models, tmp_path):
     scored = [line.split("\t")[0] for line in (shard / "frames.tsv").read_text().splitlines()]
     dna, protein = (torch.load(shard / name, weights_only=True) for name in ("DNABERT_S.pt", "ESM.pt"))
     assert dna["nucleotide"] == protein["proteins"] == scored                       # features_extract.py's layouts
-    assert [row["label"] for row in dna["data"]] == scored and protein["data"][0].shape == (units.PROTEIN_DIM,)
+    assert [row["label"] for row in dna["data"]] == scored and protein["data"][0].shape == (PROTEIN_DIM,)
     assert torch.load(shard / "merged.pt", weights_only=True)["ids"] == scored
     assert len(read_tsv(output_dir / "prediction_summary.tsv")) == 10
-    with pytest.raises(units.InputError, match="holds a run with other settings \\(chunks_per_shard\\)"):
+    with pytest.raises(InputError, match="holds a run with other settings \\(chunks_per_shard\\)"):
         prediction.main(predict_args(models, output_dir, input_fasta=sample)[:-1] + ["50"])
 
 
@@ -290,7 +296,7 @@ def test_default_output_dir():
 
 # ------------------------------------------------------------ checkpoints
 def test_checkpoint_round_trip_with_metadata(tmp_path):
-    model = units.MLPClassifier(units.MERGED_DIM, 512, 2)
+    model = units.MLPClassifier(MERGED_DIM, 512, 2)
     units.save_checkpoint(model, tmp_path / "m.pth", epochs=3)
     loaded, metadata = units.load_checkpoint(tmp_path / "m.pth")
     assert metadata["checkpoint_version"] == "2.0.0" and metadata["embedding_model"] == "fastesm650"
@@ -310,13 +316,13 @@ def published_checkpoint(tmp_path_factory):
 
 def test_fastesm_pipeline_refuses_esm2_3b_and_unlabelled_checkpoints(published_checkpoint, tmp_path):
     for pipeline in (None, "fastesm650"):
-        with pytest.raises(units.InputError, match="ESM2-3B checkpoint .* run it with --pipeline esm2_3b"):
+        with pytest.raises(InputError, match="ESM2-3B checkpoint .* run it with --pipeline esm2_3b"):
             units.load_checkpoint(published_checkpoint, pipeline)
-    torch.save(units.MLPClassifier(units.MERGED_DIM, 512, 2).state_dict(), tmp_path / "bare.pth")
-    with pytest.raises(units.InputError, match="has no metadata"):
+    torch.save(units.MLPClassifier(MERGED_DIM, 512, 2).state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(InputError, match="has no metadata"):
         units.load_checkpoint(tmp_path / "bare.pth")
     units.save_checkpoint(units.MLPClassifier(1000, 512, 2), tmp_path / "odd.pth")
-    with pytest.raises(units.InputError, match="1000-d input; the fastesm650 pipeline needs 2048-d input"):
+    with pytest.raises(InputError, match="1000-d input; the fastesm650 pipeline needs 2048-d input"):
         units.load_checkpoint(tmp_path / "odd.pth")
 
 
@@ -330,7 +336,7 @@ def test_published_checkpoint_loads_without_running_pickled_code(published_check
 
     with open(tmp_path / "evil.pth", "wb") as handle:
         pickle.dump(Exploit(), handle)
-    with pytest.raises(units.InputError, match="not a VirNucPro checkpoint"):
+    with pytest.raises(InputError, match="not a VirNucPro checkpoint"):
         units.load_checkpoint(tmp_path / "evil.pth", "esm2_3b")
     assert not (tmp_path / "pwned").exists()
 

@@ -19,7 +19,7 @@ else:
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 INSTALLED = [*(f"{name}.py" for name in PYPROJECT["tool"]["setuptools"]["py-modules"]),
-             *PYPROJECT["tool"]["setuptools"]["packages"]]                              # units.py, virnucpro
+             *{name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}]
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]
                  if p.name not in INSTALLED)
 README = (ROOT / "README.md").read_text()
@@ -124,7 +124,7 @@ def test_the_recipe_writes_where_the_next_step_reads():
     assert parser_of("scripts/create_test_set.py").get_default("output") == training.split == evaluation.split
     for path in (extraction.merge_dir, training.split, evaluation.work_dir):
         assert path.split("/")[0] in mounted, path
-    from virnucpro.checkpoints import TRAINED_DIR
+    from virnucpro.scoring.checkpoints import TRAINED_DIR
     assert training.output is None and evaluation.model is None and TRAINED_DIR in mounted
 
 

@@ -9,6 +9,12 @@ import prediction as predictor
 import units
 from conftest import GOLDEN, ROOT, predict_args
 from helpers import genomes as synthetic
+from virnucpro.models.features import FeatureSet, find_merged_files
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.scoring.calls import NUM_CLASSES, viral_regions
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
+from virnucpro.sequences.chunks import chunk_starts
+from virnucpro.sequences.fasta import read_fasta
 
 
 def chunk(start, score, viral, size=300):
@@ -22,7 +28,7 @@ def track(pattern: str, size=300):
 
 
 def spans(pattern, **options):
-    return [(r.start, r.end, r.chunks) for r in units.viral_regions(track(pattern), **options)]
+    return [(r.start, r.end, r.chunks) for r in viral_regions(track(pattern), **options)]
 
 
 def test_regions_bridge_gaps_of_one_chunk():
@@ -42,7 +48,7 @@ def test_regions_at_the_edges_single_chunks_and_whole_sequences():
 
 def test_region_scores_and_overlapping_last_chunk():
     chunks = [chunk(0, 0.9, True), chunk(300, 0.3, False), chunk(550, 0.6, True)]   # a 850-bp sequence
-    (region,) = units.viral_regions(chunks)
+    (region,) = viral_regions(chunks)
     assert (region.start, region.end, region.length) == (1, 850, 850)
     assert region.mean_score == pytest.approx(0.6) and region.max_score == pytest.approx(0.9)
 
@@ -62,25 +68,25 @@ def every_region(models, tmp_path_factory):
 
 def test_region_files_follow_the_chunking_and_the_input(every_region):
     output = every_region
-    inputs = {r.id: r.sequence for r in units.read_fasta(GOLDEN / "prediction/input.fasta")}
+    inputs = {r.id: r.sequence for r in read_fasta(GOLDEN / "prediction/input.fasta")}
     summary = {row["Sequence_ID"]: row for row in read_tsv(output / "prediction_summary.tsv")}
     regions = read_tsv(output / "viral_regions.tsv")
     assert regions, "the tiny classifier calls some chunks viral"
     for row in regions:
-        starts = units.chunk_starts(len(inputs[row["sequence_id"]]), 300)
+        starts = chunk_starts(len(inputs[row["sequence_id"]]), 300)
         ends = [min(s + 300, len(inputs[row["sequence_id"]])) for s in starts]
         assert int(row["start"]) - 1 in starts and int(row["end"]) in ends
         assert int(row["length"]) == int(row["end"]) - int(row["start"]) + 1
     bed = [line.split("\t") for line in (output / "viral_regions.bed").read_text().splitlines()]
     assert [(b[0], int(b[1]) + 1, int(b[2])) for b in bed] == [
         (r["sequence_id"], int(r["start"]), int(r["end"])) for r in regions]
-    fasta = list(units.read_fasta(output / "viral_regions.fna"))
+    fasta = list(read_fasta(output / "viral_regions.fna"))
     for record, row in zip(fasta, regions, strict=True):
         assert record.id == f"{row['sequence_id']}|{row['start']}-{row['end']}"
         assert record.sequence == inputs[row["sequence_id"]][int(row["start"]) - 1:int(row["end"])]
-    viral = [r.id for r in units.read_fasta(output / "viral_sequences.fna")]
+    viral = [r.id for r in read_fasta(output / "viral_sequences.fna")]
     assert viral == [i for i, row in summary.items() if row["Call"] == "virus"]
-    assert all(inputs[r.id] == r.sequence for r in units.read_fasta(output / "viral_sequences.fna"))
+    assert all(inputs[r.id] == r.sequence for r in read_fasta(output / "viral_sequences.fna"))
     run = json.loads((output / "run.json").read_text())
     assert run["viral_regions"] == len(regions) and run["viral_sequences"] == len(viral)
     assert run["sequences"] == len(summary) and run["thresholds"]["min_region"] == 1
@@ -90,7 +96,7 @@ def test_region_files_follow_the_chunking_and_the_input(every_region):
 def all_viral_classifier(path):
     """A classifier that calls every frame viral (its output bias says so)."""
     torch.manual_seed(0)
-    model = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    model = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES)
     with torch.no_grad():
         model.output_layer.bias[:] = torch.tensor([0.0, 50.0])
     units.save_checkpoint(model, path, chunk_length=300)
@@ -124,7 +130,7 @@ def test_reads_shorter_than_a_chunk_called_viral_are_their_own_regions(models, t
     assert {row["Call"] for row in summary} == {"virus"}
     assert regions_by_sequence(output) == {row["Sequence_ID"]: [f"1-{row['Length']}"] for row in summary}
     headers = [line[1:] for line in (output / "viral_sequences.fna").read_text().splitlines() if line[0] == ">"]
-    assert headers == [record.title for record in units.read_fasta(sample)]     # the description after the id
+    assert headers == [record.title for record in read_fasta(sample)]     # the description after the id
 
 
 def test_bed_rows_follow_the_input_and_each_sequence_by_start(every_region):
@@ -149,10 +155,10 @@ def two_source_classifier(tiny_models, tmp_path_factory):
     records = synthetic.make_genomes(root, organisms=6, seed=3, viral_gc=0.64, host_gc=0.36)
     synthetic.extract_merged(records, root / "work", root / "merge", "fastesm650", tiny_models["dna"],
                              tiny_models["protein"])
-    features = units.FeatureSet(units.find_merged_files(root / "merge"))
+    features = FeatureSet(find_merged_files(root / "merge"))
     inputs, labels = features.rows(range(len(features))), torch.from_numpy(features.labels)
     torch.manual_seed(0)
-    model = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    model = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(60):
         optimizer.zero_grad()
@@ -175,14 +181,15 @@ def test_a_viral_stretch_inserted_in_a_host_contig_is_found(models, two_source_c
     assert [r["sequence_id"] for r in regions] == ["contig_with_insert"], regions
     (region,) = regions
     assert abs(int(region["start"]) - 2151) <= 300 and abs(int(region["end"]) - 4650) <= 300, region
-    (found,) = units.read_fasta(output / "viral_regions.fna")
+    (found,) = read_fasta(output / "viral_regions.fna")
     assert found.sequence == (left + insert + right)[int(region["start"]) - 1:int(region["end"])]
     assert (output / "prediction.png").stat().st_size > 0
 
 
 def test_the_plot_labels_each_panel_and_titles_above_them(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
-    from virnucpro.plots import plot_chunk_scores
+
+    from virnucpro.prediction.plots import plot_chunk_scores
     drawn = []
     monkeypatch.setattr(plt, "close", drawn.append)                 # keep the figure to look at it
     tracks = [(f"read{k}", 600, [(0, 300, 0.9, True), (300, 600, 0.2, False)]) for k in range(20)]

@@ -17,7 +17,14 @@ import torch
 import prediction
 import units
 from conftest import ROOT, interrupt_after, predict_args
-from virnucpro import assembly, outputs, runs, shards
+from virnucpro import runs
+from virnucpro.errors import InputError
+from virnucpro.models.modelfiles import model_fingerprint
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.prediction import assembly, outputs, shards
+from virnucpro.runs import LOCK_FILE
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
+
 SAMPLE = ROOT / "data/sample.fasta"          # 10 reads, 10 chunks: 4 shards of 3 chunks
 
 
@@ -33,7 +40,7 @@ def results(output):
 
 def classifier_file(path, seed):
     torch.manual_seed(seed)
-    units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, 2), path, chunk_length=300)
+    units.save_checkpoint(units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, 2), path, chunk_length=300)
     return str(path)
 
 
@@ -55,7 +62,7 @@ def test_a_checkpoint_swapped_for_one_of_equal_size_is_refused(models, checkpoin
         prediction.main(sample_args(models, output, checkpoint=str(checkpoint)))
     monkeypatch.undo()
     shutil.copy(second, checkpoint)                                   # retrained to the same path
-    with pytest.raises(units.InputError, match="holds a run with other settings \\(classifier\\)"):
+    with pytest.raises(InputError, match="holds a run with other settings \\(classifier\\)"):
         prediction.main(sample_args(models, output, checkpoint=str(checkpoint)))
     assert prediction.main(sample_args(models, output, "--overwrite", checkpoint=str(checkpoint))) == 0
     clean = tmp_path / "clean"
@@ -77,22 +84,22 @@ def test_a_model_folder_whose_weights_changed_is_refused(models, tmp_path, monke
     weights = load_file(protein / "model.safetensors")
     weights["esm.encoder.layer.0.output.dense.bias"] += 0.5
     save_file(weights, protein / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(units.InputError, match="holds a run with other settings \\(protein_model\\)"):
+    with pytest.raises(InputError, match="holds a run with other settings \\(protein_model\\)"):
         prediction.main(args)
 
 
 def test_models_are_identified_by_snapshot_commit_or_by_their_files(tmp_path):
     snapshot = tmp_path / "models--x--y" / "snapshots" / ("0123456789abcdef" * 3)[:40]
     snapshot.mkdir(parents=True)
-    assert units.model_fingerprint(str(snapshot)) == {"snapshot": ("0123456789abcdef" * 3)[:40]}
+    assert model_fingerprint(str(snapshot)) == {"snapshot": ("0123456789abcdef" * 3)[:40]}
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "notes.md").write_text("not part of the model")
-    fingerprint = units.model_fingerprint(str(folder))
+    fingerprint = model_fingerprint(str(folder))
     assert list(fingerprint["files"]) == ["config.json"]
     os.utime(folder / "config.json", ns=(1, 1))
-    assert units.model_fingerprint(str(folder)) != fingerprint
+    assert model_fingerprint(str(folder)) != fingerprint
 
 
 # ------------------------------------------------------------ one writer, pipes, killed runs
@@ -103,10 +110,10 @@ def start_run_on_a_pipe(models, output, fifo):
     process = subprocess.Popen([sys.executable, str(ROOT / "prediction.py"), *sample_args(models, output,
                                 input_fasta=fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
-        if (output / units.LOCK_FILE).exists() or process.poll() is not None:
+        if (output / LOCK_FILE).exists() or process.poll() is not None:
             break
         time.sleep(0.05)
-    assert (output / units.LOCK_FILE).exists(), process.communicate()
+    assert (output / LOCK_FILE).exists(), process.communicate()
     return process
 
 
@@ -125,7 +132,7 @@ def clean_sample_run(models, tmp_path_factory):
 def test_a_second_run_is_refused_while_the_first_reads_a_pipe_and_finishes(models, clean_sample_run, tmp_path):
     output, fifo = tmp_path / "out", tmp_path / "reads.fifo"
     first = start_run_on_a_pipe(models, output, fifo)
-    with pytest.raises(units.InputError, match=f"is in use by another run \\(pid {first.pid} on "):
+    with pytest.raises(InputError, match=f"is in use by another run \\(pid {first.pid} on "):
         prediction.main(sample_args(models, output))
     feed(fifo, SAMPLE.read_bytes())
     _, stderr = first.communicate(timeout=300)
@@ -142,11 +149,11 @@ def test_a_killed_run_leaves_a_lock_that_the_next_run_takes_over(models, clean_s
     time.sleep(0.5)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    assert (output / units.LOCK_FILE).exists()
+    assert (output / LOCK_FILE).exists()
     assert prediction.main(sample_args(models, output)) == 0
     assert "taking over the lock of a run that ended without releasing it" in caplog.text
     assert results(output) == results(clean_sample_run)
-    assert not (output / units.LOCK_FILE).exists() and not (output / outputs.SPOOL_FILE).exists()
+    assert not (output / LOCK_FILE).exists() and not (output / outputs.SPOOL_FILE).exists()
 
 
 def test_input_through_a_pipe_gives_the_file_results(models, clean_sample_run, tmp_path):
@@ -156,7 +163,7 @@ def test_input_through_a_pipe_gives_the_file_results(models, clean_sample_run, t
     writer.start()
     assert prediction.main(sample_args(models, tmp_path / "out", input_fasta=fifo)) == 0
     assert results(tmp_path / "out") == results(clean_sample_run)
-    with pytest.raises(units.InputError, match="input from a pipe needs an output folder; give -o"):
+    with pytest.raises(InputError, match="input from a pipe needs an output folder; give -o"):
         args = sample_args(models, tmp_path / "unused", input_fasta=fifo)
         del args[args.index("-o"):args.index("-o") + 2]
         prediction.main(args)
@@ -198,7 +205,7 @@ def test_an_input_replaced_during_the_run_stops_with_one_line(models, tmp_path, 
 
     monkeypatch.setattr(assembly, "write_outputs", replaced_first)
     output = tmp_path / "out"
-    with pytest.raises(units.InputError) as error:
+    with pytest.raises(InputError) as error:
         prediction.main(sample_args(models, output, input_fasta=reads))
     message = str(error.value)
     assert message.startswith(f"{reads}: the input changed during the run: {words}") and "\n" not in message
@@ -246,7 +253,7 @@ def test_sigterm_releases_the_folder_and_the_run_resumes(models, clean_golden_ru
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 143, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM); run the same command again")
-    assert not (output / units.LOCK_FILE).exists() and not (output / "prediction_summary.tsv").exists()
+    assert not (output / LOCK_FILE).exists() and not (output / "prediction_summary.tsv").exists()
     assert 2 <= len(list(output.glob("shards/*/chunks.tsv"))) < 8
     assert prediction.main(golden_args(models, output)) == 0
     assert results(output) == results(clean_golden_run)
@@ -281,7 +288,7 @@ def test_a_disk_that_fills_during_the_run_is_one_line_and_the_run_resumes(models
     assert run.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
     assert lines[-1].startswith("error: ") and "no space left on its disk" in lines[-1], lines[-1]
     assert "run the same command again" in lines[-1]
-    assert not (output / units.LOCK_FILE).exists() and not (output / "prediction_summary.tsv").exists()
+    assert not (output / LOCK_FILE).exists() and not (output / "prediction_summary.tsv").exists()
     filler.unlink()
     assert prediction.main(golden_args(models, output)) == 0
     assert results(output) == results(clean_golden_run)
@@ -289,9 +296,9 @@ def test_a_disk_that_fills_during_the_run_is_one_line_and_the_run_resumes(models
 
 def test_a_lock_no_run_wrote_whole_is_taken_over(tmp_path, caplog):
     """An empty lock (an older version on a full disk) blocks nothing; this version never leaves one."""
-    (tmp_path / units.LOCK_FILE).write_text("")
+    (tmp_path / LOCK_FILE).write_text("")
     with runs.folder_lock(tmp_path):
-        holder = json.loads((tmp_path / units.LOCK_FILE).read_text())
+        holder = json.loads((tmp_path / LOCK_FILE).read_text())
         assert holder["pid"] == os.getpid()
     assert "taking over the lock of a run that ended without releasing it" in caplog.text
-    assert not (tmp_path / units.LOCK_FILE).exists()
+    assert not (tmp_path / LOCK_FILE).exists()

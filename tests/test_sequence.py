@@ -11,9 +11,14 @@ import pytest
 
 import make_train_dataset
 import units
+from benchmarking import synthetic
+from benchmarking.published import published_frames, published_translate
 from conftest import GOLDEN
-from virnucpro import fasta, genomes, synthetic
-from virnucpro.published import published_frames, published_translate
+from virnucpro.errors import InputError
+from virnucpro.sequences import fasta, genomes
+from virnucpro.sequences.chunks import chunk_starts, iter_chunks, iter_fasta_chunks
+from virnucpro.sequences.fasta import read_fasta
+from virnucpro.sequences.frames import IdentifiedWriter, ProteinIndex, batched, select_frames
 
 
 # ------------------------------------------------------------ golden parity
@@ -27,13 +32,13 @@ def test_split_fasta_chunk_matches_golden(tmp_path, length):
 @pytest.mark.parametrize("length", [300, 500])
 def test_prediction_frames_match_golden(tmp_path, length):
     """From the chunked file (the published flow) and straight from the input."""
-    chunked = [(r.id, r.sequence.upper()) for r in units.read_fasta(GOLDEN / f"prediction/chunked{length}.fasta")]
-    direct = units.iter_fasta_chunks(GOLDEN / "prediction/input.fasta", length)
+    chunked = [(r.id, r.sequence.upper()) for r in read_fasta(GOLDEN / f"prediction/chunked{length}.fasta")]
+    direct = iter_fasta_chunks(GOLDEN / "prediction/input.fasta", length)
     for name, chunks in (("chunked", chunked), ("direct", direct)):
         nucleotide, protein = tmp_path / f"{name}.fa", tmp_path / f"{name}.faa"
-        with units.IdentifiedWriter(nucleotide, protein) as writer:    # as prediction.py writes them
-            for batch in units.batched(chunks, 7):
-                writer.write(units.select_frames(batch))
+        with IdentifiedWriter(nucleotide, protein) as writer:    # as prediction.py writes them
+            for batch in batched(chunks, 7):
+                writer.write(select_frames(batch))
         assert nucleotide.read_bytes() == (GOLDEN / f"prediction/chunked{length}_identified_nucleotide.fa").read_bytes()
         assert protein.read_bytes() == (GOLDEN / f"prediction/chunked{length}_identified_protein.faa").read_bytes()
 
@@ -61,7 +66,7 @@ def test_make_train_dataset_matches_golden_and_resumes(tmp_path, length):
     assert sorted(p.name for p in data.iterdir()) == [
         "genomes.genomic.fna.gz", "genomes.genomic.gbff.gz", "genomes.identified.json",
         "genomes.identified_nucleotide.fa", "genomes.identified_protein.fa"]   # no decompressed copies
-    from Bio import SeqIO                    # each record's organism and lineage, for the test split's groups
+    from Bio import SeqIO  # each record's organism and lineage, for the test split's groups
     with gzip.open(data / "genomes.genomic.gbff.gz", "rt") as handle:
         expected = {r.id: {"organism": r.annotations["organism"], "taxonomy": r.annotations["taxonomy"]}
                     for r in SeqIO.parse(handle, "genbank")}
@@ -72,7 +77,7 @@ def test_make_train_dataset_matches_golden_and_resumes(tmp_path, length):
     pair = genomes.GenomePair(str(data / "genomes.genomic.gbff.gz"), str(data / "genomes.genomic.fna.gz"))
     assert genomes.is_done(pair, length)
     # outputs of the other length are never overwritten silently
-    with pytest.raises(units.InputError, match="was built with"):
+    with pytest.raises(InputError, match="was built with"):
         genomes.is_done(pair, 800 - length)
 
 
@@ -86,7 +91,7 @@ def test_select_frames_equals_published_method_on_random_chunks():
     chunks = [(f"c{i}", _random_dna(rng, rng.choice([1, 2, 3, 4, 5, 8, 30, 31, 32, 300]),
                                     "ACGT" * 12 + "NRYKMSWBDHVU")) for i in range(4000)]
     expected = [frame for cid, seq in chunks for frame in published_frames(cid, seq)]
-    assert list(units.select_frames(chunks)) == expected
+    assert list(select_frames(chunks)) == expected
     for _, seq in chunks[:500]:
         assert units.translate_dna(seq) == published_translate(seq)
 
@@ -95,19 +100,19 @@ def test_training_selection_equals_published_method():
     rng = random.Random(11)
     genome, proteins = synthetic.synthetic_genome(60, rng)
     genome = genome[:5000] + "N" + genome[5001:]          # one ambiguous chunk
-    chunks = [(f"g_chunk_{k}", c) for k, c in enumerate(units.iter_chunks(genome, 300), start=1)]
-    reference = units.ProteinIndex(proteins)
+    chunks = [(f"g_chunk_{k}", c) for k, c in enumerate(iter_chunks(genome, 300), start=1)]
+    reference = ProteinIndex(proteins)
     expected = [f for cid, seq in chunks for f in published_frames(cid, seq, proteins)]
     assert expected, "the synthetic genome should yield training frames"
-    assert list(units.select_frames(chunks, reference)) == expected
+    assert list(select_frames(chunks, reference)) == expected
 
 
 def test_protein_index_equals_substring_scan():
     rng = random.Random(3)
     proteins = ["".join(rng.choices("ACDEFGHIKLMNPQRSTVWY", k=rng.randint(0, 200))) for _ in range(50)]
     proteins.append("Q" * 80)                                  # low-complexity repeats
-    index = units.ProteinIndex(proteins)
-    anchor = units.ProteinIndex.ANCHOR
+    index = ProteinIndex(proteins)
+    anchor = ProteinIndex.ANCHOR
     for _ in range(3000):
         source = rng.choice(proteins)
         length = rng.choice([0, 1, 5, anchor, 2 * anchor - 2, 2 * anchor - 1, 2 * anchor, 60, 150])
@@ -117,13 +122,13 @@ def test_protein_index_equals_substring_scan():
             i = rng.randrange(len(fragment))
             fragment = fragment[:i] + rng.choice("ACDEFGHIKLMNPQRSTVWY") + fragment[i + 1:]
         assert (fragment in index) == any(fragment in p for p in proteins), fragment
-    assert "" not in units.ProteinIndex([])
+    assert "" not in ProteinIndex([])
 
 
 @pytest.mark.parametrize("chunk_size", [300, 500])
 def test_chunks_cover_every_base(chunk_size):
     for length in list(range(1, 1300)) + [12345, 99999]:
-        starts = units.chunk_starts(length, chunk_size)
+        starts = chunk_starts(length, chunk_size)
         assert len(starts) == -(-length // chunk_size)
         assert starts[0] == 0 and starts == sorted(starts)
         covered_to = 0
@@ -143,7 +148,7 @@ def test_gzipped_and_lowercase_input_give_the_same_chunks(tmp_path):
     assert (tmp_path / "from_gz.fa").read_bytes() == (GOLDEN / "prediction/chunked300.fasta").read_bytes()
     lower = tmp_path / "lower.fa"
     lower.write_text("".join(line if line.startswith(">") else line.lower() for line in text.splitlines(True)))
-    assert [r.sequence.upper() for r in units.read_fasta(lower)] == [r.sequence.upper() for r in units.read_fasta(gz)]
+    assert [r.sequence.upper() for r in read_fasta(lower)] == [r.sequence.upper() for r in read_fasta(gz)]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -158,8 +163,8 @@ def test_gzipped_and_lowercase_input_give_the_same_chunks(tmp_path):
 ])
 def test_bad_fasta_stops_with_one_clear_line(write_file, content, message):
     path = write_file("bad.fa", content)
-    with pytest.raises(units.InputError) as error:
-        list(units.read_fasta(path))
+    with pytest.raises(InputError) as error:
+        list(read_fasta(path))
     assert message in str(error.value)
     assert str(path) in str(error.value)
     assert "\n" not in str(error.value)
@@ -171,24 +176,24 @@ def test_duplicate_ids_found_in_a_pipe_and_in_fastq(tmp_path):
     os.mkfifo(fifo)
     feeder = threading.Thread(target=lambda: fifo.write_text(">a\nACGT\n>b\nAC\n>a\nTT\n"))
     feeder.start()
-    with pytest.raises(units.InputError, match=r"duplicate record id 'a' at record 1 \(line 1\) and record 3 "
+    with pytest.raises(InputError, match=r"duplicate record id 'a' at record 1 \(line 1\) and record 3 "
                                                r"\(line 5\)"):
-        list(units.read_fasta(fifo))
+        list(read_fasta(fifo))
     feeder.join()
     fastq = tmp_path / "reads.fq"
     fastq.write_text("@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\nIIII\n@r2 again\nAC\n+\nII\n")
-    with pytest.raises(units.InputError, match=r"'r2' at record 2 \(line 5\) and record 3 \(line 9\)"):
-        list(units.read_fasta(fastq))
+    with pytest.raises(InputError, match=r"'r2' at record 2 \(line 5\) and record 3 \(line 9\)"):
+        list(read_fasta(fastq))
 
 
 def test_ids_sharing_a_hash_are_not_duplicates(tmp_path, monkeypatch):
     path = tmp_path / "reads.fa"
     path.write_text(">a\nACGT\n>b\nACGT\n>c\nAC\n")
     monkeypatch.setattr(fasta, "hash", lambda record_id: 0, raising=False)     # every id collides
-    assert [record.id for record in units.read_fasta(path)] == ["a", "b", "c"]
+    assert [record.id for record in read_fasta(path)] == ["a", "b", "c"]
     path.write_text(">a\nACGT\n>b\nACGT\n>a\nAC\n")
-    with pytest.raises(units.InputError, match="duplicate record id 'a' at record 1"):      # confirmed by reading again
-        list(units.read_fasta(path))
+    with pytest.raises(InputError, match="duplicate record id 'a' at record 1"):      # confirmed by reading again
+        list(read_fasta(path))
 
 
 def test_binary_missing_and_truncated_files(tmp_path):
@@ -199,8 +204,8 @@ def test_binary_missing_and_truncated_files(tmp_path):
     truncated.write_bytes(gzip.compress(b">a\n" + dna)[:2000])
     for path, message in ((binary, "not a (readable )?FASTA"), (truncated, "not a readable FASTA"),
                           (tmp_path / "missing.fa", "no such file"), (tmp_path, "is a directory")):
-        with pytest.raises(units.InputError, match=message):
-            list(units.read_fasta(path))
+        with pytest.raises(InputError, match=message):
+            list(read_fasta(path))
 
 
 def test_record_without_sequence_is_skipped_with_a_warning(write_file, tmp_path, caplog):
@@ -213,7 +218,7 @@ def test_record_without_sequence_is_skipped_with_a_warning(write_file, tmp_path,
 
 def test_failed_run_leaves_no_output(write_file, tmp_path):
     path = write_file("in.fa", ">a\nACGT\n>b\nACXT\n")
-    with pytest.raises(units.InputError):
+    with pytest.raises(InputError):
         units.split_fasta_chunk(path, tmp_path / "out.fa", 300)
     assert list(tmp_path.iterdir()) == [path]
 
@@ -224,6 +229,6 @@ def test_protein_alphabet_and_split_fasta_file_round_trip(write_file, tmp_path):
     written = units.split_fasta_file(path, tmp_path / "parts", 10)
     assert [p.rsplit("/", 1)[1] for p in written] == ["output_1.fa", "output_2.fa", "output_3.fa"]
     assert "".join(open(p).read() for p in written) == records
-    assert len(list(units.read_fasta(written[2], alphabet="protein"))) == 5
-    with pytest.raises(units.InputError, match="not an amino-acid letter"):
-        list(units.read_fasta(write_file("bad.faa", ">p\nMK*\n"), alphabet="protein"))
+    assert len(list(read_fasta(written[2], alphabet="protein"))) == 5
+    with pytest.raises(InputError, match="not an amino-acid letter"):
+        list(read_fasta(write_file("bad.faa", ">p\nMK*\n"), alphabet="protein"))

@@ -17,13 +17,19 @@ import train_fastesm as trainer
 import units
 import validate_environment as environment
 from conftest import ROOT
-from virnucpro import evaluation, metrics, splits, training
+from virnucpro.errors import DimensionError, InputError
+from virnucpro.models.features import FeatureSet, find_merged_files
+from virnucpro.models.loaders import PIPELINES
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.scoring import metrics
+from virnucpro.sequences.chunks import record_of
+from virnucpro.training import evaluation, fitting, splits
 
 CLASSES = ((1, "viral.1.1"), (0, "bacteria.1.1"))
 PRECISION = {"dna": "float32", "protein": "float16"}      # as features_extract.py records it on a GPU
 
 
-def make_merged(merge_dir, dim=units.MERGED_DIM, accessions=30, seed=0, rows_per_file=50):
+def make_merged(merge_dir, dim=MERGED_DIM, accessions=30, seed=0, rows_per_file=50):
     """Separable synthetic features: viral rows shifted up in the first dims, host rows down. The frames
     (ids) depend on the seed only, so both pipelines' features hold the same frames, as real ones do."""
     frames, values = np.random.default_rng(seed), np.random.default_rng([seed, dim])
@@ -65,7 +71,7 @@ def trained(workspace):
 # ------------------------------------------------------------ split
 def test_split_keeps_genomes_whole_and_holds_out_a_tenth_per_class(workspace, tmp_path, capsys):
     split = json.loads((workspace / "test_metadata.json").read_text())
-    features = units.FeatureSet(units.find_merged_files(workspace / "data_merge"))
+    features = FeatureSet(find_merged_files(workspace / "data_merge"))
     test = set(split["test_accessions"])
     for label, name in ((1, "viral"), (0, "host")):
         mine = features.labels == label
@@ -130,9 +136,9 @@ def test_test_frames_identical_to_training_frames_are_left_out(workspace, traine
     shutil.copytree(workspace / "data_merge", merge)
     split = json.loads((workspace / "test_metadata.json").read_text())
     test = set(split["test_accessions"])
-    features = units.FeatureSet(units.find_merged_files(merge))
-    train_row = next(k for k, i in enumerate(features.ids) if units.accession_of(i) not in test)
-    test_row = next(k for k, i in enumerate(features.ids) if units.accession_of(i) in test)
+    features = FeatureSet(find_merged_files(merge))
+    train_row = next(k for k, i in enumerate(features.ids) if record_of(i) not in test)
+    test_row = next(k for k, i in enumerate(features.ids) if record_of(i) in test)
     path, start, _ = next(span for span in features.spans() if span[1] <= test_row < span[2])
     content = torch.load(path, weights_only=True)
     content["data"][test_row - start] = features.rows([train_row])[0]        # the same frame in two records
@@ -147,7 +153,7 @@ def test_test_frames_identical_to_training_frames_are_left_out(workspace, traine
 
 def test_length_distribution_comes_from_the_split_fasta(tmp_path):
     merge_dir = make_merged(tmp_path / "data_merge", accessions=8)
-    features = units.FeatureSet(units.find_merged_files(merge_dir))
+    features = FeatureSet(find_merged_files(merge_dir))
     fasta_dir = tmp_path / "data" / "viral.1.1.identified_nucleotide"
     fasta_dir.mkdir(parents=True)
     with open(fasta_dir / "output_1.fa", "w") as handle:
@@ -176,7 +182,7 @@ def test_early_stopping_and_save_best(workspace, tmp_path, monkeypatch):
     def scripted_evaluate(model, features, rows, device):
         return next(losses), {"accuracy": 0.5, "f1": 0.5, "roc_auc": 0.5}
 
-    monkeypatch.setattr(training, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(fitting, "evaluate", scripted_evaluate)
     output = tmp_path / "model.pth"
     assert trainer.main(train_args(workspace, output, "--epochs", "50", "--patience", "3", "--save-best")) == 0
     metadata = units.load_checkpoint(output)[1]
@@ -186,7 +192,7 @@ def test_early_stopping_and_save_best(workspace, tmp_path, monkeypatch):
 
 def test_interrupted_training_resumes_to_the_same_model(workspace, trained, tmp_path, monkeypatch):
     output = tmp_path / "model_fastesm650.pth"
-    calls, original = [], training.train_epoch
+    calls, original = [], fitting.train_epoch
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -194,12 +200,12 @@ def test_interrupted_training_resumes_to_the_same_model(workspace, trained, tmp_
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_epoch", interrupted)
+    monkeypatch.setattr(fitting, "train_epoch", interrupted)
     args = train_args(workspace, output, "--epochs", "6", "--patience", "10")
     with pytest.raises(KeyboardInterrupt):
         trainer.main(args)
     assert not output.exists() and (tmp_path / ("model_fastesm650.pth" + trainer.STATE_SUFFIX)).exists()
-    monkeypatch.setattr(training, "train_epoch", original)
+    monkeypatch.setattr(fitting, "train_epoch", original)
     assert trainer.main(args) == 0
     resumed, reference = units.load_checkpoint(output)[0], units.load_checkpoint(trained)[0]
     for key, value in reference.state_dict().items():
@@ -208,16 +214,16 @@ def test_interrupted_training_resumes_to_the_same_model(workspace, trained, tmp_
 
 def test_feature_sets_report_the_precision_of_their_encoders(tmp_path):
     make_merged(tmp_path / "merge", accessions=2)
-    files = units.find_merged_files(tmp_path / "merge")
-    assert units.FeatureSet(files).encoder_precision() == PRECISION
+    files = find_merged_files(tmp_path / "merge")
+    assert FeatureSet(files).encoder_precision() == PRECISION
     content = torch.load(files[0], weights_only=True)
     torch.save({**content, "precision": {"dna": "bfloat16", "protein": "float16"}}, files[0])
-    assert units.FeatureSet(files).encoder_precision() == {"dna": "mixed (bfloat16, float32)", "protein": "float16"}
+    assert FeatureSet(files).encoder_precision() == {"dna": "mixed (bfloat16, float32)", "protein": "float16"}
     for path in files:
         content = torch.load(path, weights_only=True)
         del content["precision"]
         torch.save(content, path)
-    assert units.FeatureSet(files).encoder_precision() is None          # older files: not recorded
+    assert FeatureSet(files).encoder_precision() is None          # older files: not recorded
 
 
 def test_training_knows_the_chunk_length_of_its_features(workspace, tmp_path, monkeypatch):
@@ -226,25 +232,25 @@ def test_training_knows_the_chunk_length_of_its_features(workspace, tmp_path, mo
     del args[args.index("--output"):args.index("--output") + 2]
     assert trainer.main(args) == 0
     assert units.load_checkpoint(tmp_path / "data/model_fastesm650_300.pth")[1]["chunk_length"] == 300   # by default in data/
-    with pytest.raises(units.InputError, match="--length 500, but the features in .* come from 300-bp chunks"):
+    with pytest.raises(InputError, match="--length 500, but the features in .* come from 300-bp chunks"):
         trainer.main(args + ["--length", "500"])
     merge = make_merged(tmp_path / "merge", accessions=2)
-    files = units.find_merged_files(merge)
+    files = find_merged_files(merge)
     for path in files:
         content = torch.load(path, weights_only=True)
         del content["chunk_length"]
         torch.save(content, path)
-    with pytest.raises(units.InputError, match="do not record their chunk length; give --length 300 or --length 500"):
+    with pytest.raises(InputError, match="do not record their chunk length; give --length 300 or --length 500"):
         trainer.main(["--merge-dir", str(merge), "--split", str(workspace / "test_metadata.json")])
     torch.save({**torch.load(files[0], weights_only=True), "chunk_length": 500}, files[0])
     torch.save({**torch.load(files[1], weights_only=True), "chunk_length": 300}, files[1])
-    with pytest.raises(units.InputError, match="mix frames of 300-bp chunks .* and 500-bp chunks"):
-        units.FeatureSet(files).chunk_length()
+    with pytest.raises(InputError, match="mix frames of 300-bp chunks .* and 500-bp chunks"):
+        FeatureSet(files).chunk_length()
 
 
 def test_training_refuses_features_of_the_wrong_width(tmp_path):
-    make_merged(tmp_path / "data_merge", dim=units.PIPELINES["esm2_3b"].input_dim, accessions=5)
-    with pytest.raises(units.DimensionError, match="expected a 2048-value"):
+    make_merged(tmp_path / "data_merge", dim=PIPELINES["esm2_3b"].input_dim, accessions=5)
+    with pytest.raises(DimensionError, match="expected a 2048-value"):
         trainer.main(["--merge-dir", str(tmp_path / "data_merge"), "--split", str(tmp_path / "none.json")])
 
 
@@ -268,7 +274,7 @@ def test_metrics_equal_scikit_learn():
 @pytest.fixture(scope="module")
 def baseline(workspace):
     """The ESM2-3B baseline trained like for like: the same records (3328-d features), split and recipe."""
-    make_merged(workspace / "data_merge_esm2_3b", dim=units.PIPELINES["esm2_3b"].input_dim)
+    make_merged(workspace / "data_merge_esm2_3b", dim=PIPELINES["esm2_3b"].input_dim)
     model = workspace / "model_esm2_3b_300.pth"
     assert trainer.main(["--pipeline", "esm2_3b", "--merge-dir", str(workspace / "data_merge_esm2_3b"), "--split",
                          str(workspace / "test_metadata.json"), "--output", str(model), "--device", "cpu",
@@ -319,17 +325,17 @@ def test_models_of_another_split_and_records_the_split_does_not_know_are_refused
     other = tmp_path / "other_split.json"
     assert create_test_set.main(["--merge-dir", str(workspace / "data_merge"), "--output", str(other),
                                  "--seed", "7"]) == 0
-    with pytest.raises(units.InputError, match="trained with another split than .*other_split.json"):
+    with pytest.raises(InputError, match="trained with another split than .*other_split.json"):
         evaluate.main(evaluate_args(workspace, trained, tmp_path / "r")[:4] + ["--split", str(other), "--device",
                                                                               "cpu"])
     leaky = tmp_path / "leaky_esm2_3b.pth"                  # a baseline trained on the other split saw test records
     assert trainer.main(["--pipeline", "esm2_3b", "--merge-dir", str(workspace / "data_merge_esm2_3b"), "--split",
                          str(other), "--output", str(leaky), "--device", "cpu", "--epochs", "1"]) == 0
-    with pytest.raises(units.InputError, match="leaky_esm2_3b.pth: trained with another split"):
+    with pytest.raises(InputError, match="leaky_esm2_3b.pth: trained with another split"):
         evaluate.main(evaluate_args(workspace, trained, tmp_path / "r", "--baseline-model", str(leaky)))
     unrecorded = tmp_path / "unrecorded.pth"
-    units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, 512, 2), unrecorded, chunk_length=300)
-    with pytest.raises(units.InputError, match="does not record the split it was trained on"):
+    units.save_checkpoint(units.MLPClassifier(MERGED_DIM, 512, 2), unrecorded, chunk_length=300)
+    with pytest.raises(InputError, match="does not record the split it was trained on"):
         evaluate.main(evaluate_args(workspace, unrecorded, tmp_path / "r"))
 
     merge = tmp_path / "grown"
@@ -337,7 +343,7 @@ def test_models_of_another_split_and_records_the_split_does_not_know_are_refused
     content = torch.load(merge / "viral.1.1_merged/output_1_merged.pt", weights_only=True)
     content["ids"] = [i.replace("ACC", "NEW") for i in content["ids"]]          # records added after the split
     torch.save(content, merge / "viral.1.1_merged/output_99_merged.pt")
-    with pytest.raises(units.InputError, match="records of the features are not in .*test_metadata.json"):
+    with pytest.raises(InputError, match="records of the features are not in .*test_metadata.json"):
         trainer.main(["--merge-dir", str(merge), "--split", str(workspace / "test_metadata.json"), "--output",
                       str(tmp_path / "m.pth"), "--device", "cpu"])
 
@@ -345,7 +351,7 @@ def test_models_of_another_split_and_records_the_split_does_not_know_are_refused
 def test_evaluation_fails_when_the_drop_is_surely_over_the_threshold(workspace, trained, baseline, tmp_path):
     torch.manual_seed(3)
     untrained = tmp_path / "always_others.pth"
-    model = units.MLPClassifier(units.MERGED_DIM, 512, 2)
+    model = units.MLPClassifier(MERGED_DIM, 512, 2)
     with torch.no_grad():
         model.output_layer.bias[:] = torch.tensor([5.0, 0.0])           # always 'others'
     units.save_checkpoint(model, untrained, chunk_length=300, split=units.load_checkpoint(trained)[1]["split"])
@@ -401,7 +407,7 @@ def test_speed_benchmark_cpu_smoke(tiny_models, tmp_path, capsys):
 
 def test_end_to_end_benchmark_smoke(tiny_models, tmp_path):
     checkpoint = tmp_path / "model_fastesm650.pth"
-    units.save_checkpoint(units.MLPClassifier(units.MERGED_DIM, 512, 2), checkpoint)
+    units.save_checkpoint(units.MLPClassifier(MERGED_DIM, 512, 2), checkpoint)
     report = tmp_path / "e2e.md"
     assert benchmark.main(["--end-to-end", "--device", "cpu", "--checkpoint", str(checkpoint), "--report",
                            str(report), "--dna-model", tiny_models["dna"],
@@ -423,7 +429,7 @@ def test_host_ceiling_benchmark_runs_the_prediction_path(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the session would run")
 def test_gpu_session_without_a_gpu_says_so(tmp_path, capsys):
-    with pytest.raises(units.InputError, match="no CUDA GPU is available here, and the session measures one; --smoke"):
+    with pytest.raises(InputError, match="no CUDA GPU is available here, and the session measures one; --smoke"):
         benchmark_gpu.main(["--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
 

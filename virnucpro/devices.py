@@ -8,8 +8,8 @@ import subprocess
 
 import torch
 
-from .errors import InputError
-from .log import logger
+from virnucpro.errors import InputError
+from virnucpro.log import logger
 
 GPU_BUILDS = "docs/compatibility.md#gpu-builds"      # which torch build fits which NVIDIA driver
 

@@ -17,7 +17,8 @@ import zlib
 import torch
 import zstandard
 
-from .errors import InputError
+from virnucpro.errors import InputError
+
 
 # Compressed input is recognised by its first bytes, not by the file name.
 def _zstd(raw):

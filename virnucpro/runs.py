@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch.distributed
 
-from .devices import resolve_device
-from .errors import InputError
-from .log import logger
+from virnucpro.devices import resolve_device
+from virnucpro.errors import InputError
+from virnucpro.log import logger
 
 LOCK_FILE = ".virnucpro.lock"
 

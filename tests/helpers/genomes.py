@@ -14,6 +14,9 @@ import math
 import random
 
 import units
+from virnucpro.models.loaders import PIPELINES
+from virnucpro.sequences.chunks import chunk_id, chunk_starts
+from virnucpro.sequences.frames import IdentifiedWriter, select_frames
 
 VIRAL_GC, HOST_GC = 0.54, 0.46
 STOPS = {"TAA", "TAG", "TGA"}
@@ -66,17 +69,17 @@ def extract_merged(records: dict[str, dict], work_dir, merge_dir, pipeline: str,
     """The stop-free frames of every chunk of the records, embedded and merged
     by the functions prediction.py and features_extract.py use, into
     ``merge_dir/<stem>_merged/output_1_merged.pt``."""
-    spec = units.PIPELINES[pipeline]
+    spec = PIPELINES[pipeline]
     dna = units.load_dnabert_s(dna_model, "cpu")
     protein = spec.load_protein(protein_model, "cpu")
     for stem in sorted({r["stem"] for r in records.values()}):
-        chunks = [(units.chunk_id(record, k), r["sequence"][start:start + chunk_length])
+        chunks = [(chunk_id(record, k), r["sequence"][start:start + chunk_length])
                   for record, r in records.items() if r["stem"] == stem
-                  for k, start in enumerate(units.chunk_starts(len(r["sequence"]), chunk_length), start=1)]
-        frames = [frame for frame in units.select_frames(chunks) if frame[2]]
+                  for k, start in enumerate(chunk_starts(len(r["sequence"]), chunk_length), start=1)]
+        frames = [frame for frame in select_frames(chunks) if frame[2]]
         folder = work_dir / f"{stem}_{pipeline}"
         folder.mkdir(parents=True, exist_ok=True)
-        with units.IdentifiedWriter(folder / "nucleotide.fa", folder / "protein.faa") as writer:
+        with IdentifiedWriter(folder / "nucleotide.fa", folder / "protein.faa") as writer:
             writer.write(frames)
         units.extract_DNABERT_S(folder / "nucleotide.fa", folder / "dna.pt", model=dna[0], tokenizer=dna[1])
         units.extract_protein(spec, folder / "protein.faa", folder / "protein.pt", protein[0], protein[1])

@@ -6,7 +6,10 @@ from __future__ import annotations
 import torch
 
 import units
-from virnucpro import random_models
+from benchmarking import random_models
+from virnucpro.models.pins import MERGED_DIM
+from virnucpro.scoring.calls import NUM_CLASSES
+from virnucpro.scoring.checkpoints import HIDDEN_DIM
 
 TINY_DNABERT = (768, 2, 12, 64)      # DNABERT-S's output width, tiny depth: (hidden, layers, heads, ffn)
 TINY_FASTESM = (1280, 2, 4, 64)      # FastESM2_650's width
@@ -23,7 +26,7 @@ def tiny_model_folders(root) -> dict[str, str]:
 def save_classifier(path, seed: int = 1, chunk_length: int = 300) -> str:
     """A FastESM2_650 classifier as train_fastesm.py saves one, its scores spread over both classes."""
     torch.manual_seed(seed)
-    classifier = units.MLPClassifier(units.MERGED_DIM, units.HIDDEN_DIM, units.NUM_CLASSES)
+    classifier = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES)
     with torch.no_grad():
         classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
     units.save_checkpoint(classifier, path, chunk_length=chunk_length, epochs=1)

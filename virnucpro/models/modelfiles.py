@@ -1,0 +1,187 @@
+"""Model folders: where a model is (a folder, the models folder, the Hugging
+Face cache or the hub), what identifies its content, and its files read as
+data (config as JSON, weights as tensors through a weights-only reader)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from typing import Callable
+
+import torch
+
+from virnucpro.errors import InputError
+from virnucpro.models.pins import ModelSpec, models_dir
+
+# Parameters outside the encoder, not used for embeddings, may be absent from a checkpoint.
+_HEAD_PREFIXES = ("pooler.", "contact_head.")
+# Only data: configs, tokenizer files and weights; never a *.py.
+SNAPSHOT_FILES = ["*.json", "*.txt", "*.safetensors"]
+
+
+def model_folder(spec: ModelSpec, model: str | None = None, models: str | None = None) -> str:
+    """The local folder of a model: ``model`` itself when it is a folder; for
+    the default model, its folder in the models folder (``models``) when
+    scripts/fetch_models.py put it there; otherwise the Hugging Face snapshot
+    of the id, from the local cache or downloaded (the default id at its
+    pinned revision)."""
+    if model is None and weight_files(os.path.join(models_dir(models), spec.key)):
+        return os.path.join(models_dir(models), spec.key)
+    model = model or spec.hub_id
+    if os.path.isdir(model):
+        return model
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise InputError(f"{spec.name}: {model} is neither a folder nor a Hugging Face id (owner/name); "
+                         f"pass a model folder or id with {spec.option}")
+    revision = spec.revision if model == spec.hub_id else None
+    from huggingface_hub import constants, snapshot_download
+    try:
+        folder = snapshot_download(model, revision=revision, allow_patterns=SNAPSHOT_FILES)
+        if not weight_files(folder):   # no safetensors: take the PyTorch checkpoint
+            folder = snapshot_download(model, revision=revision, allow_patterns=SNAPSHOT_FILES + ["*.bin"])
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        fix = (f"run `python scripts/fetch_models.py {spec.key}` where there is internet (or unpack a bundle "
+               "made there with --from-bundle)") if model == spec.hub_id else \
+            f"fetch it where there is internet with `huggingface-cli download {model}` and share the cache (HF_HOME)"
+        raise InputError(
+            f"{spec.name}: {model} is not in the models folder ({models_dir(models)}) nor in the Hugging Face "
+            f"cache ({constants.HF_HUB_CACHE}), and the hub could not be reached ({reason}); {fix}, "
+            f"or pass a model folder with {spec.option}") from None
+    return folder
+
+
+_MODEL_FILE_SUFFIXES = (".json", ".txt", ".safetensors", ".bin")
+
+
+def model_fingerprint(folder: str) -> dict:
+    """What identifies a model folder's content, without hashing gigabytes:
+    the commit of a Hugging Face snapshot folder, otherwise the names, sizes
+    and modification times of its config, tokenizer and weight files."""
+    parent, commit = os.path.split(os.path.normpath(os.path.abspath(folder)))
+    if os.path.basename(parent) == "snapshots" and len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
+        return {"snapshot": commit}
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(_MODEL_FILE_SUFFIXES):
+            stat = os.stat(os.path.join(folder, name))
+            files[name] = [stat.st_size, stat.st_mtime_ns]
+    return {"folder": os.path.abspath(folder), "files": files}
+
+
+def weight_files(folder: str) -> list[str]:
+    """The checkpoint files transformers loads from ``folder``, safetensors first; an index of them that
+    cannot be read (half-written) is refused in one line."""
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index_path = os.path.join(folder, index)
+        if os.path.exists(index_path):
+            try:
+                with open(index_path) as handle:
+                    shards = sorted(set(json.load(handle)["weight_map"].values()))
+            except PermissionError:
+                raise InputError(f"{index_path}: permission denied") from None
+            except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+                raise InputError(f"{index_path}: not a readable index of weight files (damaged, or written only "
+                                 "in part); fetch the model again") from None
+            return [os.path.join(folder, shard) for shard in shards]
+        if os.path.exists(os.path.join(folder, single)):
+            return [os.path.join(folder, single)]
+    return []
+
+
+def _weight_file(path: str) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, tuple[int, ...]]]:
+    """``(key -> loader of its tensor, key -> shape)`` of one weight file, reading tensors lazily; a file
+    that is missing, unreadable, truncated or damaged, or that holds Python objects besides tensors (whose
+    loading could run code), is refused in one line."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            handle = safe_open(path, framework="pt")
+            keys = list(handle.keys())
+            return ({key: (lambda k=key: handle.get_tensor(k)) for key in keys},
+                    {key: tuple(handle.get_slice(key).get_shape()) for key in keys})
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {key: (lambda t=tensor: t) for key, tensor in state.items()}, \
+            {key: tuple(tensor.shape) for key, tensor in state.items()}
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing (its folder's index lists it); fetch the model again") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: holds Python objects besides tensors, which are refused because loading "
+                         "them could run code; use the model's model.safetensors, or fetch it again") from None
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise InputError(f"{path}: not readable as weights, truncated or damaged ({reason}); fetch the model "
+                         "again") from None
+
+
+def checkpoint_shapes(folder: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a folder's weight files, from their headers."""
+    return {key: shape for path in weight_files(folder) for key, shape in _weight_file(path)[1].items()}
+
+
+def _checkpoint_tensors(folder: str) -> dict[str, Callable[[], torch.Tensor]]:
+    """Checkpoint key -> loader of that tensor, reading lazily."""
+    return {key: load for path in weight_files(folder) for key, load in _weight_file(path)[0].items()}
+
+
+def verify_weights(spec: ModelSpec, model: torch.nn.Module, folder: str) -> None:
+    """Stop unless every encoder parameter of ``model`` equals its tensor in the
+    checkpoint files of ``folder``.
+
+    Checked against the files themselves, not against the loader's report: a
+    transformers release that initialises some weights randomly (reported for
+    remote-code models on 5.x) must never produce embeddings silently.
+    """
+    checkpoint = _checkpoint_tensors(folder)
+    prefix = getattr(model, "base_model_prefix", "")
+    problems = []
+    for name, parameter in model.named_parameters():
+        if name.startswith(_HEAD_PREFIXES):
+            continue
+        # transformers also loads old LayerNorm checkpoints that name weight/bias gamma/beta
+        legacy = name.removesuffix(".weight") + ".gamma" if name.endswith(".weight") \
+            else name.removesuffix(".bias") + ".beta"
+        candidates = (name, f"{prefix}.{name}", legacy, f"{prefix}.{legacy}")
+        key = next((k for k in candidates if k in checkpoint), None)
+        if key is None:
+            problems.append(f"{name} is not in the checkpoint")
+        elif not torch.equal(parameter.detach().cpu(), checkpoint[key]().to(parameter.dtype)):
+            problems.append(f"{name} differs from the checkpoint")
+    if problems:
+        raise InputError(
+            f"{spec.name}: {len(problems)} encoder weights loaded from {folder} do not come from its checkpoint "
+            f"(first: {problems[0]}); refusing to embed with random weights. Use the transformers version "
+            f"pinned in pyproject.toml, or a model folder in the layout of {spec.hub_id}")
+
+
+def read_config(spec: ModelSpec, folder: str) -> dict:
+    """A model's ``config.json``, read as data (its ``auto_map`` is never followed)."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{spec.name}: {folder} is not a {spec.name} model folder (no config.json); "
+                         f"point {spec.option} at a folder in the layout of {spec.hub_id}") from None
+    except PermissionError:
+        raise InputError(f"{spec.name}: {path}: permission denied") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{spec.name}: {path} is not a readable JSON config") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{spec.name}: {path} is not a model config (expected a JSON object)")
+    return config
+
+
+def require_weights(spec: ModelSpec, folder: str) -> None:
+    if not weight_files(folder):
+        raise InputError(f"{spec.name}: {folder} has no weights (no model.safetensors or pytorch_model.bin); "
+                         f"point {spec.option} at a folder in the layout of {spec.hub_id}")
+
+
+def checkpoint_state(spec: ModelSpec, folder: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's checkpoint files (weights only)."""
+    require_weights(spec, folder)
+    return {key: load() for key, load in _checkpoint_tensors(folder).items()}

@@ -1,0 +1,168 @@
+"""A run's input: what the user gave (a file, a pipe or ``-`` for standard
+input; paired reads as two mate files or one interleaved file), read once
+from end to end before any work to check every record, count its chunks and
+identify it by its content (the SHA-256 of its bytes, so that a file
+replaced by another of the same size and date is told apart). A pipe, which
+can be read only once, is copied into the output folder as it is read (never
+before it is checked); the later passes read the copy, and messages always
+name what the user gave.
+
+Mates (Illumina's R1 and R2, SRA's _1 and _2) carry the same id, or the same
+but for a final /1 and /2 (or .1 and .2): each mate is scored as a read of
+its own, named ``<pair>/1`` and ``<pair>/2``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from virnucpro.errors import InputError
+from virnucpro.files import Tap
+from virnucpro.prediction.outputs import SPOOL_FILE
+from virnucpro.sequences.chunks import chunk_starts
+from virnucpro.sequences.fasta import FastaRecord, RecordIds, read_fasta
+
+MATE2_SPOOL = ".mate2.spool"
+MATE_SUFFIXES = (("/1", "/2"), (".1", ".2"))
+
+
+@dataclass(frozen=True)
+class Input:
+    """The file(s) to read (the user's, or the copies of pipes) and the names messages give them; after the
+    check, what identifies the content and how many reads and chunks it holds."""
+    path: str
+    name: str
+    mate2: str | None = None
+    mate2_name: str | None = None
+    interleaved: bool = False
+    identity: dict | None = None
+    sequences: int | None = None
+    chunks: int | None = None
+
+    @property
+    def paired(self) -> bool:
+        return self.mate2 is not None or self.interleaved
+
+    def reads(self, tap=None, tap2=None) -> Iterator[FastaRecord]:
+        """The reads in run order, validated (mates one after the other, renamed ``<pair>/1``, ``/2``)."""
+        if not self.paired:
+            yield from read_fasta(self.path, alphabet="dna", keep_empty=True, name=self.name, tap=tap)
+            return
+        rereadable = not any(is_pipe(path) for path in (self.path, self.mate2) if path)
+        locate = functools.partial(_first_pair, self) if rereadable else None
+        pairs = RecordIds(self.name, locate, what="pair")
+        for number, (one, two) in enumerate(self._mates(tap, tap2), start=1):
+            pair = pair_of(one.id, two.id)
+            if pair is None:
+                raise InputError(self._not_mates(one, two))
+            pairs.add(pair, number, one.line)
+            yield _mate(one, pair, 1, 2 * number - 1)
+            yield _mate(two, pair, 2, 2 * number)
+
+    def _mates(self, tap=None, tap2=None) -> Iterator[tuple[FastaRecord, FastaRecord]]:
+        """The (first, second) records of each pair, as the file(s) hold them."""
+        if self.interleaved:
+            records = read_fasta(self.path, "dna", True, self.name, tap, unique=False)
+            for one, two in itertools.zip_longest(records, records):
+                if two is None:
+                    raise InputError(f"{self.name}: record {one.number} ('{one.id}') has no mate after it: an "
+                                     "interleaved file holds each read's mates one after the other")
+                yield one, two
+            return
+        firsts = read_fasta(self.path, "dna", True, self.name, tap)
+        seconds = read_fasta(self.mate2, "dna", True, self.mate2_name, tap2)
+        for number, (one, two) in enumerate(itertools.zip_longest(firsts, seconds), start=1):
+            if one is None or two is None:
+                longer, shorter = (self.name, self.mate2_name) if two is None else (self.mate2_name, self.name)
+                raise InputError(f"{shorter}: ends before pair {number}, where {longer} goes on; mate files hold "
+                                 "the same reads in the same order")
+            yield one, two
+
+    def _not_mates(self, one: FastaRecord, two: FastaRecord) -> str:
+        if self.interleaved:
+            return (f"{self.name}: records {one.number} and {two.number} ('{one.id}', '{two.id}') are not mates: "
+                    "an interleaved file holds each read's mates one after the other, with the same id (or the "
+                    "same but for /1 and /2)")
+        return (f"{self.mate2_name}: record {two.number} ('{two.id}') is not the mate of record {one.number} of "
+                f"{self.name} ('{one.id}'): mate files hold the same reads in the same order, with the same id "
+                "(or the same but for /1 and /2)")
+
+
+def is_pipe(given: str) -> bool:
+    """Whether an input can be read only once: ``-``, a pipe, a process substitution."""
+    return given == "-" or not os.path.isfile(given)
+
+
+def pair_of(first: str, second: str) -> str | None:
+    """The id two mates share, or None when they are not mates."""
+    if first == second:
+        return first
+    return next((first[:-2] for one, two in MATE_SUFFIXES
+                 if first.endswith(one) and second.endswith(two) and first[:-2] == second[:-2]), None)
+
+
+def _mate(record: FastaRecord, pair: str, mate: int, number: int) -> FastaRecord:
+    """A mate as a read of the run: its id ``<pair>/<mate>``, its description kept."""
+    read_id = f"{pair}/{mate}"
+    return FastaRecord(read_id, " ".join([read_id, *record.title.split(None, 1)[1:]]), record.sequence, number,
+                       record.line)
+
+
+def _first_pair(source: Input, pair: str) -> tuple[int, int]:
+    """(number, line of its first mate) of the first pair with this id: the file(s) read again up to it."""
+    return next((number, one.line) for number, (one, two) in enumerate(source._mates(), start=1)
+                if pair_of(one.id, two.id) == pair)
+
+
+def count_chunks(source: Input, chunk_size: int, tap=None, tap2=None) -> tuple[int, int]:
+    """Read (and validate) the whole input once: ``(reads, chunks)``."""
+    reads = chunks = 0
+    for record in source.reads(tap, tap2):
+        reads += 1
+        chunks += len(chunk_starts(len(record.sequence), chunk_size))
+    return reads, chunks
+
+
+@contextlib.contextmanager
+def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str, chunk_size: int,
+              check: bool) -> Iterator[Input]:
+    """The input of a run writing into ``output_dir`` (which this process holds); with ``check``, read
+    once, checked, counted and identified (another process of a torchrun team takes the files as they are)."""
+    spools = [os.path.join(output_dir, name) for name in (SPOOL_FILE, MATE2_SPOOL)]
+    for spool in spools:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(spool)            # left by a run that was killed; this process holds the folder now
+    givens = [given] + ([mate2] if mate2 else [])
+    piped = [is_pipe(path) for path in givens]
+    if not check and not any(piped):
+        yield Input(given, given, mate2, mate2, interleaved)
+        return
+    digests, taps = [hashlib.sha256() for _ in givens], [[] for _ in givens]
+    try:
+        with contextlib.ExitStack() as copies:
+            copy = [copies.enter_context(open(spool, "wb")) if pipe else None for spool, pipe in zip(spools, piped)]
+
+            def tap_of(k: int):
+                def tap(raw):
+                    taps[k].append(Tap(raw, digests[k], copy[k]))
+                    return taps[k][-1]
+                return tap
+
+            given_input = Input(given, given, mate2, mate2, interleaved)
+            reads, chunks = count_chunks(given_input, chunk_size, *(tap_of(k) for k in range(len(givens))))
+        identity = {"sha256": digests[0].hexdigest(), "bytes": taps[0][0].size}
+        if mate2:
+            identity["mate2"] = {"sha256": digests[1].hexdigest(), "bytes": taps[1][0].size}
+        if interleaved:
+            identity["interleaved"] = True
+        paths = [spool if pipe else path for spool, pipe, path in zip(spools, piped, givens)]
+        yield Input(paths[0], given, paths[1] if mate2 else None, mate2, interleaved, identity, reads, chunks)
+    finally:
+        for spool in spools:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(spool)

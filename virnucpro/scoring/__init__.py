@@ -1,0 +1,1 @@
+"""Embedding and scoring frames, the decision rules, calibration, classifier checkpoints, metrics."""
