@@ -39,40 +39,26 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
 import units
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.files import check_writable
 from virnucpro.log import logger
 from virnucpro.models.features import load_merged_file
-from virnucpro.models.loaders import PIPELINES, Pipeline, default_dtype, load_dnabert_s
-from virnucpro.models.modelfiles import model_folder
-from virnucpro.models.pins import DEFAULT_MODELS_DIR, DNABERT_S, MODELS_ENV
+from virnucpro.models.loaders import PIPELINES, Encoders, Pipeline
 from virnucpro.runs import Team, folder_lock
-from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.training import selection
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="data", help="folder holding the identified_* files (default: data)")
-    parser.add_argument("--merge-dir", help="where merged files go (default: <data-dir>/data_merge, or "
-                                            "<data-dir>/data_merge_esm2_3b for --pipeline esm2_3b)")
-    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="fastesm650",
-                        help="protein model: fastesm650 (default) or the esm2_3b baseline")
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    parser.add_argument("--dna-model", help=f"DNABERT-S id or folder (default {DNABERT_S.hub_id})")
-    parser.add_argument("--protein-model", help="protein model id or folder (default: the pipeline's)")
-    parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
-                                             f"${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
-    parser.add_argument("--dna-fp32", action="store_true",
-                        help="run DNABERT-S in float32 on a GPU too (default there: bfloat16); prediction then "
-                             "needs --dna-fp32 as well")
-    parser.add_argument("--dna-batch-tokens", type=at_least(1), default=DNA_TOKS_PER_BATCH,
-                        help="DNABERT-S tokens per batch (default %(default)s)")
-    parser.add_argument("--protein-batch-tokens", type=at_least(1), default=PROTEIN_TOKS_PER_BATCH,
-                        help="protein-model tokens per batch (default %(default)s)")
+    options.data_dir(parser, "folder holding the identified_* files")
+    options.merge_dirs(parser)
+    options.pipeline(parser)
+    options.device(parser)
+    options.language_models(parser)
+    options.models_dir(parser)
+    options.encoder_settings(parser)
     parser.add_argument("--sequences-per-file", type=at_least(1), default=10000,
                         help="frames per split file; only full files are used (default %(default)s, as published)")
     parser.add_argument("--seed", type=int, default=42, help="host sampling seed (default 42, as published)")
@@ -82,7 +68,7 @@ def parse_args(argv):
     parser.add_argument("--restart", action="store_true",
                         help="extract this selection again, replacing features made with other settings")
     args = parser.parse_args(argv)
-    args.merge_dir = args.merge_dir or os.path.join(args.data_dir, selection.DEFAULT_MERGE_DIR[args.pipeline])
+    options.merge_dir_defaults(args)
     return args
 
 
@@ -107,20 +93,14 @@ def extract_share(args, mine: list[selection.SplitFile], team: Team):
     todo = [split for split in mine if args.restart or not os.path.exists(split.merged(args.merge_dir))]
     if not todo:
         return todo, 0
-    pipeline = PIPELINES[args.pipeline]
-    dna_folder = model_folder(DNABERT_S, args.dna_model, args.models_dir)
-    protein_folder = model_folder(pipeline.protein, args.protein_model, args.models_dir)
-    device = team.device(args.device)
-    dtypes = (torch.float32 if args.dna_fp32 else default_dtype(DNABERT_S, device),
-              default_dtype(pipeline.protein, device))
-    settings = selection.extraction_settings(args.pipeline, dna_folder, protein_folder, args.sequences_per_file,
-                                             args.seed, dtypes)
+    encoders = Encoders.choose(args.pipeline, team.device(args.device), args.dna_model, args.protein_model,
+                               args.models_dir, args.dna_fp32)
+    settings = selection.extraction_settings(encoders, args.sequences_per_file, args.seed)
     selection.check_resume(args.merge_dir, settings, args.restart, mine)
-    models = (load_dnabert_s(dna_folder, device, dtype=dtypes[0]), pipeline.load_protein(protein_folder, device,
-                                                                                          dtypes[1]))
+    models = encoders.load()
     failed = 0
     for split in tqdm(todo, desc="files", unit="file"):
-        failed += extract_file(split, split.merged(args.merge_dir), models, pipeline, args)
+        failed += extract_file(split, split.merged(args.merge_dir), models, encoders.pipeline, args)
     return todo, failed
 
 

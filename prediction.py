@@ -74,16 +74,14 @@ import argparse
 import os
 
 import units
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, fraction, run_cli
 from virnucpro.errors import InputError
 from virnucpro.log import logger
-from virnucpro.models.loaders import PIPELINES
-from virnucpro.models.pins import DEFAULT_MODELS_DIR, DNABERT_S, ESM2_3B, FASTESM2_650, MODELS_ENV
 from virnucpro.prediction import outputs, predict
 from virnucpro.prediction.outputs import PLOTTED_SEQUENCES, UNCALIBRATED
 from virnucpro.scoring.calibration import calibration_path, load_calibration
 from virnucpro.scoring.checkpoints import default_classifier
-from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 
 
 def parse_args(argv):
@@ -101,9 +99,8 @@ def parse_args(argv):
                              "pairs")
     paired.add_argument("--interleaved", action="store_true",
                         help="paired reads: input_fasta holds each pair's mates one after the other")
-    parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV}, else "
-                                             f"{DEFAULT_MODELS_DIR})")
-    parser.add_argument("-o", "--output-dir", help="output folder (default: <input without extension>_merged)")
+    options.models_dir(parser)
+    options.output_dir(parser, "the results", default_help="<input without extension>_merged")
     parser.add_argument("--min-length", type=at_least(1),
                         help="shortest sequence scored, in bp (default: half the chunk length, 150 or 250); "
                              "shorter ones are listed as too_short")
@@ -119,22 +116,10 @@ def parse_args(argv):
                              "classifier), e.g. 0.05; the others are called below_threshold")
     parser.add_argument("--uncalibrated", action="store_true",
                         help="ignore the classifier's calibration: the raw scores only (evaluation uses this)")
-    parser.add_argument("--pipeline", choices=sorted(PIPELINES),
-                        help="embedding pipeline (default: the one the checkpoint was trained for; "
-                             "esm2_3b runs the published baseline and its 300_model.pth / 500_model.pth)")
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: GPU if any)")
-    parser.add_argument("--dna-model", help=f"DNABERT-S: Hugging Face id or local folder "
-                                            f"(default {DNABERT_S.hub_id})")
-    parser.add_argument("--protein-model", help="protein model: Hugging Face id or local folder (default "
-                                                f"{FASTESM2_650.hub_id}, or {ESM2_3B.hub_id} for esm2_3b)")
-    parser.add_argument("--dna-fp32", action="store_true",
-                        help="run DNABERT-S in float32 on a GPU too (default there: bfloat16; the CPU always runs "
-                             "float32)")
-    parser.add_argument("--dna-batch-tokens", type=at_least(1), default=DNA_TOKS_PER_BATCH,
-                        help="DNABERT-S tokens per batch (default %(default)s; batches that run out of "
-                             "GPU memory are split)")
-    parser.add_argument("--protein-batch-tokens", type=at_least(1), default=PROTEIN_TOKS_PER_BATCH,
-                        help="protein-model tokens per batch (default %(default)s)")
+    options.pipeline(parser, default=None)
+    options.device(parser)
+    options.language_models(parser)
+    options.encoder_settings(parser)
     parser.add_argument("--chunks-per-shard", type=at_least(1), default=predict.CHUNKS_PER_SHARD,
                         help="chunks processed together; bounds memory and the work redone on resume "
                              "(default %(default)s)")

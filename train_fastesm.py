@@ -31,13 +31,13 @@ import os
 import torch
 
 import units
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, fraction, positive_float, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.files import check_writable_file
 from virnucpro.log import logger
 from virnucpro.models.features import FeatureSet, find_merged_files
 from virnucpro.models.loaders import PIPELINES
-from virnucpro.models.pins import DEFAULT_MODELS_DIR, MODELS_ENV
 from virnucpro.scoring.calls import NUM_CLASSES
 from virnucpro.scoring.checkpoints import HIDDEN_DIM, default_checkpoint_path, install_classifier
 from virnucpro.training import fitting
@@ -47,12 +47,9 @@ STATE_SUFFIX = ".training_state.pt"
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="fastesm650",
-                        help="fastesm650 (default) or esm2_3b, the baseline trained on the same split")
-    parser.add_argument("--merge-dir", help="merged features (default: data/data_merge, or data/data_merge_esm2_3b "
-                                            "for --pipeline esm2_3b)")
-    parser.add_argument("--split", default="data/test_set/test_metadata.json",
-                        help="test split from scripts/create_test_set.py (default: %(default)s)")
+    options.pipeline(parser)
+    options.merge_dirs(parser)
+    options.split(parser)
     parser.add_argument("--length", type=int, choices=(300, 500),
                         help="chunk length of the training frames; needed only when the merged files do not "
                              "record it (features extracted before they did)")
@@ -61,8 +58,7 @@ def parse_args(argv):
     parser.add_argument("--install", action="store_true",
                         help="also install the checkpoint in the models folder, where prediction.py uses it "
                              "by default for its chunk length")
-    parser.add_argument("--models-dir", help=f"models folder for --install (default: ${MODELS_ENV}, else "
-                                             f"{DEFAULT_MODELS_DIR})")
+    options.models_dir(parser)
     parser.add_argument("--val-fraction", type=fraction, default=0.1,
                         help="share of the non-test genomes used for validation (default %(default)s)")
     parser.add_argument("--epochs", type=at_least(1), default=200, help="maximum epochs (default %(default)s)")
@@ -77,14 +73,13 @@ def parse_args(argv):
                         help="epochs without a better validation loss before stopping (default %(default)s)")
     parser.add_argument("--save-best", action="store_true", help="save the best validation epoch, not the last")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
+    options.device(parser)
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error("--val-fraction must be between 0 and 1, both excluded")
     if args.install and args.pipeline != "fastesm650":
         parser.error("--install installs FastESM2_650 classifiers; the ESM2-3B baseline is for evaluation")
-    args.merge_dir = args.merge_dir or ("data/data_merge" if args.pipeline == "fastesm650" else
-                                        "data/data_merge_esm2_3b")
+    options.merge_dir_defaults(args)
     return args
 
 

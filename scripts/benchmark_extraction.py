@@ -32,6 +32,7 @@ import torch
 import units
 from benchmarking import random_models, synthetic
 from benchmarking.timing import agreement, device_name, timed
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.models import dnabert_s
@@ -108,7 +109,7 @@ def bench_protein(protein_file, device, dtype, toks_per_batch):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    options.device(parser)
     parser.add_argument("--dna-frames", type=at_least(1), default=None,
                         help="DNA frames for benchmark 1 (default 2000 on GPU, 64 on CPU)")
     parser.add_argument("--proteins", type=at_least(1), default=None,

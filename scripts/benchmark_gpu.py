@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """One GPU session that measures the whole GPU path, step by step.
 
-    python scripts/benchmark_gpu.py --out gpu_session/          # on a GPU node, about 8 minutes on an H100 (estimated)
-    python scripts/benchmark_gpu.py --out smoke/ --smoke        # the same steps at tiny shapes on the CPU, ~30 s
+    python scripts/benchmark_gpu.py -o gpu_session/          # on a GPU node, about 8 minutes on an H100 (estimated)
+    python scripts/benchmark_gpu.py -o smoke/ --smoke        # the same steps at tiny shapes on the CPU, ~30 s
 
 Models have random weights of the real shapes (speed does not depend on the
 weights) and DNABERT-S's real tokenizer (tests/data/arch_tiny/dnabert_s), so
@@ -46,6 +46,7 @@ import torch
 import units
 from benchmarking import random_models, synthetic
 from benchmarking.timing import agreement, device_name, timed
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import nvidia_driver, refuse_an_unusable_gpu, resolve_device
 from virnucpro.errors import InputError
@@ -53,7 +54,8 @@ from virnucpro.files import atomic_write
 from virnucpro.models.loaders import PIPELINES, esm_tokenizer
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.precision import dtype_name
-from virnucpro.prediction import predict
+from virnucpro.prediction import outputs, predict
+from virnucpro.runs import read_record
 from virnucpro.scoring.calls import NUM_CLASSES
 from virnucpro.scoring.checkpoints import HIDDEN_DIM
 from virnucpro.sequences.fasta import write_fasta
@@ -73,7 +75,7 @@ class Session:
     """The session's sizes, its folder and its results, saved after every step."""
 
     def __init__(self, args, device):
-        self.device, self.smoke, self.out = device, args.smoke, args.out
+        self.device, self.smoke, self.out = device, args.smoke, args.output_dir
         self.shapes = SMOKE_SHAPES if args.smoke else REAL_SHAPES
         self.synthetic_frames = synthetic.synthetic_frames(8 if args.smoke else 4096, seed=1)
         self.budgets = (512, 2048) if args.smoke else (16384, 65536)
@@ -233,7 +235,7 @@ def end_to_end(session: Session) -> dict:
             keep_intermediate=False, plot=False, overwrite=False, slurm_array=False)
         with GpuUtilisation(session.device) as utilisation:
             seconds = timed(lambda: predict.run(request, classifier, metadata, None), session.device)
-        with open(os.path.join(request.output_dir, "prediction_results.txt")) as handle:
+        with open(os.path.join(request.output_dir, outputs.FRAMES_FILE)) as handle:
             frames = sum(1 for _ in handle) - 1
     return {"reads": session.reads, "frames": frames, "seconds_run": round(seconds, 2),
             "frames_per_s": round(frames / seconds, 1), "gpu_utilisation_percent": utilisation.mean}
@@ -247,8 +249,7 @@ def host_ceiling(session: Session) -> dict:
                           capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
-    with open(result_file) as handle:
-        result = json.load(handle)
+    result = read_record(result_file, "scripts/benchmark_speed.py", "run the session again")
     return {key: result[key] for key in ("frames", "cores", "frames_per_second", "host_frames_per_second")}
 
 
@@ -340,26 +341,29 @@ def format_cell(value) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder for the session's JSON and work files")
+    options.output_dir(parser, "the session's JSON and work files (required)")
+    parser.add_argument("--out", dest="output_dir", help=argparse.SUPPRESS)          # its first spelling
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: every step runs, in seconds")
     parser.add_argument("--reads", type=at_least(1), help="reads of the end-to-end step (default 20,000)")
     parser.add_argument("--report", help="markdown report (default reports/benchmark_gpu.md, or DIR/benchmark_gpu.md "
                                          "with --smoke)")
     args = parser.parse_args(argv)
+    if args.output_dir is None:
+        parser.error("the following arguments are required: -o/--output-dir")
     if not args.smoke and not torch.cuda.is_available():
         refuse_an_unusable_gpu("cuda")                      # a GPU this torch cannot use: says which build
         raise InputError("no CUDA GPU is available here, and the session measures one; --smoke runs its steps "
                          "on the CPU")
     device = resolve_device("cpu" if args.smoke else "cuda")
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.output_dir, exist_ok=True)
     session = Session(args, device)
     for name, step in STEPS:
         session.run(name, step)
-    path = args.report or (os.path.join(args.out, "benchmark_gpu.md") if args.smoke else
+    path = args.report or (os.path.join(args.output_dir, "benchmark_gpu.md") if args.smoke else
                            os.path.join(ROOT, "reports", "benchmark_gpu.md"))
     with atomic_write(path) as handle:
         handle.write(report(session.results) + "\n")
-    print(f"results: {os.path.join(args.out, RESULT_FILE)}; report: {path}")
+    print(f"results: {os.path.join(args.output_dir, RESULT_FILE)}; report: {path}")
     return 0
 
 

@@ -32,8 +32,8 @@ Prints a table of stages and, with --json FILE, writes
 this CPU does here and a GPU does in a real run: the scoring step less its
 host part (padded batches), i.e. storing the stand-ins' outputs, the finite
 check and the classifier.
-Models: the default Hugging Face models, local folders (--fastesm-model,
---esm2-3b-model), or random weights of the real shapes (--random-weights, no
+Models: the default Hugging Face models, local folders (--protein-model for
+FastESM2_650, --baseline-protein-model for ESM2-3B), or random weights of the real shapes (--random-weights, no
 download). A CPU run with small sizes is a smoke test, not a measurement.
 """
 from __future__ import annotations
@@ -53,13 +53,14 @@ from benchmarking import random_models, synthetic
 from benchmarking.host_ceiling import measure, print_result
 from benchmarking.synthetic import ORF_READ_LENGTH
 from benchmarking.timing import device_name, timed
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
 from virnucpro.models.loaders import PIPELINES, Pipeline, esm_tokenizer
 from virnucpro.models.modelfiles import model_folder
-from virnucpro.models.pins import DEFAULT_MODELS_DIR, ESM2_3B, FASTESM2_650, MERGED_DIM, MODELS_ENV
+from virnucpro.models.pins import MERGED_DIM
 from virnucpro.prediction import predict
 from virnucpro.scoring.calls import NUM_CLASSES
 from virnucpro.scoring.checkpoints import HIDDEN_DIM
@@ -120,10 +121,10 @@ def time_end_to_end(args, device) -> list[dict]:
                 input_path=args.reads, chunk_length=300, classifier_path=checkpoint, pipeline=name, output_dir=output,
                 min_length=predict.default_min_length(300), min_region=predict.MIN_REGION, min_score=None,
                 max_fdr=None, device=str(device),
-                dna_model=args.dna_model, protein_model=args.fastesm_model if name == "fastesm650" else
-                args.esm2_3b_model, models_dir=args.models_dir, dna_batch_tokens=DNA_TOKS_PER_BATCH,
-                protein_batch_tokens=PROTEIN_TOKS_PER_BATCH, chunks_per_shard=predict.CHUNKS_PER_SHARD,
-                keep_intermediate=False, plot=False, overwrite=False, slurm_array=False)
+                dna_model=args.dna_model, protein_model=args.protein_model if name == "fastesm650" else
+                args.baseline_protein_model, models_dir=args.models_dir, dna_batch_tokens=args.dna_batch_tokens,
+                protein_batch_tokens=args.protein_batch_tokens, chunks_per_shard=predict.CHUNKS_PER_SHARD,
+                keep_intermediate=False, plot=False, overwrite=False, slurm_array=False, dna_fp32=args.dna_fp32)
             seconds = timed(lambda: predict.run(request, classifier, metadata, None), device)
         rows.append({"pipeline": name, "seconds": seconds, "reads": reads, "reads_per_s": reads / seconds})
     if not rows:
@@ -193,17 +194,13 @@ def write_end_to_end_report(path, device, rows) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
+    options.device(parser)
     parser.add_argument("--sequences", type=at_least(1), help="proteins per run (default 2000 on a GPU, 16 on a CPU)")
     parser.add_argument("--runs", type=at_least(1), default=3, help="timed runs after the warm-up (default 3)")
-    parser.add_argument("--toks-per-batch", type=at_least(1), default=PROTEIN_TOKS_PER_BATCH,
-                        help="tokens per batch (default %(default)s)")
+    options.encoder_settings(parser)
     parser.add_argument("--reads", default=SAMPLE, help="sample reads (default: data/sample.fasta)")
-    parser.add_argument("--fastesm-model", help=f"FastESM2_650 id or folder (default {FASTESM2_650.hub_id})")
-    parser.add_argument("--esm2-3b-model", help=f"ESM2-3B id or folder (default {ESM2_3B.hub_id})")
-    parser.add_argument("--dna-model", help="DNABERT-S id or folder, for --end-to-end")
-    parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
-                                             f"${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
+    options.language_models(parser, baseline=True)
+    options.models_dir(parser)
     parser.add_argument("--random-weights", action="store_true", help="random models of the real shapes")
     parser.add_argument("--end-to-end", action="store_true", help="time the whole prediction per pipeline")
     parser.add_argument("--checkpoint", help="FastESM2_650 classifier, for --end-to-end")
@@ -238,10 +235,10 @@ def main(argv=None):
     proteins = synthetic.sample_proteins(args.reads, count)
     with tempfile.TemporaryDirectory() as folder:
         fasta = write_fasta(os.path.join(folder, "proteins.faa"), proteins)
-        settings = [(fastesm, args.fastesm_model, half), (esm2_3b, args.esm2_3b_model, half)]
+        settings = [(fastesm, args.protein_model, half), (esm2_3b, args.baseline_protein_model, half)]
         if device.type == "cuda":
-            settings.append((esm2_3b, args.esm2_3b_model, torch.float32))        # as published
-        rows = [time_extraction(p, m, fasta, device, dtype, args.runs, args.toks_per_batch, args.random_weights,
+            settings.append((esm2_3b, args.baseline_protein_model, torch.float32))        # as published
+        rows = [time_extraction(p, m, fasta, device, dtype, args.runs, args.protein_batch_tokens, args.random_weights,
                                 args.models_dir)
                 for p, m, dtype in settings]
     comparisons = [("same precision", rows[0]["mean_s"] / rows[1]["mean_s"])]

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 
+from virnucpro.commands import options
 from virnucpro.commands.cli import fraction, run_cli
 from virnucpro.files import atomic_write, check_writable_file
 from virnucpro.log import logger
@@ -48,8 +49,8 @@ from virnucpro.training import splits
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--merge-dir", default="data/data_merge", help="merged features (default: data/data_merge)")
-    parser.add_argument("--data-dir", default="data", help="where the split FASTA files are, for frame lengths")
+    options.data_dir(parser, "where the split FASTA files are, for frame lengths")
+    options.merge_dirs(parser)
     parser.add_argument("--test-fraction", type=fraction, default=0.1,
                         help="share of each class held out (default 0.1)")
     parser.add_argument("--group-by", choices=splits.GROUP_LEVELS, default="organism",
@@ -59,9 +60,9 @@ def main(argv=None):
     parser.add_argument("--folds", type=int, help="deal the groups into this many group-disjoint folds ...")
     parser.add_argument("--fold", type=int, help="... and hold out this one (1 to --folds)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--output", default="data/test_set/test_metadata.json",
-                        help="split file to write (default: data/test_set/test_metadata.json)")
+    parser.add_argument("--output", default=splits.DEFAULT_SPLIT, help="split file to write (default: %(default)s)")
     args = parser.parse_args(argv)
+    options.merge_dir_defaults(args)
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must be between 0 and 1")
     if not 80 <= args.ani <= 100:

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, check_writable, check_writable_file
@@ -43,27 +44,27 @@ def parse_args(argv):
     parser.add_argument("--folds", type=at_least(2), default=5, help="number of folds (default %(default)s)")
     parser.add_argument("--group-by", choices=GROUP_LEVELS, default="organism",
                         help="what is held out together (default: organism)")
-    parser.add_argument("--merge-dir", default="data/data_merge", help="FastESM2_650 merged features")
-    parser.add_argument("--baseline-merge-dir", default="data/data_merge_esm2_3b",
-                        help="ESM2-3B merged features; without them, FastESM2_650 alone")
-    parser.add_argument("--data-dir", default="data", help="genomes and lineages (default: data)")
+    options.merge_dirs(parser, baseline=True)
+    options.data_dir(parser, "genomes and lineages")
     parser.add_argument("--work-dir", default="data/cross_validation",
                         help="each fold's split, models and evaluation (default: %(default)s)")
     parser.add_argument("--report", default="reports/cross_validation.md", help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=42, help="fold assignment seed (default 42)")
     parser.add_argument("--frames-only", action="store_true",
                         help="evaluate the frames of annotated CDS only (no prediction runs)")
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    for option in ("--models-dir", "--dna-model", "--protein-model", "--baseline-protein-model"):
-        parser.add_argument(option, help="passed to scripts/evaluate_compare.py")
+    options.device(parser)
+    options.models_dir(parser)
+    options.language_models(parser, baseline=True)
     parser.add_argument("--epochs", type=int, help="passed to train_fastesm.py (default: its own)")
     parser.add_argument("--lr", type=float, help="passed to train_fastesm.py")
     parser.add_argument("--patience", type=int, help="passed to train_fastesm.py")
     parser.add_argument("--batch-size", type=int, help="passed to train_fastesm.py")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    options.merge_dir_defaults(args)
+    return args
 
 
-def options(args, names) -> list[str]:
+def passed_on(args, names) -> list[str]:
     """``--name value`` for each of ``names`` the user gave."""
     given = []
     for name in names:
@@ -112,13 +113,13 @@ def run_fold(args, fold: int, baseline: bool) -> str:
         models[pipeline] = os.path.join(folder, f"model_{pipeline}.pth")
         if not os.path.exists(models[pipeline]):
             run("train_fastesm.py", "--pipeline", pipeline, "--merge-dir", merge_dir, "--split", split, "--output",
-                models[pipeline], "--device", args.device, *options(args, ("epochs", "lr", "patience", "batch_size")))
-    arguments = ["--model", models["fastesm650"], "--merge-dir", args.merge_dir, "--split", split, "--data-dir",
-                 args.data_dir, "--work-dir", os.path.join(folder, "evaluation"), "--report-dir", reports,
+                models[pipeline], "--device", args.device, *passed_on(args, ("epochs", "lr", "patience", "batch_size")))
+    arguments = ["--checkpoint", models["fastesm650"], "--merge-dir", args.merge_dir, "--split", split, "--data-dir",
+                 args.data_dir, "--work-dir", os.path.join(folder, "evaluation"), "--output-dir", reports,
                  "--device", args.device,
-                 *options(args, ("frames_only", "models_dir", "dna_model", "protein_model", "baseline_protein_model"))]
+                 *passed_on(args, ("frames_only", "models_dir", "dna_model", "protein_model", "baseline_protein_model"))]
     if baseline:
-        arguments += ["--baseline-model", models["esm2_3b"], "--baseline-merge-dir", args.baseline_merge_dir]
+        arguments += ["--baseline-checkpoint", models["esm2_3b"], "--baseline-merge-dir", args.baseline_merge_dir]
     if not os.path.exists(os.path.join(reports, "validation_summary.json")):
         run("scripts/evaluate_compare.py", *arguments, allowed=(0, 1))        # 1: this fold FAILED
     return reports
@@ -126,11 +127,10 @@ def run_fold(args, fold: int, baseline: bool) -> str:
 
 def read_fold(reports: str, baseline: bool) -> dict:
     """A finished fold's summary and each classifier's metrics."""
-    with open(os.path.join(reports, "validation_summary.json")) as handle:
-        fold = {"summary": json.load(handle)}
+    fix = f"delete {os.path.dirname(reports)} to run the fold again"
+    fold = {"summary": read_record(os.path.join(reports, "validation_summary.json"), "evaluate_compare.py", fix)}
     for pipeline, name in NAMES[:1 + baseline]:
-        with open(os.path.join(reports, f"metrics_{pipeline}.json")) as handle:
-            fold[name] = json.load(handle)
+        fold[name] = read_record(os.path.join(reports, f"metrics_{pipeline}.json"), "evaluate_compare.py", fix)
     return fold
 
 

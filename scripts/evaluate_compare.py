@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Evaluate the FastESM2_650 classifier on the held-out records, against the ESM2-3B baseline.
 
-    python scripts/evaluate_compare.py [--model data/model_fastesm650_500.pth] \\
-        [--baseline-model data/model_esm2_3b_500.pth] [--baseline-merge-dir data/data_merge_esm2_3b]
+    python scripts/evaluate_compare.py [--checkpoint data/model_fastesm650_500.pth] \\
+        [--baseline-checkpoint data/model_esm2_3b_500.pth] [--baseline-merge-dir data/data_merge_esm2_3b]
 
 Like for like: the baseline is the ESM2-3B classifier trained by
 train_fastesm.py --pipeline esm2_3b on the same split (found in data/ when
---baseline-model is not given). Each model must record
+--baseline-checkpoint is not given). Each model must record
 the split it was trained on (train_fastesm.py does): a model trained on
 another split is refused, since some test records would be its training data.
 The published 300_model.pth / 500_model.pth were trained on a random
 per-frame split over all records, so they have seen the test genomes: given
-as --baseline-model they are reported in a section of their own, as an
+as --baseline-checkpoint they are reported in a section of their own, as an
 optimistic bound, and never enter the verdict.
 
 Four levels, each labelled:
@@ -45,10 +45,10 @@ reads it for its Viral_probability and FDR columns. The report gives the
 expected calibration error before and after on the test sequences, with a
 reliability plot (reliability.png).
 
-Writes reports/validation_report.md (per level: metrics with intervals and
+Writes, in -o (default reports/), validation_report.md (per level: metrics with intervals and
 the paired difference; prevalence table, confusion matrices, ROC curves as
-PNG, breakdowns by sequence and frame length), reports/metrics_<pipeline>.json
-and reports/validation_summary.json (result and verdict per level); the held-out sequences and the prediction
+PNG, breakdowns by sequence and frame length), metrics_<pipeline>.json
+and validation_summary.json (result and verdict per level); the held-out sequences and the prediction
 runs go to --work-dir (a re-run reuses finished prediction runs).
 """
 from __future__ import annotations
@@ -59,6 +59,7 @@ import subprocess
 import sys
 
 import units
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, fraction, run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.errors import InputError
@@ -66,7 +67,6 @@ from virnucpro.files import check_writable
 from virnucpro.log import logger
 from virnucpro.models.features import FeatureSet, find_merged_files
 from virnucpro.models.loaders import PIPELINES
-from virnucpro.models.pins import DEFAULT_MODELS_DIR, MODELS_ENV
 from virnucpro.scoring.checkpoints import default_checkpoint_path
 from virnucpro.training import evaluation, report
 from virnucpro.training.splits import read_split, record_fingerprint
@@ -93,22 +93,22 @@ def load_model(model_path, pipeline, features, device, split_file, test: set):
 
 
 def load_classifiers(args, split: dict) -> list[evaluation.Classifier]:
-    """The FastESM2_650 classifier and, with --baseline-model, the ESM2-3B one, each with its features."""
+    """The FastESM2_650 classifier and, with --baseline-checkpoint, the ESM2-3B one, each with its features."""
     test = set(split["test_accessions"])
     device = resolve_device(args.device)
     features = FeatureSet(find_merged_files(args.merge_dir))
-    model_path = default_checkpoint_path(args.model, features.chunk_length())
+    model_path = default_checkpoint_path(args.checkpoint, features.chunk_length())
     model, _, metadata = load_model(model_path, "fastesm650", features, device, args.split, test)
     classifiers = [evaluation.Classifier("FastESM2_650", model_path, "fastesm650", model, features, True, metadata)]
     trained_baseline = default_checkpoint_path(None, features.chunk_length(), "esm2_3b")
-    if args.baseline_model is None and os.path.isfile(trained_baseline):
-        args.baseline_model = trained_baseline
+    if args.baseline_checkpoint is None and os.path.isfile(trained_baseline):
+        args.baseline_checkpoint = trained_baseline
         logger.info(f"baseline: {trained_baseline}, the ESM2-3B classifier train_fastesm.py --pipeline esm2_3b wrote")
-    if args.baseline_model:
+    if args.baseline_checkpoint:
         baseline = FeatureSet(find_merged_files(args.baseline_merge_dir), PIPELINES["esm2_3b"].input_dim)
-        baseline_model, like_for_like, metadata = load_model(args.baseline_model, "esm2_3b", baseline, device,
+        baseline_model, like_for_like, metadata = load_model(args.baseline_checkpoint, "esm2_3b", baseline, device,
                                                              args.split, test)
-        classifiers.append(evaluation.Classifier("ESM2-3B", args.baseline_model, "esm2_3b", baseline_model,
+        classifiers.append(evaluation.Classifier("ESM2-3B", args.baseline_checkpoint, "esm2_3b", baseline_model,
                                                  baseline, like_for_like, metadata))
     return classifiers
 
@@ -136,15 +136,14 @@ def prediction_runner(args, chunk_length: int) -> evaluation.Predict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="FastESM2_650 checkpoint, or the folder holding it (default: "
-                                        "data/model_fastesm650_<length>.pth, the chunk length the features record)")
-    parser.add_argument("--merge-dir", default="data/data_merge", help="FastESM2_650 merged features")
-    parser.add_argument("--split", default="data/test_set/test_metadata.json", help="test split (create_test_set.py)")
-    parser.add_argument("--baseline-model", help="ESM2-3B checkpoint: train_fastesm.py --pipeline esm2_3b on the "
-                                                 "same split (default: data/model_esm2_3b_<length>.pth when it is "
-                                                 "there), or a published one (reported apart)")
-    parser.add_argument("--baseline-merge-dir", default="data/data_merge_esm2_3b",
-                        help="ESM2-3B merged features (features_extract.py --pipeline esm2_3b)")
+    parser.add_argument("--checkpoint", help="FastESM2_650 classifier, or the folder holding it (default: "
+                                             "data/model_fastesm650_<length>.pth, the chunk length the features "
+                                             "record)")
+    parser.add_argument("--baseline-checkpoint",
+                        help="ESM2-3B classifier: train_fastesm.py --pipeline esm2_3b on the same split (default: "
+                             "data/model_esm2_3b_<length>.pth when it is there), or a published one (reported apart)")
+    options.merge_dirs(parser, baseline=True)
+    options.split(parser)
     parser.add_argument("--frames-only", action="store_true",
                         help="only the frames of annotated CDS in the merged features: no prediction run, no "
                              "language models needed")
@@ -155,26 +154,24 @@ def parse_args(argv):
                         help="at most this many of each length per record, spread evenly (default %(default)s)")
     parser.add_argument("--work-dir", default="data/test_set/evaluation",
                         help="held-out sequences and the prediction runs on them (default: %(default)s)")
-    parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV}, else "
-                                             f"{DEFAULT_MODELS_DIR})")
-    parser.add_argument("--dna-model", help="DNABERT-S: Hugging Face id or local folder")
-    parser.add_argument("--protein-model", help="FastESM2_650: Hugging Face id or local folder")
-    parser.add_argument("--baseline-protein-model", help="ESM2-3B: Hugging Face id or local folder")
+    options.models_dir(parser)
+    options.language_models(parser, baseline=True)
     parser.add_argument("--threshold", type=fraction, default=0.05,
                         help="largest acceptable accuracy drop (default 0.05: 5 points)")
     parser.add_argument("--replicates", type=at_least(100), default=2000,
                         help="bootstrap replicates (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--data-dir", default="data",
-                        help="where the genomes (*genomic.fna.gz) and the split FASTA files are (default: data)")
-    parser.add_argument("--report-dir", default="reports", help="where the report goes (default: reports)")
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    return parser.parse_args(argv)
+    options.data_dir(parser, "where the genomes (*genomic.fna.gz) and the split FASTA files are")
+    options.output_dir(parser, "the report, its plots and metrics", "reports")
+    options.device(parser)
+    args = parser.parse_args(argv)
+    options.merge_dir_defaults(args)
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    check_writable(args.report_dir, "--report-dir", "the report")
+    check_writable(args.output_dir, "-o", "the report")
     if not args.frames_only:
         check_writable(args.work_dir, "--work-dir", "the held-out sequences and their prediction runs")
     split = read_split(args.split)
@@ -198,7 +195,7 @@ def main(argv=None):
                                                             args.threshold if like_for_like else None)
     notes = report.notes_of(args.split, split, classifiers, levels, args.fragment_lengths, args.fragments_per_record,
                             args.work_dir)
-    overall, report_file = report.write_evaluation(args.report_dir, levels, classifiers, calibrated, results,
+    overall, report_file = report.write_evaluation(args.output_dir, levels, classifiers, calibrated, results,
                                                    intervals, verdicts, like_for_like, args.threshold,
                                                    evaluation.breakdowns(levels, lengths or []), notes)
     print("\n".join(report.console_lines(levels, results, intervals, verdicts)))

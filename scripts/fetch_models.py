@@ -31,11 +31,12 @@ import argparse
 import os
 import sys
 
+from virnucpro.commands import options
 from virnucpro.commands.cli import run_cli
 from virnucpro.files import check_writable, check_writable_file
 from virnucpro.log import logger
 from virnucpro.models import fetching
-from virnucpro.models.pins import ARTIFACTS, DEFAULT_MODELS_DIR, MODELS_ENV, models_dir
+from virnucpro.models.pins import ARTIFACTS, models_dir
 
 
 def parse_args(argv):
@@ -43,8 +44,7 @@ def parse_args(argv):
     parser.add_argument("items", nargs="*", metavar="ITEM",
                         help=f"what to fetch: {', '.join(ARTIFACTS)} (default: what prediction.py uses)")
     parser.add_argument("--all", action="store_true", help="fetch every item")
-    parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV}, else "
-                                             f"{DEFAULT_MODELS_DIR})")
+    options.models_dir(parser)
     parser.add_argument("--revision", help="fetch FastESM2_650 at this commit instead of its pin (main)")
     parser.add_argument("--bundle", metavar="FILE.tar", help="then pack the items into one file for machines "
                                                              "without internet")

@@ -17,10 +17,10 @@ import argparse
 import os
 
 import units
+from virnucpro.commands import options
 from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.log import logger
-from virnucpro.models.pins import DEFAULT_MODELS_DIR, MODELS_ENV
 from virnucpro.scoring.calibration import calibration_path
 from virnucpro.scoring.checkpoints import default_checkpoint_path, install_classifier
 
@@ -30,7 +30,7 @@ def parse_args(argv):
     parser.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
                         help="trained FastESM2_650 classifiers (default: data/model_fastesm650_300.pth and "
                              "data/model_fastesm650_500.pth, those that are there)")
-    parser.add_argument("--models-dir", help=f"models folder (default: ${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
+    options.models_dir(parser)
     return parser.parse_args(argv)
 
 

@@ -39,7 +39,7 @@ def main(argv=None):
     parser.add_argument("results", help="prediction_results.txt, or the folder holding it")
     parser.add_argument("--length", type=int, choices=(300, 500),
                         help="chunk length (default: from run.json beside the results, else 500)")
-    parser.add_argument("-o", "--output", help="PNG to write (default: prediction.png beside the results)")
+    parser.add_argument("--output", help="PNG to write (default: prediction.png beside the results)")
     args = parser.parse_args(argv)
     results = os.path.join(args.results, outputs.FRAMES_FILE) if os.path.isdir(args.results) else args.results
     folder = os.path.dirname(os.path.abspath(results))

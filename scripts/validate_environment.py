@@ -22,12 +22,13 @@ import time
 
 import torch
 
+from virnucpro.commands import options
 from virnucpro.commands.cli import run_cli
 from virnucpro.devices import resolve_device
 from virnucpro.errors import InputError
 from virnucpro.models.loaders import load_fast_esm
 from virnucpro.models.modelfiles import model_folder
-from virnucpro.models.pins import DEFAULT_MODELS_DIR, FASTESM2_650, MODELS_ENV
+from virnucpro.models.pins import FASTESM2_650
 
 OLDEST_TRANSFORMERS = (4, 57)
 
@@ -99,10 +100,9 @@ def check_sdpa(device) -> tuple[bool, str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    parser.add_argument("--protein-model", help=f"FastESM2_650 id or folder (default {FASTESM2_650.hub_id})")
-    parser.add_argument("--models-dir", help=f"models folder of scripts/fetch_models.py (default: "
-                                             f"${MODELS_ENV}, else {DEFAULT_MODELS_DIR})")
+    options.device(parser)
+    options.language_models(parser, dna=False)
+    options.models_dir(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     checks = [("ENV-01", "PyTorch with CUDA", lambda: check_torch(device)),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check the merged training features: the success criterion of the extraction.
 
-    python scripts/validate_features.py [data/data_merge]
+    python scripts/validate_features.py [--merge-dir data/data_merge]
 
 Every *_merged.pt file under the folder must hold 2048-d finite rows (3328-d
 with --pipeline esm2_3b), one id per row, ids unique across all files, and a
@@ -11,14 +11,13 @@ names each bad file when a check fails.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from virnucpro.commands import options
 from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.models.features import find_merged_files, load_merged_file
 from virnucpro.models.loaders import PIPELINES
-from virnucpro.training.selection import DEFAULT_MERGE_DIR
 
 
 def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
@@ -44,13 +43,11 @@ def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("merge_dir", nargs="?",
-                        help="folder of merged files (default: data/data_merge, or data/data_merge_esm2_3b for "
-                             "--pipeline esm2_3b)")
-    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="fastesm650",
-                        help="which features: fastesm650 (2048-d, default) or esm2_3b (3328-d)")
+    options.merge_dirs(parser)
+    options.pipeline(parser)
     args = parser.parse_args(argv)
-    files = find_merged_files(args.merge_dir or os.path.join("data", DEFAULT_MERGE_DIR[args.pipeline]))
+    options.merge_dir_defaults(args)
+    files = find_merged_files(args.merge_dir)
     counts, problems = validate(files, PIPELINES[args.pipeline].input_dim)
     print(f"{len(files)} merged files: {counts['viral_files']} viral ({counts['viral_rows']} rows), "
           f"{counts['host_files']} host ({counts['host_rows']} rows)")

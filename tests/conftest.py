@@ -1,3 +1,4 @@
+import csv
 import importlib
 import logging
 import os
@@ -92,16 +93,25 @@ def cuda_machine(monkeypatch):
 
 
 def interrupt_after(monkeypatch, module, name, calls):
-    """Make ``<module>.<name>`` stop the run (as Ctrl-C would) when called for the ``calls + 1``-th time."""
-    original, made = getattr(module, name), []
+    """Make ``<module>.<name>`` stop the run (as Ctrl-C would) at its ``calls + 1``-th call, once; return the
+    arguments of every call made through it, so that a test can count what the resumed run redoes."""
+    original, made, stopped = getattr(module, name), [], []
 
     def interrupted(*args, **kwargs):
-        made.append(1)
-        if len(made) > calls:
+        made.append(args)
+        if len(made) == calls + 1 and not stopped:
+            stopped.append(True)
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, name, interrupted)
+    return made
+
+
+def read_tsv(path):
+    """A result table's rows, as dicts by column name."""
+    with open(path) as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 @pytest.fixture

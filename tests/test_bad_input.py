@@ -517,19 +517,6 @@ def test_overwrite_replaces_the_results_of_something_else(models, sample_run, tm
     assert json.loads((output / "run.json").read_text())["files"] == list(outputs.RESULT_FILES)
 
 
-def test_a_stale_lock_is_taken_over(models, sample_run, tmp_path, caplog):
-    import subprocess
-
-    finished = subprocess.Popen(["true"])
-    finished.wait()
-    output = tmp_path / "out"
-    output.mkdir()
-    (output / LOCK_FILE).write_text(json.dumps({"pid": finished.pid, "host": socket.gethostname()}))
-    assert prediction.main(predict_args(models, output, input_fasta=SAMPLE)) == 0
-    assert "taking over the lock of a run that ended" in caplog.text
-    assert result_bytes(output) == result_bytes(sample_run) and not (output / LOCK_FILE).exists()
-
-
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
 def test_outputs_follow_the_users_umask(models, tmp_path, umask, mode):
     previous = os.umask(umask)

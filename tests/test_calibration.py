@@ -1,6 +1,5 @@
 """Calibrated scores and the FDR: isotonic calibration, its file beside the classifier,
 and prediction's Viral_probability, FDR and --min-score / --max-fdr filters."""
-import csv
 import json
 import shutil
 
@@ -9,7 +8,7 @@ import pytest
 
 import prediction as predictor
 import units
-from conftest import GOLDEN, predict_args
+from conftest import GOLDEN, predict_args, read_tsv
 from virnucpro.errors import InputError
 from virnucpro.files import file_sha256
 from virnucpro.models.pins import MERGED_DIM
@@ -21,11 +20,6 @@ from virnucpro.sequences.fasta import read_fasta, write_fasta_record
 # a hand-made calibration: chunk scores squeezed into [0.05, 0.95], sequences as the mean of their chunks
 SQUEEZE = Calibration((np.array([0.0, 1.0]), np.array([0.05, 0.95])), (np.array([0.0, 1.0]),
                                                                               np.array([0.0, 1.0])))
-
-
-def read_tsv(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 def miscalibrated(rng, n):

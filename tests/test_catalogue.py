@@ -153,7 +153,7 @@ CASES = [
      "argument --test-fraction: 1.5 is not between 0 and 1", [], []),
     # ---- scripts/evaluate_compare.py
     ("report folder that cannot be written", "evaluate_compare",
-     lambda tmp, models: ["--report-dir", str(unwritable(tmp)), "--frames-only"],
+     lambda tmp, models: ["--output-dir", str(unwritable(tmp)), "--frames-only"],
      "the report cannot be written there", [], []),
     # ---- scripts/fetch_models.py
     ("--from-bundle a folder", "fetch_models",
@@ -171,7 +171,7 @@ CASES = [
      "the models folder (--models-dir) is a file, not a folder", [], []),
     # ---- scripts/plot_predictions.py
     ("plot that cannot be written", "plot_predictions",
-     lambda tmp, models: [str(results_folder(tmp)), "-o", str(unwritable(tmp) / "plot.png")],
+     lambda tmp, models: [str(results_folder(tmp)), "--output", str(unwritable(tmp) / "plot.png")],
      "the plot cannot be written there", [], []),
     ("results that are not there", "plot_predictions", lambda tmp, models: [str(tmp / "prediction_results.txt")],
      "prediction_results.txt: no such file", [], ["prediction.png"]),

@@ -77,19 +77,19 @@ def test_each_process_of_a_team_makes_its_gpu_current(cuda_machine):
         Team().device("cuda:7")
 
 
-def test_encoders_run_in_half_precision_on_a_gpu_and_in_fp32_on_the_cpu():
-    from types import SimpleNamespace
-
-    from virnucpro.models.loaders import default_dtype
+def test_encoders_run_in_half_precision_on_a_gpu_and_in_fp32_on_the_cpu(tiny_models):
+    from virnucpro.models.loaders import Encoders, default_dtype
     from virnucpro.models.pins import DNABERT_S, ESM2_3B, FASTESM2_650
-    from virnucpro.prediction.predict import encoder_dtypes
 
-    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    gpu, cpu = torch.device("cuda:0"), torch.device("cpu")
     assert [default_dtype(spec, gpu) for spec in (DNABERT_S, FASTESM2_650, ESM2_3B)] == \
         [torch.bfloat16, torch.float16, torch.float32]                   # ESM2-3B: the published fp32
     assert {default_dtype(spec, cpu) for spec in (DNABERT_S, FASTESM2_650, ESM2_3B)} == {torch.float32}
-    assert encoder_dtypes(SimpleNamespace(dna_fp32=True, pipeline="fastesm650"), gpu) == \
-        (torch.float32, torch.float16)
+    folders = tiny_models["dna"], tiny_models["protein"]
+    assert Encoders.choose("fastesm650", gpu, *folders).precision == {"dna": "bfloat16", "protein": "float16"}
+    assert Encoders.choose("fastesm650", gpu, *folders, dna_fp32=True).precision == \
+        {"dna": "float32", "protein": "float16"}
+    assert Encoders.choose("fastesm650", cpu, *folders).precision == {"dna": "float32", "protein": "float32"}
 
 
 def test_a_run_records_its_precision_and_resumes_only_in_it(models, tmp_path):

@@ -63,36 +63,6 @@ def test_padded_batches_hold_each_row_then_padding():
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
 
 
-def test_batched_dna_embeddings_equal_one_at_a_time(dnabert):
-    model, tokenizer = dnabert
-    sequences = random_dna(30, seed=2)
-    ids = [f"s{k}" for k in range(len(sequences))]
-    batched, failures = engine.embed_rows(engine.DnaEncoder(model), engine.dna_tokens(tokenizer, sequences), ids,
-                                          tokenizer.pad_token_id, 2048, "DNABERT-S")
-    assert not failures
-    with torch.inference_mode():
-        for row, sequence in enumerate(sequences):
-            alone = model(torch.tensor([tokenizer(sequence)["input_ids"]]))[0][0].mean(dim=0)
-            assert torch.allclose(batched[row], alone, atol=1e-6, rtol=1e-6)    # fp32 rounding
-
-
-def test_batched_protein_embeddings_equal_one_at_a_time(fastesm):
-    model, tokenizer = fastesm
-    rng = np.random.default_rng(3)
-    proteins = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), rng.integers(3, 200))) for _ in range(30)]
-    ids = [f"p{k}" for k in range(len(proteins))]
-    rows = engine.protein_tokens(tokenizer, engine.residue_table(tokenizer), proteins)
-    batched, failures = engine.embed_rows(engine.ProteinEncoder(model), rows, ids, tokenizer.pad_token_id, 1024,
-                                          "FastESM2_650")
-    assert not failures
-    with torch.inference_mode():
-        for row, protein in enumerate(proteins):
-            tokens = torch.tensor([tokenizer.build_inputs_with_special_tokens(
-                tokenizer.convert_tokens_to_ids(list(protein)))])
-            alone = model(input_ids=tokens).last_hidden_state[0, 1:-1].mean(dim=0)
-            assert torch.allclose(batched[row], alone, atol=1e-6, rtol=1e-6)    # fp32 rounding
-
-
 def test_scores_are_the_classifier_on_both_embeddings(dnabert, fastesm):
     chunks = list(iter_fasta_chunks(ROOT / "data/sample.fasta", 300))
     frames = stop_free_frames(chunks)

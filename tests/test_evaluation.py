@@ -1,7 +1,6 @@
 """The evaluation a reviewer would accept, end to end on synthetic genomes with tiny models:
 both classifiers trained on one group-held-out split, scored at the tool's own decision levels
 through prediction.py, with group-bootstrap intervals; ANI grouping and group-disjoint folds."""
-import csv
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import evaluate_compare as evaluate
 import prediction as predictor
 import train_fastesm as trainer
 import units
-from conftest import ROOT, run_script
+from conftest import ROOT, read_tsv, run_script
 from helpers import genomes as synthetic
 from virnucpro.errors import InputError
 from virnucpro.prediction import outputs
@@ -50,10 +49,10 @@ def study(tiny_models, tmp_path_factory):
 
 def evaluate_args(study, reports, *extra):
     root, models = study["root"], study["models"]
-    return ["--model", str(root / "model_fastesm650_300.pth"), "--merge-dir", str(root / "data_merge"),
-            "--baseline-model", str(root / "model_esm2_3b_300.pth"), "--baseline-merge-dir",
+    return ["--checkpoint", str(root / "model_fastesm650_300.pth"), "--merge-dir", str(root / "data_merge"),
+            "--baseline-checkpoint", str(root / "model_esm2_3b_300.pth"), "--baseline-merge-dir",
             str(root / "data_merge_esm2_3b"), "--split", str(study["split"]), "--data-dir", str(study["data"]),
-            "--work-dir", str(root / "evaluation"), "--report-dir", str(reports), "--device", "cpu",
+            "--work-dir", str(root / "evaluation"), "--output-dir", str(reports), "--device", "cpu",
             "--dna-model", models["dna"], "--protein-model", models["protein"], "--baseline-protein-model",
             models["esm2_3b"], "--fragment-lengths", "300", "1000", "--fragments-per-record", "3",
             "--replicates", "500", *extra]
@@ -87,11 +86,6 @@ def test_the_report_has_every_level_with_intervals_and_a_verdict(evaluated):
         assert ours["n"] == theirs["n"] > 0                                    # the same rows for both
         low, high = ours["intervals_95"]["accuracy"]
         assert low <= ours["accuracy"] <= high
-
-
-def read_tsv(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 @SLOW
@@ -177,7 +171,7 @@ def write_prediction_outputs(folder, frames, chunks, summary):
     (folder / "prediction_results_highestscore.csv").write_text(
         "Modified_ID\tIs_Virus\n" + "".join(f"{i}\t{v}\n" for i, v in chunks))
     (folder / "prediction_summary.tsv").write_text(
-        outputs.SUMMARY_HEADER + "".join(f"{i}\t600\t2\t0\t0\tNA\t{call}\n" for i, call in summary))
+        outputs.header(outputs.SummaryRow) + "".join(f"{i}\t600\t2\t0\t0\tNA\t{call}\n" for i, call in summary))
 
 
 def test_level_rules_by_hand(tmp_path):

@@ -14,6 +14,7 @@ import units
 import validate_features as validate
 from conftest import ROOT, interrupt_after
 from virnucpro.errors import InputError
+from virnucpro.models import loaders
 from virnucpro.models.modelfiles import model_fingerprint
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.training import selection
@@ -90,26 +91,16 @@ def test_merged_files_are_labelled_2048_features(reference, tiny_models, monkeyp
         assert content["labels"] == ([1] if name.startswith("viral") else [0])
         assert content["chunk_length"] == 300 and content["precision"] == {"dna": "float32", "protein": "float32"}
     assert "viral.1.1_merged/output_1_merged.pt" in merged
-    assert validate.main([str(reference / "data_merge")]) == 0
+    assert validate.main(["--merge-dir", str(reference / "data_merge")]) == 0
     assert "3 viral (15 rows), 3 host (15 rows)" in capsys.readouterr().out
 
-    monkeypatch.setattr(units, "load_dnabert_s", lambda *a: pytest.fail("a finished run must not load models"))
+    monkeypatch.setattr(loaders, "load_dnabert_s", lambda *a, **k: pytest.fail("a finished run must not load models"))
     assert features.main(extract_args(tiny_models, reference)) == 0
 
 
 def test_interrupted_run_resumes_to_the_same_files(reference, tiny_models, tmp_path, monkeypatch):
     data = make_data_tree(tmp_path)
-    calls, interrupt = [], [True]
-    original = units.merge_data
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[2])
-        if len(calls) == 3 and interrupt:
-            interrupt.clear()
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(units, "merge_data", interrupted)
+    calls = interrupt_after(monkeypatch, units, "merge_data", 2)
     with pytest.raises(KeyboardInterrupt):
         features.main(extract_args(tiny_models, data))
     assert len(merged_contents(data / "data_merge")) == 2
@@ -174,7 +165,7 @@ def test_validation_catches_corrupted_files(reference, tmp_path, capsys):
     torch.save(nan, viral / "output_2_merged.pt")
     twin = torch.load(viral / "output_3_merged.pt", weights_only=True)
     torch.save(twin, merge_dir / "copy_merged.pt")                               # same ids twice
-    assert validate.main([str(merge_dir)]) == 1
+    assert validate.main(["--merge-dir", str(merge_dir)]) == 1
     errors = capsys.readouterr().err
     assert "output_1_merged.pt: expected a 2048-value feature vector" in errors
     assert "output_2_merged.pt: the features hold NaN" in errors

@@ -1,22 +1,18 @@
 """Paired reads: two mate files (--mate2) or one interleaved file (--interleaved). Each mate is scored as a
 read of its own (``<pair>/1``, ``<pair>/2``) and prediction_pairs.tsv has a row a pair, called from both
 mates' chunks by the sequence rule."""
-import csv
 import gzip
 import json
 import subprocess
 import sys
 
 import pytest
-import torch
 
 import prediction
-import units
-from conftest import ROOT, predict_args
-from virnucpro.models.pins import MERGED_DIM
+from conftest import ROOT, predict_args, read_tsv
+from helpers.models import save_classifier
 from virnucpro.prediction import outputs
-from virnucpro.scoring.calls import NUM_CLASSES, pair_call
-from virnucpro.scoring.checkpoints import HIDDEN_DIM
+from virnucpro.scoring.calls import pair_call
 from virnucpro.sequences.fasta import read_fasta
 
 SAMPLE = ROOT / "data/sample.fasta"
@@ -51,13 +47,7 @@ def reads(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     """A classifier whose calls on these reads are mixed: viral scores raised past one half for some."""
-    torch.manual_seed(1)
-    model = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES)
-    with torch.no_grad():
-        model.output_layer.bias[:] = torch.tensor([0.0, 2.15])
-    path = tmp_path_factory.mktemp("classifier") / "mixed.pth"
-    units.save_checkpoint(model, path, chunk_length=300)
-    return str(path)
+    return save_classifier(tmp_path_factory.mktemp("classifier") / "mixed.pth", viral_bias=2.15)
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +56,6 @@ def paired_run(models, reads, classifier):
     assert prediction.main(predict_args(models, output, "--mate2", str(reads / "R2.fq.gz"),
                                         input_fasta=reads / "R1.fq.gz", checkpoint=classifier)) == 0
     return output
-
-
-def read_tsv(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 def result_bytes(output):

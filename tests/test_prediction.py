@@ -1,12 +1,9 @@
 """prediction.py end to end with tiny models and checkpoints made by the tests."""
-import csv
 import logging
 import os
 import pickle
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -15,8 +12,7 @@ import torch
 import plot_predictions
 import prediction
 import units
-from conftest import GOLDEN, ROOT, interrupt_after, predict_args
-from virnucpro import runs
+from conftest import GOLDEN, ROOT, interrupt_after, predict_args, read_tsv
 from virnucpro.errors import InputError
 from virnucpro.models.pins import MERGED_DIM, PROTEIN_DIM
 from virnucpro.prediction import outputs, shards
@@ -32,11 +28,6 @@ def reference_run(models, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "out"
     assert prediction.main(predict_args(models, output_dir, "--plot")) == 0
     return output_dir
-
-
-def read_tsv(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 # ------------------------------------------------------------ outputs
@@ -130,9 +121,9 @@ def test_plot_run_folder_and_intermediates(reference_run):
 
 
 def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_path):
-    assert plot_predictions.main([str(reference_run), "-o", str(tmp_path / "ours.png")]) == 0
+    assert plot_predictions.main([str(reference_run), "--output", str(tmp_path / "ours.png")]) == 0
     published = GOLDEN / "reference_vanilla/prediction_results.txt"
-    assert plot_predictions.main([str(published), "-o", str(tmp_path / "published.png")]) == 0
+    assert plot_predictions.main([str(published), "--output", str(tmp_path / "published.png")]) == 0
     for name in ("ours.png", "published.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert outputs.best_chunk_scores(str(published))["synthetic_seq_2"][1] == (np.float32(0.5501341),
@@ -142,16 +133,7 @@ def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_pat
 # ------------------------------------------------------------ resume
 def test_interrupted_run_resumes_to_identical_outputs(models, reference_run, tmp_path, monkeypatch):
     output_dir = tmp_path / "out"
-    calls = []
-    original = shards.score_shard
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[0].folder)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(shards, "score_shard", interrupted)
+    calls = interrupt_after(monkeypatch, shards, "score_shard", 2)
     with pytest.raises(KeyboardInterrupt):
         prediction.main(predict_args(models, output_dir, "--plot"))
     assert not any((output_dir / name).exists() for name in outputs.RESULT_FILES)   # no partial results
@@ -216,44 +198,6 @@ def test_a_slurm_array_scores_by_task_and_the_last_task_assembles(models, refere
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     with pytest.raises(InputError, match="is not one of 2 consecutive tasks"):
         prediction.main(predict_args(models, output, "--slurm-array"))
-
-
-def test_each_task_of_an_array_of_inputs_is_a_run_of_its_own(models, reference_run, tmp_path, monkeypatch):
-    """sbatch --array=0-3, one FASTA a task (the usual pattern): a task without --slurm-array scores its whole
-    input and writes its results, as one process does."""
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    assert prediction.main(predict_args(models, tmp_path / "task_2", "--plot")) == 0
-    for name in outputs.RESULT_FILES:
-        assert (tmp_path / "task_2" / name).read_bytes() == (reference_run / name).read_bytes(), name
-    for name in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_ID"):
-        monkeypatch.delenv(name)
-    with pytest.raises(InputError, match="--slurm-array: this is not a task of a SLURM array job"):
-        prediction.main(predict_args(models, tmp_path / "alone", "--slurm-array"))
-
-
-def test_a_lock_can_be_waited_for(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "LOCK_POLL_SECONDS", 0.05)
-    events = []
-
-    def hold():
-        with runs.folder_lock(tmp_path):
-            events.append("held")
-            time.sleep(0.5)
-            events.append("released")
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    while not events:
-        time.sleep(0.01)
-    with pytest.raises(InputError, match="is in use by another run"):
-        with runs.folder_lock(tmp_path):
-            pass
-    with runs.folder_lock(tmp_path, wait=True):
-        events.append("taken")
-    holder.join()
-    assert events == ["held", "released", "taken"]
 
 
 def same_within(path, other, tolerance) -> bool:

@@ -98,6 +98,65 @@ def check_command(words: list[str], where: str) -> None:
         parser.parse_args(arguments)                     # a complete command line parses as a whole
 
 
+# Spellings replaced by one name for one idea (an old one may stay as a hidden alias: no help, not documented).
+RETIRED = {"--out", "--report-dir", "--toks-per-batch", "--fastesm-model", "--esm2-3b-model", "--model",
+           "--baseline-model", "--nproc_per_node", "--output_dir"}
+# Options that mean the same in every script that takes them: one declaration (virnucpro/commands/options.py).
+SHARED = ("--device", "--models-dir", "--dna-model", "--protein-model", "--baseline-protein-model", "--dna-fp32",
+          "--dna-batch-tokens", "--protein-batch-tokens", "--merge-dir", "--baseline-merge-dir", "--split")
+COMMAND = re.compile(r"(?:^|\s)((?:scripts/)?\w+\.py)((?:\s+(?![#|&;\\])\S+)*)")
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """``(where, script, arguments)`` of every command line in README, docs/, reports/ and the scripts' own
+    docstrings: code blocks and inline code."""
+    found = []
+    texts = {path.relative_to(ROOT): path.read_text() for path in
+             [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("reports/*.md")]}
+    texts.update({Path(script): importlib.import_module(Path(script).stem).__doc__ or "" for script in SCRIPTS})
+    for where, text in texts.items():
+        blocks = re.findall(r"```\w*\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+        if str(where).endswith(".py"):                        # a docstring: its usage lines
+            blocks = [line for line in text.splitlines() if line.strip().startswith(("python ", "torchrun ", "sbatch "))]
+        for block in blocks:
+            for line in block.splitlines():
+                for script, arguments in COMMAND.findall(line.split(" #")[0]):
+                    if script in SCRIPTS:
+                        found.append((f"{where}: {line.strip()}", script,
+                                      arguments.replace('"', " ").replace("'", " ").split()))
+    return found
+
+
+def test_one_name_for_one_idea_in_every_script_and_doc():
+    parsers = {script: parser_of(script) for script in SCRIPTS}
+    shared: dict[str, set] = {}
+    for script, parser in parsers.items():
+        visible = {option for action in parser._actions if action.help != argparse.SUPPRESS
+                   for option in action.option_strings}
+        assert not visible & RETIRED, f"{script}: {visible & RETIRED}"
+        if "-o" in visible:
+            assert parser._option_string_actions["-o"].option_strings == ["-o", "--output-dir"], script
+        for option in set(SHARED) & visible:
+            action = parser._option_string_actions[option]
+            shared.setdefault(option, set()).add((action.help, action.default))
+    assert {option: len(found) for option, found in shared.items()} == {option: 1 for option in shared}
+    texts = {str(path.relative_to(ROOT)): path.read_text() for path in [
+        ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("reports/*.md"), ROOT / "pixi.toml",
+        ROOT / "docker-compose.yml"]}
+    texts.update({script: importlib.import_module(Path(script).stem).__doc__ for script in SCRIPTS})
+    for where, text in texts.items():
+        retired = [name for name in RETIRED if re.search(rf"(?<![\w-]){name}\b(?!-)", text)]
+        assert not retired, f"{where} still says {retired}"
+    commands = documented_commands()
+    assert len(commands) > 40
+    for where, script, arguments in commands:
+        assert not set(arguments) & RETIRED, where
+        known = parsers[script]._option_string_actions
+        for word in arguments:
+            if word.startswith("-") and len(word) > 1 and not word.lstrip("-").isdigit():
+                assert word.split("=")[0] in known, f"{where}: {script} has no option {word}"
+
+
 def test_pixi_tasks_and_compose_services_are_the_same_steps():
     tasks = {name: shlex.split(command) for name, command in PIXI["tasks"].items()}
     services = {name: service["entrypoint"] for name, service in COMPOSE["services"].items()}
@@ -125,7 +184,7 @@ def test_the_recipe_writes_where_the_next_step_reads():
     for path in (extraction.merge_dir, training.split, evaluation.work_dir):
         assert path.split("/")[0] in mounted, path
     from virnucpro.scoring.checkpoints import TRAINED_DIR
-    assert training.output is None and evaluation.model is None and TRAINED_DIR in mounted
+    assert training.output is None and evaluation.checkpoint is None and TRAINED_DIR in mounted
 
 
 def test_pins_agree_everywhere():

@@ -1,5 +1,4 @@
 """Viral regions along sequences, and the hit files prediction.py writes for the next tool."""
-import csv
 import json
 
 import pytest
@@ -7,8 +6,9 @@ import torch
 
 import prediction as predictor
 import units
-from conftest import GOLDEN, ROOT, predict_args
+from conftest import GOLDEN, ROOT, predict_args, read_tsv
 from helpers import genomes as synthetic
+from helpers.models import save_classifier
 from virnucpro.models.features import FeatureSet, find_merged_files
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.scoring.calls import NUM_CLASSES, viral_regions
@@ -53,11 +53,6 @@ def test_region_scores_and_overlapping_last_chunk():
     assert region.mean_score == pytest.approx(0.6) and region.max_score == pytest.approx(0.9)
 
 
-def read_tsv(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
 @pytest.fixture(scope="module")
 def every_region(models, tmp_path_factory):
     """The golden input with every viral region reported (--min-region 1)."""
@@ -95,12 +90,7 @@ def test_region_files_follow_the_chunking_and_the_input(every_region):
 
 def all_viral_classifier(path):
     """A classifier that calls every frame viral (its output bias says so)."""
-    torch.manual_seed(0)
-    model = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES)
-    with torch.no_grad():
-        model.output_layer.bias[:] = torch.tensor([0.0, 50.0])
-    units.save_checkpoint(model, path, chunk_length=300)
-    return str(path)
+    return save_classifier(path, seed=0, viral_bias=50.0)
 
 
 def regions_by_sequence(output):

@@ -16,7 +16,8 @@ import evaluate_compare as evaluate
 import train_fastesm as trainer
 import units
 import validate_environment as environment
-from conftest import ROOT
+from conftest import ROOT, interrupt_after
+from helpers.models import save_classifier
 from virnucpro.errors import DimensionError, InputError
 from virnucpro.models.features import FeatureSet, find_merged_files
 from virnucpro.models.loaders import PIPELINES
@@ -192,20 +193,12 @@ def test_early_stopping_and_save_best(workspace, tmp_path, monkeypatch):
 
 def test_interrupted_training_resumes_to_the_same_model(workspace, trained, tmp_path, monkeypatch):
     output = tmp_path / "model_fastesm650.pth"
-    calls, original = [], fitting.train_epoch
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(fitting, "train_epoch", interrupted)
+    interrupt_after(monkeypatch, fitting, "train_epoch", 2)
     args = train_args(workspace, output, "--epochs", "6", "--patience", "10")
     with pytest.raises(KeyboardInterrupt):
         trainer.main(args)
     assert not output.exists() and (tmp_path / ("model_fastesm650.pth" + trainer.STATE_SUFFIX)).exists()
-    monkeypatch.setattr(fitting, "train_epoch", original)
+    monkeypatch.undo()
     assert trainer.main(args) == 0
     resumed, reference = units.load_checkpoint(output)[0], units.load_checkpoint(trained)[0]
     for key, value in reference.state_dict().items():
@@ -283,9 +276,9 @@ def baseline(workspace):
 
 
 def evaluate_args(workspace, model, reports, *extra):
-    return ["--model", str(model), "--merge-dir", str(workspace / "data_merge"), "--split",
+    return ["--checkpoint", str(model), "--merge-dir", str(workspace / "data_merge"), "--split",
             str(workspace / "test_metadata.json"), "--baseline-merge-dir", str(workspace / "data_merge_esm2_3b"),
-            "--report-dir", str(reports), "--device", "cpu", "--replicates", "500", "--frames-only", *extra]
+            "--output-dir", str(reports), "--device", "cpu", "--replicates", "500", "--frames-only", *extra]
 
 
 def test_evaluation_against_a_baseline_trained_like_for_like(workspace, trained, baseline, tmp_path, capsys):
@@ -293,7 +286,7 @@ def test_evaluation_against_a_baseline_trained_like_for_like(workspace, trained,
     assert metadata["embedding_model"] == "esm2_3b" and metadata["merged_dim"] == 3328
     assert metadata["split"] == units.load_checkpoint(trained)[1]["split"]          # one split for both
     reports = tmp_path / "reports"
-    assert evaluate.main(evaluate_args(workspace, trained, reports, "--baseline-model", str(baseline))) == 0
+    assert evaluate.main(evaluate_args(workspace, trained, reports, "--baseline-checkpoint", str(baseline))) == 0
     report = (reports / "validation_report.md").read_text()
     for section in ("**Result: PASSED**", "## Metrics", "| ROC-AUC |", "ESM2-3B minus FastESM2_650",
                     "## Precision at other viral prevalences", "| FastESM2_650 | 1% |", "## Confusion matrices",
@@ -313,7 +306,7 @@ def test_a_published_baseline_is_reported_apart_and_never_decides(workspace, tra
     subprocess.run([sys.executable, str(ROOT / "tests/helpers/make_published_checkpoint.py"), str(published)],
                    check=True)
     reports = tmp_path / "reports"
-    assert evaluate.main(evaluate_args(workspace, trained, reports, "--baseline-model", str(published))) == 0
+    assert evaluate.main(evaluate_args(workspace, trained, reports, "--baseline-checkpoint", str(published))) == 0
     report = (reports / "validation_report.md").read_text()
     assert "**Result: NO LIKE-FOR-LIKE BASELINE**" in report
     assert "## The published ESM2-3B classifier: an optimistic bound, not in the verdict" in report
@@ -332,7 +325,7 @@ def test_models_of_another_split_and_records_the_split_does_not_know_are_refused
     assert trainer.main(["--pipeline", "esm2_3b", "--merge-dir", str(workspace / "data_merge_esm2_3b"), "--split",
                          str(other), "--output", str(leaky), "--device", "cpu", "--epochs", "1"]) == 0
     with pytest.raises(InputError, match="leaky_esm2_3b.pth: trained with another split"):
-        evaluate.main(evaluate_args(workspace, trained, tmp_path / "r", "--baseline-model", str(leaky)))
+        evaluate.main(evaluate_args(workspace, trained, tmp_path / "r", "--baseline-checkpoint", str(leaky)))
     unrecorded = tmp_path / "unrecorded.pth"
     units.save_checkpoint(units.MLPClassifier(MERGED_DIM, 512, 2), unrecorded, chunk_length=300)
     with pytest.raises(InputError, match="does not record the split it was trained on"):
@@ -350,13 +343,10 @@ def test_models_of_another_split_and_records_the_split_does_not_know_are_refused
 
 def test_evaluation_fails_when_the_drop_is_surely_over_the_threshold(workspace, trained, baseline, tmp_path):
     torch.manual_seed(3)
-    untrained = tmp_path / "always_others.pth"
-    model = units.MLPClassifier(MERGED_DIM, 512, 2)
-    with torch.no_grad():
-        model.output_layer.bias[:] = torch.tensor([5.0, 0.0])           # always 'others'
-    units.save_checkpoint(model, untrained, chunk_length=300, split=units.load_checkpoint(trained)[1]["split"])
+    untrained = save_classifier(tmp_path / "always_others.pth", viral_bias=-5.0,
+                                split=units.load_checkpoint(trained)[1]["split"])
     reports = tmp_path / "failed"
-    assert evaluate.main(evaluate_args(workspace, untrained, reports, "--baseline-model", str(baseline))) == 1
+    assert evaluate.main(evaluate_args(workspace, untrained, reports, "--baseline-checkpoint", str(baseline))) == 1
     report = (reports / "validation_report.md").read_text()
     assert "**Result: FAILED**" in report and "## Next steps" in report
 
@@ -394,7 +384,7 @@ def test_precision_at_a_prevalence():
 def test_speed_benchmark_cpu_smoke(tiny_models, tmp_path, capsys):
     report = tmp_path / "speed.md"
     status = benchmark.main(["--device", "cpu", "--sequences", "4", "--runs", "1", "--report", str(report),
-                             "--fastesm-model", tiny_models["protein"], "--esm2-3b-model", tiny_models["esm2_3b"]])
+                             "--protein-model", tiny_models["protein"], "--baseline-protein-model", tiny_models["esm2_3b"]])
     assert status == 0
     text = report.read_text()
     for section in ("## Protein-embedding extraction", "| FastESM2_650 | float32 |", "| ESM2-3B | float32 |",
@@ -411,7 +401,7 @@ def test_end_to_end_benchmark_smoke(tiny_models, tmp_path):
     report = tmp_path / "e2e.md"
     assert benchmark.main(["--end-to-end", "--device", "cpu", "--checkpoint", str(checkpoint), "--report",
                            str(report), "--dna-model", tiny_models["dna"],
-                           "--fastesm-model", tiny_models["protein"]]) == 0
+                           "--protein-model", tiny_models["protein"]]) == 0
     assert re.search(r"\| fastesm650 \| 10 \| [\d.]+ \| [\d.]+ \|", report.read_text())
 
 
@@ -430,13 +420,13 @@ def test_host_ceiling_benchmark_runs_the_prediction_path(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the session would run")
 def test_gpu_session_without_a_gpu_says_so(tmp_path, capsys):
     with pytest.raises(InputError, match="no CUDA GPU is available here, and the session measures one; --smoke"):
-        benchmark_gpu.main(["--out", str(tmp_path)])
+        benchmark_gpu.main(["-o", str(tmp_path)])
     assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
 def test_gpu_session_smoke_runs_every_step(tmp_path):
-    assert benchmark_gpu.main(["--out", str(tmp_path), "--smoke"]) == 0
+    assert benchmark_gpu.main(["-o", str(tmp_path), "--smoke"]) == 0
     steps = json.loads((tmp_path / "benchmark_gpu.json").read_text())["steps"]
     assert list(steps) == [name for name, _ in benchmark_gpu.STEPS]
     assert not [name for name, result in steps.items() if "error" in result]

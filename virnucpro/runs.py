@@ -152,21 +152,23 @@ class Team:
         """torchrun and accelerate launch set RANK, WORLD_SIZE and LOCAL_RANK; a SLURM array task gets
         SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT, which make it a member of
         a team with ``slurm_array`` only."""
-        env = os.environ
-        if int(env.get("WORLD_SIZE", 1)) > 1:
-            team = cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        if _whole_number("WORLD_SIZE", 1) > 1:
+            if "RANK" not in os.environ:
+                raise InputError("WORLD_SIZE is set without RANK: start the processes with torchrun (or accelerate "
+                                 "launch), which sets both, or unset WORLD_SIZE for one process")
+            team = cls(_whole_number("RANK"), _whole_number("WORLD_SIZE"), _whole_number("LOCAL_RANK", 0))
             if not 0 <= team.rank < team.world:
                 raise InputError(f"RANK {team.rank} is not one of WORLD_SIZE {team.world} processes; start the "
                                  "processes with torchrun")
             return team
         if slurm_array:
-            if "SLURM_ARRAY_TASK_ID" not in env:
+            if "SLURM_ARRAY_TASK_ID" not in os.environ:
                 raise InputError("--slurm-array: this is not a task of a SLURM array job (no SLURM_ARRAY_TASK_ID); "
                                  "submit it with sbatch --array=0-N, or leave --slurm-array out")
-            world = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
-            rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            world = _whole_number("SLURM_ARRAY_TASK_COUNT", 1)
+            rank = _whole_number("SLURM_ARRAY_TASK_ID") - _whole_number("SLURM_ARRAY_TASK_MIN", 0)
             if not 0 <= rank < world:
-                raise InputError(f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is not one of {world} "
+                raise InputError(f"SLURM array task {os.environ['SLURM_ARRAY_TASK_ID']} is not one of {world} "
                                  "consecutive tasks; give the array as one range, e.g. --array=0-7")
             return cls(rank, world, array=True)
         return cls()
@@ -229,6 +231,18 @@ class Team:
         return device
 
 
+def _whole_number(variable: str, default: int | None = None) -> int:
+    """An environment variable a launcher sets (torchrun, SLURM), as a whole number."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"{variable}={value} is not a whole number; it is the launcher's (torchrun or SLURM) to "
+                         "set, so unset it or start the run with the launcher") from None
+
+
 def read_record(path: str, writer: str, fix: str, keys: tuple[str, ...] = ()) -> dict | None:
     """A JSON record ``writer`` keeps in a folder (run.json, extraction.json, ...), or None when there is
     none; one that is not a readable JSON object holding ``keys`` is refused in one line ending with ``fix``."""
@@ -237,6 +251,10 @@ def read_record(path: str, writer: str, fix: str, keys: tuple[str, ...] = ()) ->
             record = json.load(handle)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise InputError(f"{path}: a folder, where {writer} keeps a file; move it away") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
     except (ValueError, UnicodeDecodeError):
         record = None
     if not isinstance(record, dict) or not all(key in record for key in keys):

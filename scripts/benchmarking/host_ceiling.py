@@ -17,9 +17,10 @@ from unittest import mock
 
 import torch
 
+from virnucpro.models import loaders
 from virnucpro.models.loaders import ESM2_ALPHABET, PIPELINES, Pipeline, esm_tokenizer
 from virnucpro.models.pins import DNA_DIM, FASTESM2_650
-from virnucpro.prediction import assembly, inputs, predict, shards
+from virnucpro.prediction import assembly, inputs, outputs, predict, shards
 from virnucpro.scoring import engine
 
 
@@ -88,7 +89,7 @@ def measure(request: predict.Request, classifier: torch.nn.Module, metadata: dic
     stand_in = Pipeline("fastesm650", FASTESM2_650,
                         lambda *_, **__: (StandInModel(FASTESM2_650.dim, len(ESM2_ALPHABET)), esm_tokenizer()))
     with contextlib.ExitStack() as patches:
-        patches.enter_context(mock.patch.object(predict, "load_dnabert_s",
+        patches.enter_context(mock.patch.object(loaders, "load_dnabert_s",
                                                 lambda *_, **__: (StandInModel(DNA_DIM, len(dna_tokenizer)),
                                                                   dna_tokenizer)))
         patches.enter_context(mock.patch.dict(PIPELINES, {"fastesm650": stand_in}))
@@ -99,7 +100,7 @@ def measure(request: predict.Request, classifier: torch.nn.Module, metadata: dic
         started = time.perf_counter()
         predict.run(request, classifier, metadata, None)
         seconds = time.perf_counter() - started
-    with open(os.path.join(request.output_dir, "prediction_results.txt")) as handle:
+    with open(os.path.join(request.output_dir, outputs.FRAMES_FILE)) as handle:
         frames = sum(1 for _ in handle) - 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     timed = sum(clock.seconds.get(stage, 0.0) for stage in TOP_STAGES)

@@ -23,11 +23,12 @@ def tiny_model_folders(root) -> dict[str, str]:
             "esm2_3b": str(random_models.save_random_esm(root / "esm2_3b", TINY_ESM2_3B))}
 
 
-def save_classifier(path, seed: int = 1, chunk_length: int = 300) -> str:
-    """A FastESM2_650 classifier as train_fastesm.py saves one, its scores spread over both classes."""
+def save_classifier(path, seed: int = 1, chunk_length: int = 300, viral_bias: float = 0.3, **metadata) -> str:
+    """A FastESM2_650 classifier as train_fastesm.py saves one, random but for the virus class's output bias:
+    0.3 spreads its scores over both classes, 50 calls every frame viral, -5 none."""
     torch.manual_seed(seed)
     classifier = units.MLPClassifier(MERGED_DIM, HIDDEN_DIM, NUM_CLASSES)
     with torch.no_grad():
-        classifier.output_layer.bias[:] = torch.tensor([0.0, 0.3])
-    units.save_checkpoint(classifier, path, chunk_length=chunk_length, epochs=1)
+        classifier.output_layer.bias[:] = torch.tensor([0.0, viral_bias])
+    units.save_checkpoint(classifier, path, chunk_length=chunk_length, **({"epochs": 1} | metadata))
     return str(path)

@@ -15,9 +15,11 @@ from virnucpro.devices import resolve_device
 from virnucpro.errors import InputError
 from virnucpro.log import logger
 from virnucpro.models.dnabert_s import DnabertConfig, DnabertModel
+from virnucpro.models.esm2 import Esm2Config, build, encoder_state
 from virnucpro.models.modelfiles import (
     checkpoint_shapes,
     checkpoint_state,
+    model_fingerprint,
     model_folder,
     read_config,
     require_weights,
@@ -25,8 +27,6 @@ from virnucpro.models.modelfiles import (
 )
 from virnucpro.models.pins import DNA_DIM, DNABERT_S, ESM2_3B, ESM2_3B_DIM, FASTESM2_650, PROTEIN_DIM, ModelSpec
 from virnucpro.precision import dtype_name
-
-from virnucpro.models.esm2 import Esm2Config, build, encoder_state
 
 # The ESM-2 alphabet (fair-esm order), shared by ESM2-3B and FastESM2_650.
 ESM2_ALPHABET = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
@@ -216,3 +216,42 @@ class Pipeline:
 
 PIPELINES = {"fastesm650": Pipeline("fastesm650", FASTESM2_650, load_fast_esm),
              "esm2_3b": Pipeline("esm2_3b", ESM2_3B, load_esm2_3b)}
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """A pipeline's two encoders as a run asks for them: their folders and the precision each runs in on
+    the device. What the features depend on (``identity``) is known before the models are loaded (``load``),
+    so that a run can check its folder first."""
+    pipeline: Pipeline
+    device: torch.device
+    dna_folder: str
+    protein_folder: str
+    dna_dtype: torch.dtype
+    protein_dtype: torch.dtype
+
+    @classmethod
+    def choose(cls, pipeline: str, device: torch.device, dna_model: str | None = None,
+               protein_model: str | None = None, models_dir: str | None = None, dna_fp32: bool = False) -> Encoders:
+        """The encoders of ``pipeline`` on ``device``: DNABERT-S in bf16 on CUDA unless ``dna_fp32``, the
+        protein model in its default precision (``default_dtype``); fp32 on the CPU."""
+        spec = PIPELINES[pipeline]
+        return cls(spec, device, model_folder(DNABERT_S, dna_model, models_dir),
+                   model_folder(spec.protein, protein_model, models_dir),
+                   torch.float32 if dna_fp32 else default_dtype(DNABERT_S, device),
+                   default_dtype(spec.protein, device))
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """The dtypes, as feature files, checkpoints and run records record them."""
+        return {"dna": dtype_name(self.dna_dtype), "protein": dtype_name(self.protein_dtype)}
+
+    def identity(self) -> dict:
+        """What identifies the two models, as run records keep it."""
+        return {"dna_model": model_fingerprint(self.dna_folder),
+                "protein_model": model_fingerprint(self.protein_folder)}
+
+    def load(self) -> tuple[tuple, tuple]:
+        """``((DNABERT-S, its tokenizer), (protein model, its tokenizer))`` on the device."""
+        return (load_dnabert_s(self.dna_folder, self.device, dtype=self.dna_dtype),
+                self.pipeline.load_protein(self.protein_folder, self.device, self.protein_dtype))

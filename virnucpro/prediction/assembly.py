@@ -23,19 +23,21 @@ from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
 from virnucpro.prediction.inputs import Input
 from virnucpro.prediction.outputs import (
-    CHUNK_HEADER,
+    CHUNK_COLUMNS,
     CHUNKS_FILE,
-    FRAME_HEADER,
+    FRAME_COLUMNS,
     FRAMES_FILE,
     PAIRS_FILE,
-    PAIRS_HEADER,
     PLOT_FILE,
     PLOTTED_SEQUENCES,
     RESULT_FILES,
     SUMMARY_FILE,
-    SUMMARY_HEADER,
     UNCALIBRATED,
     Hits,
+    PairRow,
+    SummaryRow,
+    header,
+    line,
     probability_cells,
     region_cell,
 )
@@ -199,12 +201,12 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
             atomic_write(f"{output_dir}/{CHUNKS_FILE}") as chunks_out, \
             atomic_write(f"{output_dir}/{SUMMARY_FILE}") as summary_out, Hits(output_dir) as hits, \
             pairs or contextlib.nullcontext():
-        frames_out.write(FRAME_HEADER)
+        frames_out.write(header(FRAME_COLUMNS))
         for folder in shard_folders:
             with open(f"{folder}/frames.tsv") as handle:
                 shutil.copyfileobj(handle, frames_out)
-        chunks_out.write(CHUNK_HEADER)
-        summary_out.write(SUMMARY_HEADER)
+        chunks_out.write(header(CHUNK_COLUMNS))
+        summary_out.write(header(SummaryRow))
         for block in record_blocks(shard_folders):
             scores = score_block(block, calls.calibration)
             chunks_out.writelines(chunk_lines(block, scores, calibrated))
@@ -217,7 +219,7 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
                                                        records["checksum"]):
                 sequence = checked_record(sequences, source.name, record_id, length, crc)
                 if skipped:
-                    summary_out.write(f"{record_id}\t{length}\t0\t0\t0\tNA\t{skipped}\tNA\tNA\tNA\n")
+                    summary_out.write(line(SummaryRow(record_id, length, 0, 0, 0, "NA", skipped, "NA", "NA", "NA")))
                     counted[skipped] += 1
                     if pairs:
                         pairs.add(record_id, skipped, "NA", 0, 0)
@@ -232,9 +234,9 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
                 # only sequences with a viral chunk have regions, hit sequences or tracks to draw
                 track = chunk_track(block.chunks, scores, first, first + count) if viral or drawn else []
                 regions = viral_regions(track, min_region) if viral else []
-                summary_out.write(f"{record_id}\t{length}\t{count}\t{without_frames}\t{viral}\t{best}\t{call}\t"
-                                  f"{probability_cells(scored_chunks > 0, calibrated, probability, fdr)}\t"
-                                  f"{region_cell(regions)}\n")
+                summary_out.write(line(SummaryRow(
+                    record_id, length, count, without_frames, viral, best, call,
+                    *probability_cells(scored_chunks > 0, calibrated, probability, fdr), region_cell(regions))))
                 counted[call] += 1
                 chunks += count
                 if pairs:
@@ -274,7 +276,7 @@ class Pairs:
 
     def __enter__(self):
         self.out = self._file.__enter__()
-        self.out.write(PAIRS_HEADER)
+        self.out.write(header(PairRow))
         return self
 
     def __exit__(self, *exc_info):
@@ -287,8 +289,8 @@ class Pairs:
             return
         first_pair, first_call, first_best, first_scored, first_viral = self.first
         together = pair_call(first_scored + scored, first_viral + viral, first_call, call)
-        self.out.write(f"{pair}\t{first_call}\t{first_best}\t{call}\t{best}\t{first_scored + scored}\t"
-                       f"{first_viral + viral}\t{together}\n")
+        self.out.write(line(PairRow(pair, first_call, first_best, call, best, first_scored + scored,
+                                    first_viral + viral, together)))
         self.count += 1
         self.calls[together] += 1
 

@@ -23,11 +23,10 @@ from typing import Iterator
 
 from virnucpro.errors import InputError
 from virnucpro.files import Tap
-from virnucpro.prediction.outputs import SPOOL_FILE
+from virnucpro.prediction.outputs import SPOOLS
 from virnucpro.sequences.chunks import chunk_starts
 from virnucpro.sequences.fasta import FastaRecord, RecordIds, read_fasta
 
-MATE2_SPOOL = ".mate2.spool"
 MATE_SUFFIXES = (("/1", "/2"), (".1", ".2"))
 
 
@@ -133,7 +132,7 @@ def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str,
               check: bool) -> Iterator[Input]:
     """The input of a run writing into ``output_dir`` (which this process holds); with ``check``, read
     once, checked, counted and identified (another process of a torchrun team takes the files as they are)."""
-    spools = [os.path.join(output_dir, name) for name in (SPOOL_FILE, MATE2_SPOOL)]
+    spools = [os.path.join(output_dir, name) for name in SPOOLS]
     for spool in spools:
         with contextlib.suppress(FileNotFoundError):
             os.remove(spool)            # left by a run that was killed; this process holds the folder now

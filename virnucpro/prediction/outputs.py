@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shutil
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,18 +30,64 @@ PLOT_FILE = "prediction.png"
 RUN_FILE = "run.json"
 SHARDS = "shards"                    # the shards' tables while the run lasts (shards.py)
 SHARDS_MARK = ".virnucpro-shards"    # in shards/: the tool made this folder, and may remove it
-SPOOL_FILE = ".input.spool"          # input read from a pipe, while the run lasts (inputs.py)
+SPOOLS = (".input.spool", ".mate2.spool")     # input (and second mates) read from a pipe, while the run lasts
+WORKING_FILES = (LOCK_FILE, *SPOOLS, SHARDS)   # what a run keeps in the folder while it lasts
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fsa", ".ffn", ".seq", ".txt")
-REGION_COLUMNS = ["sequence_id", "start", "end", "length", "chunks", "mean_score", "max_score"]
 FASTA_WIDTH = 80
-SUMMARY_HEADER = ("Sequence_ID\tLength\tChunks\tChunks_without_frames\tViral_chunks\tBest_viral_score\tCall\t"
-                  "Viral_probability\tFDR\tViral_regions\n")
-CHUNK_HEADER = "Modified_ID\tIs_Virus\tViral_score\tViral_probability\n"
-FRAME_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
-PAIRS_HEADER = ("Pair_ID\tMate1_call\tMate1_best_viral_score\tMate2_call\tMate2_best_viral_score\t"
-                "Scored_chunks\tViral_chunks\tCall\n")
 UNCALIBRATED = "uncalibrated"
+
+
+# ---------------------------------------------------------------- the result tables' columns, each once
+class SummaryRow(NamedTuple):
+    """prediction_summary.tsv: a row per input sequence (per mate of paired reads)."""
+    Sequence_ID: str
+    Length: int | str
+    Chunks: int
+    Chunks_without_frames: int
+    Viral_chunks: int
+    Best_viral_score: str
+    Call: str
+    Viral_probability: str
+    FDR: str
+    Viral_regions: str
+
+
+class PairRow(NamedTuple):
+    """prediction_pairs.tsv: a row per read pair."""
+    Pair_ID: str
+    Mate1_call: str
+    Mate1_best_viral_score: str
+    Mate2_call: str
+    Mate2_best_viral_score: str
+    Scored_chunks: int
+    Viral_chunks: int
+    Call: str
+
+
+class RegionRow(NamedTuple):
+    """viral_regions.tsv: a row per viral region."""
+    sequence_id: str
+    start: int
+    end: int
+    length: int
+    chunks: int
+    mean_score: str
+    max_score: str
+
+
+# The frame and chunk tables, written a shard or block at a time in array operations: their columns.
+FRAME_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")            # as published
+CHUNK_COLUMNS = ("Modified_ID", "Is_Virus", "Viral_score", "Viral_probability")
+
+
+def header(columns) -> str:
+    """A result table's first line: its columns (a row class's fields, or a tuple of names)."""
+    return "\t".join(getattr(columns, "_fields", columns)) + "\n"
+
+
+def line(row: tuple) -> str:
+    return "\t".join(map(str, row)) + "\n"
 PLOTTED_SEQUENCES = 20
 
 
@@ -62,14 +109,15 @@ def format_score(value) -> str:
     return str(np.float32(value))
 
 
-def probability_cells(scored: bool, calibrated: bool, probability: float | None, fdr: float | None) -> str:
+def probability_cells(scored: bool, calibrated: bool, probability: float | None,
+                      fdr: float | None) -> tuple[str, str]:
     """The Viral_probability and FDR cells: NA where there is nothing to
     score (FDR: for virus calls only), ``uncalibrated`` without a calibration."""
     if not scored:
-        return "NA\tNA"
+        return "NA", "NA"
     if not calibrated:
-        return f"{UNCALIBRATED}\t{UNCALIBRATED}"
-    return f"{format_score(probability)}\t{'NA' if fdr is None else format_score(fdr)}"
+        return UNCALIBRATED, UNCALIBRATED
+    return format_score(probability), "NA" if fdr is None else format_score(fdr)
 
 
 class Hits:
@@ -79,7 +127,7 @@ class Hits:
         self._stack = contextlib.ExitStack()
         self.tsv, self.bed, self.regions_fasta, self.sequences_fasta = (
             self._stack.enter_context(atomic_write(f"{output_dir}/{name}")) for name in HIT_FILES)
-        self.tsv.write("\t".join(REGION_COLUMNS) + "\n")
+        self.tsv.write(header(RegionRow))
         self.regions = self.viral_sequences = 0
 
     def add(self, record: FastaRecord, call: str, regions: list[ViralRegion]) -> None:
@@ -88,8 +136,8 @@ class Hits:
             self.viral_sequences += 1
         for region in regions:
             name = f"{record.id}|{region.start}-{region.end}"
-            self.tsv.write(f"{record.id}\t{region.start}\t{region.end}\t{region.length}\t{region.chunks}\t"
-                           f"{region.mean_score:.4f}\t{region.max_score:.4f}\n")
+            self.tsv.write(line(RegionRow(record.id, region.start, region.end, region.length, region.chunks,
+                                          f"{region.mean_score:.4f}", f"{region.max_score:.4f}")))
             self.bed.write(f"{record.id}\t{region.start - 1}\t{region.end}\t{name}\t"
                            f"{round(region.mean_score * 1000)}\t.\n")
             write_fasta_record(self.regions_fasta, name, record.sequence[region.start - 1:region.end],
@@ -146,7 +194,7 @@ def run_state(output_dir: str, settings: dict, overwrite: bool) -> str:
     if overwrite:
         return "new"
     if run is None:
-        others = sorted(set(os.listdir(output_dir)) - {LOCK_FILE, SPOOL_FILE, SHARDS})   # shards: checked above
+        others = sorted(set(os.listdir(output_dir)) - set(WORKING_FILES))             # shards: checked above
         if others:
             raise InputError(f"{output_dir} holds files but no prediction run of this tool "
                              f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give another "
@@ -228,9 +276,9 @@ def best_chunk_scores(results_file: str) -> dict[str, dict[int, tuple[np.float32
     try:
         with open(results_file) as handle:
             reader = csv.DictReader(handle, delimiter="\t")
-            if reader.fieldnames != FRAME_HEADER.split():
+            if tuple(reader.fieldnames or ()) != FRAME_COLUMNS:
                 raise InputError(f"{results_file}: not a prediction_results.txt file "
-                                 f"(expected the columns {', '.join(FRAME_HEADER.split())})")
+                                 f"(expected the columns {', '.join(FRAME_COLUMNS)})")
             for row in reader:
                 parsed = split_chunk_id(chunk_of_frame(row["Sequence_ID"]))
                 if parsed is None:

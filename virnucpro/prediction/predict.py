@@ -22,10 +22,8 @@ import torch
 from virnucpro.errors import InputError
 from virnucpro.files import check_writable, file_sha256
 from virnucpro.log import logger
-from virnucpro.models.loaders import PIPELINES, default_dtype, load_dnabert_s
-from virnucpro.models.modelfiles import model_fingerprint, model_folder
-from virnucpro.models.pins import DNABERT_S
-from virnucpro.precision import dtype_name, model_precision
+from virnucpro.models.loaders import Encoders
+from virnucpro.precision import model_precision
 from virnucpro.prediction import assembly, shards
 from virnucpro.prediction.inputs import Input, is_pipe, run_input
 from virnucpro.prediction.outputs import read_run, remove_shards, run_state, start_over, write_run
@@ -89,25 +87,18 @@ def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibrati
         return _run(request, source, classifier, metadata, calibration, team)
 
 
-def encoder_dtypes(request: Request, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    """The precisions DNABERT-S and the protein model run in on ``device``."""
-    dna = torch.float32 if request.dna_fp32 else default_dtype(DNABERT_S, device)
-    return dna, default_dtype(PIPELINES[request.pipeline].protein, device)
-
-
-def settings_of(request: Request, input_identity: dict, dna_folder: str, protein_folder: str,
-                calibrated: bool, dtypes: tuple[torch.dtype, torch.dtype]) -> dict:
+def settings_of(request: Request, input_identity: dict, encoders: Encoders, calibrated: bool) -> dict:
     """What the results depend on, by content; a resumed run must match it (a run begun on a GPU in half
     precision is not finished on a CPU in fp32)."""
     calibration = calibration_path(request.classifier_path)
-    return {"input": input_identity, "precision": {"dna": dtype_name(dtypes[0]), "protein": dtype_name(dtypes[1])}, "chunk_length": request.chunk_length, "min_length": request.min_length,
-            "min_region": request.min_region, "min_score": request.min_score, "max_fdr": request.max_fdr,
+    return {"input": input_identity, "precision": encoders.precision, "chunk_length": request.chunk_length,
+            "min_length": request.min_length, "min_region": request.min_region, "min_score": request.min_score,
+            "max_fdr": request.max_fdr,
             "calibration": {"path": os.path.abspath(calibration), "sha256": file_sha256(calibration)}
             if calibrated else None,
             "classifier": {"path": os.path.abspath(request.classifier_path),
                            "sha256": file_sha256(request.classifier_path)},
-            "pipeline": request.pipeline, "dna_model": model_fingerprint(dna_folder),
-            "protein_model": model_fingerprint(protein_folder), "chunks_per_shard": request.chunks_per_shard}
+            "pipeline": request.pipeline, **encoders.identity(), "chunks_per_shard": request.chunks_per_shard}
 
 
 def warn_on_precision_change(classifier_path: str, metadata: dict, scorer: Engine) -> None:
@@ -128,12 +119,10 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
     from tqdm import tqdm
 
     output_dir, chunk_length = request.output_dir, request.chunk_length
-    pipeline = PIPELINES[request.pipeline]
-    dna_folder = model_folder(DNABERT_S, request.dna_model, request.models_dir)
-    protein_folder = model_folder(pipeline.protein, request.protein_model, request.models_dir)
     device = team.device(request.device)
-    dtypes = encoder_dtypes(request, device)
-    settings = settings_of(request, source.identity, dna_folder, protein_folder, calibration is not None, dtypes)
+    encoders = Encoders.choose(request.pipeline, device, request.dna_model, request.protein_model,
+                               request.models_dir, request.dna_fp32)
+    settings = settings_of(request, source.identity, encoders, calibration is not None)
     if team.leads:
         with team.holding(output_dir):
             state = run_state(output_dir, settings, request.overwrite)
@@ -149,13 +138,11 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
         reads = f"{source.sequences // 2} read pairs" if source.paired else f"{source.sequences} sequences"
         logger.info(f"{source.name}{f' and {source.mate2_name}' if source.mate2 else ''}: {reads}, {n_chunks} "
                     f"{chunk_length}-bp chunks; "
-                    f"{pipeline.name} pipeline on {device}"
+                    f"{encoders.pipeline.name} pipeline on {device}"
                     + (f", task {team.rank + 1} of a SLURM array of {team.world}" if team.array else
                        f", {team.world} processes" if team.world > 1 else ""))
-    scorer = Engine(load_dnabert_s(dna_folder, device, dtype=dtypes[0]),
-                    pipeline.load_protein(protein_folder, device, dtypes[1]),
-                    classifier.to(device), request.dna_batch_tokens, request.protein_batch_tokens,
-                    pipeline.protein.name)
+    scorer = Engine(*encoders.load(), classifier.to(device), request.dna_batch_tokens, request.protein_batch_tokens,
+                    encoders.pipeline.protein.name)
     warn_on_precision_change(request.classifier_path, metadata, scorer)
     if team.rank == 0 and not team.array:
         if state == "new":

@@ -12,6 +12,7 @@ import numpy as np
 
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, file_sha256
+from virnucpro.runs import read_record
 
 CALIBRATION_FORMAT = "virnucpro-calibration/1"
 
@@ -74,18 +75,12 @@ def load_calibration(checkpoint) -> Calibration | None:
     """The calibration installed beside a classifier, or ``None``; one that
     belongs to another classifier (retrained since) or is damaged is refused."""
     path = calibration_path(checkpoint)
-    try:
-        with open(path) as handle:
-            content = json.load(handle)
-    except FileNotFoundError:
+    fix = "run scripts/evaluate_compare.py again to calibrate the classifier, or delete the file to predict uncalibrated"
+    content = read_record(path, "scripts/evaluate_compare.py", fix, keys=("format",))
+    if content is None:
         return None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except (ValueError, UnicodeDecodeError):
-        content = None
-    if not isinstance(content, dict) or content.get("format") != CALIBRATION_FORMAT:
-        raise InputError(f"{path}: not a VirNucPro calibration file; run scripts/evaluate_compare.py again to "
-                         "calibrate the classifier, or delete the file to predict uncalibrated")
+    if content["format"] != CALIBRATION_FORMAT:
+        raise InputError(f"{path}: not a VirNucPro calibration file; {fix}")
     if content.get("classifier_sha256") != file_sha256(checkpoint):
         raise InputError(f"{path}: the calibration of another classifier than {checkpoint} (retrained or replaced "
                          "since); run scripts/evaluate_compare.py to calibrate this one, or delete the file to "

@@ -18,6 +18,7 @@ from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, file_sha256
 from virnucpro.models.features import FeatureSet
 from virnucpro.models.pins import CLASSIFIERS, models_dir
+from virnucpro.prediction.outputs import CHUNKS_FILE, FRAMES_FILE, SUMMARY_FILE
 from virnucpro.scoring.calibration import save_calibration
 from virnucpro.scoring.engine import predict_probabilities
 from virnucpro.scoring.metrics import (
@@ -143,21 +144,21 @@ def prediction_levels(folder: str) -> dict[str, dict[str, dict]]:
     chunks that are viral; viral when >= 1/2). Sequences prediction did not
     score (too short, no stop-free frame) are left out."""
     frames, best = {}, {}
-    with open(f"{folder}/prediction_results.txt") as handle:
+    with open(os.path.join(folder, FRAMES_FILE)) as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             others, virus = float(row["score1"]), float(row["score2"])
             frames[row["Sequence_ID"]] = (int(row["Prediction"] == "virus"), virus)
             pair = best.setdefault(chunk_of_frame(row["Sequence_ID"]), [others, virus])
             pair[0], pair[1] = max(pair[0], others), max(pair[1], virus)
     chunks, viral_chunks = {}, {}
-    with open(f"{folder}/prediction_results_highestscore.csv") as handle:
+    with open(os.path.join(folder, CHUNKS_FILE)) as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             call = int(row["Is_Virus"] == "True")
             others, virus = best[row["Modified_ID"]]
             chunks[row["Modified_ID"]] = (call, virus - others)
             viral_chunks.setdefault(record_of(row["Modified_ID"]), []).append(call)
     sequences = {}
-    with open(f"{folder}/prediction_summary.tsv") as handle:
+    with open(os.path.join(folder, SUMMARY_FILE)) as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             if row["Call"] in ("virus", "others"):
                 calls = viral_chunks[row["Sequence_ID"]]
@@ -175,7 +176,7 @@ def calibration_scores(folder: str) -> tuple[dict[str, float], dict[str, list[fl
     viral score, and each scored sequence's chunk scores."""
     chunks: dict[str, float] = {}
     by_sequence: dict[str, list[float]] = {}
-    with open(f"{folder}/prediction_results_highestscore.csv") as handle:
+    with open(os.path.join(folder, CHUNKS_FILE)) as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             chunks[row["Modified_ID"]] = float(row["Viral_score"])
             by_sequence.setdefault(record_of(row["Modified_ID"]), []).append(float(row["Viral_score"]))

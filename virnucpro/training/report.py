@@ -193,7 +193,7 @@ def notes_of(split_file: str, split: dict, classifiers: list[Classifier], levels
         notes.append("--frames-only: the levels prediction calls (sequences, chunks, every frame) were not run.")
     notes.append(f"FastESM2_650: {classifiers[0].path}, trained on this split.")
     if len(classifiers) == 1:
-        notes.append("No baseline given (--baseline-model): FastESM2_650 metrics only.")
+        notes.append("No baseline given (--baseline-checkpoint): FastESM2_650 metrics only.")
     elif classifiers[1].like_for_like:
         notes.append(f"ESM2-3B: {classifiers[1].path}, trained on this split with the same recipe; both are scored "
                      "on the same rows.")

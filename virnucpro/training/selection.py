@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
 from virnucpro.log import logger
-from virnucpro.models.modelfiles import model_fingerprint
-from virnucpro.precision import dtype_name
+from virnucpro.models.loaders import Encoders
 from virnucpro.runs import changed_settings, read_record
 from virnucpro.sequences.fasta import read_fasta, split_fasta_file
 from virnucpro.sequences.genomes import MANIFEST_SUFFIX, read_manifest
@@ -181,13 +180,11 @@ def feature_files(split: SplitFile, pipeline: str) -> tuple[str, str]:
 RECORD_FILE = "extraction.json"
 
 
-def extraction_settings(pipeline: str, dna_folder: str, protein_folder: str, sequences_per_file: int,
-                        seed: int, dtypes: tuple) -> dict:
+def extraction_settings(encoders: Encoders, sequences_per_file: int, seed: int) -> dict:
     """What the features depend on (the encoders' precision included); resuming with anything else would
     mix them."""
-    return {"pipeline": pipeline, "dna_model": model_fingerprint(dna_folder),
-            "protein_model": model_fingerprint(protein_folder), "sequences_per_file": sequences_per_file,
-            "seed": seed, "precision": {"dna": dtype_name(dtypes[0]), "protein": dtype_name(dtypes[1])}}
+    return {"pipeline": encoders.pipeline.name, **encoders.identity(), "sequences_per_file": sequences_per_file,
+            "seed": seed, "precision": encoders.precision}
 
 
 def check_resume(merge_dir: str, settings: dict, restart: bool, mine: list[SplitFile]) -> None:

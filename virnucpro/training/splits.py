@@ -5,7 +5,6 @@ fingerprints that tie a classifier to the records it was trained and tested on."
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 from collections import Counter
@@ -16,11 +15,13 @@ import numpy as np
 from virnucpro.errors import InputError
 from virnucpro.log import logger
 from virnucpro.models.features import FeatureSet
+from virnucpro.runs import read_record
 from virnucpro.sequences.fasta import FastaRecord, read_fasta
 from virnucpro.sequences.genomes import MANIFEST_SUFFIX, read_manifest
 
 CLASSES = {1: "viral", 0: "host"}
 GENOME_SUFFIX = "genomic.fna.gz"           # the genome files scripts/download_data.py fetches
+DEFAULT_SPLIT = "data/test_set/test_metadata.json"     # where scripts/create_test_set.py writes the split
 
 GROUP_LEVELS = ("organism", "genus", "family", "ani", "record")
 _FAMILY_ENDINGS = ("viridae", "aceae", "idae")      # virus, bacterial/plant/fungal and animal family names
@@ -138,15 +139,9 @@ def group_folds(groups: Sequence[str], labels: np.ndarray, folds: int, seed: int
 def read_split(path) -> dict:
     """A split file of scripts/create_test_set.py: the records it holds out
     (``test_accessions``) and all the others it knows (``train_accessions``)."""
-    try:
-        with open(path) as handle:
-            split = json.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such split file; run scripts/create_test_set.py first") from None
-    except (ValueError, UnicodeDecodeError):
-        split = None
-    if not isinstance(split, dict) or "test_accessions" not in split:
-        raise InputError(f"{path}: not a split file from scripts/create_test_set.py")
+    split = read_record(path, "scripts/create_test_set.py", "run it again", keys=("test_accessions",))
+    if split is None:
+        raise InputError(f"{path}: no such split file; run scripts/create_test_set.py first")
     if "train_accessions" not in split:
         raise InputError(f"{path}: made by an older scripts/create_test_set.py that did not list every record; "
                          "run it again")
