@@ -43,8 +43,8 @@ import units
 from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.files import check_writable
-from virnucpro.log import logger
-from virnucpro.models.features import load_merged_file
+from virnucpro.log import logger, plural
+from virnucpro.models.features import FAILURE_LOG, load_merged_file
 from virnucpro.models.loaders import PIPELINES, Encoders, Pipeline
 from virnucpro.runs import Team, folder_lock
 from virnucpro.training import selection
@@ -87,21 +87,21 @@ def extract_file(split: selection.SplitFile, merged: str, models, pipeline: Pipe
 
 def extract_share(args, mine: list[selection.SplitFile], team: Team):
     """Extract and merge the files of this process not merged yet (all of
-    them with --restart); ``(files done now, failed sequences)``."""
+    them with --restart); ``(files done now, {split file: its failed sequences})``."""
     from tqdm import tqdm
 
     todo = [split for split in mine if args.restart or not os.path.exists(split.merged(args.merge_dir))]
     if not todo:
-        return todo, 0
+        return todo, {}
     encoders = Encoders.choose(args.pipeline, team.device(args.device), args.dna_model, args.protein_model,
                                args.models_dir, args.dna_fp32)
     settings = selection.extraction_settings(encoders, args.sequences_per_file, args.seed)
     selection.check_resume(args.merge_dir, settings, args.restart, mine)
     models = encoders.load()
-    failed = 0
+    failed = {}
     for split in tqdm(todo, desc="files", unit="file"):
-        failed += extract_file(split, split.merged(args.merge_dir), models, encoders.pipeline, args)
-    return todo, failed
+        failed[split.nucleotide] = extract_file(split, split.merged(args.merge_dir), models, encoders.pipeline, args)
+    return todo, {path: count for path, count in failed.items() if count}
 
 
 def main(argv=None):
@@ -121,9 +121,11 @@ def main(argv=None):
     for split in mine:
         checked = load_merged_file(split.merged(args.merge_dir), PIPELINES[args.pipeline].input_dim)
         rows["viral" if checked["label"] == 1 else "host"] += len(checked["ids"])
+    failures = sum(failed.values())
     logger.info(f"done: {len(todo)} files merged now, {len(mine) - len(todo)} before; {rows['viral']} viral "
-                f"and {rows['host']} host rows checked in {args.merge_dir}; {failed} sequences failed"
-                + (" (see extraction_failures.log)" if failed else ""))
+                f"and {rows['host']} host rows checked in {args.merge_dir}; {plural(failures, 'sequence')} failed"
+                + (f" (listed in {FAILURE_LOG} beside their split files, e.g. "
+                   f"{os.path.join(os.path.dirname(next(iter(failed))), FAILURE_LOG)})" if failures else ""))
     return 0
 
 

@@ -137,37 +137,44 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
 
     Saves (atomically) and returns ``{'nucleotide': [ids], 'data':
     [{'label': id, 'mean_representation': tensor(768)}], 'precision':
-    'float32'}``: the published layout plus the dtype the model ran in. An
-    existing ``out_file`` is loaded instead of being redone.
-    Without ``model``, the default DNABERT-S is loaded (``model_loaded`` is
-    accepted for compatibility with the published signature).
+    'float32', 'made_by': {...}}``: the published layout plus the dtype the
+    model ran in and what the features were made from (the input file's and
+    the model files' content). An existing ``out_file`` made from the same
+    input by the same model in the same precision is reused; any other is
+    made again. Without ``model``, the default DNABERT-S is loaded
+    (``model_loaded`` is accepted for compatibility with the published signature).
     """
-    if out_file is not None and os.path.exists(out_file):
-        return torch.load(out_file, weights_only=True)
     if model is None:
         model, tokenizer = load_dnabert_s()
+    source = features.made_by(input_file, model)
+    reused = features.reusable(out_file, source, "nucleotide")
+    if reused is not None:
+        return reused
     kept_ids, kept = _embed_file(input_file, out_file, "dna", engine.DnaEncoder(model),
                                  lambda sequences: engine.dna_tokens(tokenizer, sequences), tokenizer.pad_token_id,
                                  toks_per_batch, "DNABERT-S")
-    return features.save_dna_features(kept_ids, kept, model, out_file)
+    return features.save_dna_features(kept_ids, kept, model, out_file, source)
 
 
 def _extract_protein(name: str, load, fasta_file, out_file, model, tokenizer, truncation_seq_length,
                      toks_per_batch):
     """Mean over residue positions only (no BOS/EOS, no padding) of the last
     layer, each sequence cut to ``truncation_seq_length`` residues, as the
-    published fair-esm extraction; returned in fp32. An existing ``out_file`` is
-    returned before any model is loaded; without ``model``, ``load()`` gives one."""
-    if out_file is not None and os.path.exists(out_file):
-        return torch.load(out_file, weights_only=True)
+    published fair-esm extraction; returned in fp32. Without ``model``,
+    ``load()`` gives one; an ``out_file`` made from the same input by the same
+    model, precision and truncation is reused, any other made again."""
     if model is None:
         model, tokenizer = load()
+    source = features.made_by(fasta_file, model, truncation=truncation_seq_length)
+    reused = features.reusable(out_file, source, "proteins")
+    if reused is not None:
+        return reused
     table = engine.residue_table(tokenizer)
     kept_ids, kept = _embed_file(fasta_file, out_file, "protein", engine.ProteinEncoder(model),
                                  lambda sequences: engine.protein_tokens(tokenizer, table, sequences,
                                                                          truncation_seq_length),
                                  tokenizer.pad_token_id, toks_per_batch, name)
-    return features.save_protein_features(kept_ids, kept, model, out_file)
+    return features.save_protein_features(kept_ids, kept, model, out_file, source)
 
 
 def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,
@@ -179,9 +186,10 @@ def extract_fast_esm(fasta_file, out_file=None, model=None, tokenizer=None,
     ``extraction_failures.log`` beside ``out_file`` and goes on, and refuses
     any embedding that is not the model's width of finite values. Saves
     (atomically) and returns ``{'proteins': [ids], 'data': [tensor(1280)],
-    'precision': dtype the model ran in}`` in input order; an
-    existing ``out_file`` is loaded instead of being redone. Without
-    ``model``, the default FastESM2_650 is loaded.
+    'precision': dtype the model ran in, 'made_by': {...}}`` in input order;
+    an existing ``out_file`` made from the same input by the same model in
+    the same precision is reused, any other made again. Without ``model``,
+    the default FastESM2_650 is loaded.
     """
     return _extract_protein(pins.FASTESM2_650.name, load_fast_esm, fasta_file, out_file, model, tokenizer,
                             truncation_seq_length, toks_per_batch)

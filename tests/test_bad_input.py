@@ -32,6 +32,12 @@ from virnucpro.sequences.fasta import read_fasta
 
 SAMPLE = ROOT / "data/sample.fasta"
 DNA = SAMPLE.read_text()
+def pzstd(text: str, frames: int) -> bytes:
+    """``text`` compressed as pzstd writes it: independent zstd frames one after the other."""
+    size = -(-len(text) // frames)
+    return b"".join(zstandard.ZstdCompressor().compress(text[k:k + size].encode()) for k in range(0, len(text), size))
+
+
 MANY = "".join(f">r{i}\n{''.join(random.Random(i).choices('ACGT', k=300))}\n" for i in range(400))
 
 # ------------------------------------------------------------ building the cases
@@ -42,6 +48,12 @@ def input_file(name, content):
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         return predict_args(models, tmp / "out", input_fasta=path)
     return prepare
+
+
+def with_state(path, tensors: dict) -> dict:
+    """The checkpoint at ``path`` with some of its tensors replaced."""
+    content = torch.load(path, weights_only=True)
+    return {**content, "state_dict": {**content["state_dict"], **tensors}}
 
 
 def checkpoint(make, *extra):
@@ -86,6 +98,19 @@ def model_folder(which, edit):
         args[args.index("--dna-model" if which == "dna" else "--protein-model") + 1] = str(folder)
         return args
     return prepare
+
+
+def dnabert_s_with_ids_swapped(tmp, models):
+    """The real DNABERT-S tokenizer (the 4096-token fixture) with the ids of A and C swapped."""
+    folder = tmp / "dnabert_s"
+    shutil.copytree(ARCH_TINY / "dnabert_s", folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["A"], vocab["C"] = vocab["C"], vocab["A"]
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    args = predict_args(models, tmp / "out", input_fasta=SAMPLE)
+    args[args.index("--dna-model") + 1] = str(folder)
+    return args
 
 
 def edit_config(**changes):
@@ -217,11 +242,15 @@ CASES = [
     ("header without id", input_file("in.fa", ">\nACGT\n"), "record 1 (line 1) has a header without an id"),
     ("no sequence at all", input_file("in.fa", ">a\n>b\n"), "no record has a sequence"),
     ("truncated gzip", input_file("in.fa.gz", gzip.compress(MANY.encode())[:3000]),
-     "not a readable FASTA/FASTQ file, or a damaged compressed one"),
+     "in.fa.gz: truncated: it ends inside its compressed data"),
+    ("truncated zstd, cut in its last frame", input_file("in.fa.zst", pzstd(MANY, 3)[:-200]),
+     "in.fa.zst: truncated: it ends inside its compressed data (the zstd stream ends inside a frame)"),
+    ("truncated zstd of one frame", input_file("in.fa.zst", zstandard.ZstdCompressor().compress(MANY.encode())[:500]),
+     "in.fa.zst: truncated: it ends inside its compressed data"),
     ("corrupt gzip data", input_file("in.fa.gz", gzip.compress(DNA.encode())[:40] + b"\xff" * 200),
      "not a readable FASTA/FASTQ file, or a damaged compressed one"),
     ("corrupt bzip2 data", input_file("in.fa.bz2", bz2.compress(DNA.encode())[:30] + b"\x00" * 200),
-     "not a readable FASTA/FASTQ file, or a damaged compressed one"),
+     "in.fa.bz2: truncated: it ends inside its compressed data"),
     ("non-UTF-8 header", input_file("in.fa", b">a caf\xe9\nACGT\n"), "line 1 is not UTF-8 text (byte 0xe9 at column 7)"),
     ("FASTQ with short qualities", input_file("in.fq", "@r1\nACGTACGT\n+\nIIII\n"),
      "the FASTQ record at line 1 has 8 bases but 4 quality values"),
@@ -234,6 +263,11 @@ CASES = [
      "R2.fq: record 1 ('b/2') is not the mate of record 1 of"),
     ("second mate file shorter", mate_files([("a/1", READ), ("b/1", READ)], [("a/2", READ)]),
      "R2.fq: ends before pair 2, where"),
+    ("the first mates as their own mates", mate_files([("a", READ), ("b", READ)], [("a", READ), ("b", READ)]),
+     "R2.fq: the same reads as"),
+    ("both mate files on standard input",
+     lambda tmp, models: predict_args(models, tmp / "out", "--mate2", "-", input_fasta="-"),
+     "- --mate2 -: standard input can carry one of the two mate files only"),
     ("interleaved file with a read without its mate", interleaved([("a/1", READ), ("a/2", READ), ("b/1", READ)]),
      "pairs.fq: record 3 ('b/1') has no mate after it"),
     ("interleaved file of single reads", interleaved([("a", READ), ("b", READ)]),
@@ -266,6 +300,18 @@ CASES = [
     ("metadata is a string", checkpoint(lambda path: torch.save({"state_dict": classifier().state_dict(),
                                                                   "metadata": "fastesm650"}, path)),
      "its metadata is not a table"),
+    ("a 0-d tensor for the hidden layer's weights",
+     checkpoint(lambda path: (units.save_checkpoint(classifier(), path, chunk_length=300),
+                              torch.save(with_state(path, {"hidden_layer.weight": torch.tensor(1.0)}), path))),
+     "the classifier's hidden_layer.weight is () where the fastesm650 pipeline needs (512, 2048)"),
+    ("embedding_model stored as a list",
+     checkpoint(lambda path: torch.save({"state_dict": classifier().state_dict(),
+                                         "metadata": {"embedding_model": ["fastesm650"]}}, path)),
+     "not a VirNucPro checkpoint (its metadata's embedding_model is ['fastesm650'], not a pipeline name)"),
+    ("calibration that is a folder", checkpoint(lambda path: (
+        units.save_checkpoint(classifier(), path, chunk_length=300),
+        (path.parent / "model.calibration.json").mkdir())),
+     "model.calibration.json: a folder, where scripts/evaluate_compare.py keeps a file; move it away"),
     ("output weights missing", checkpoint(state_without_output_weights),
      "the weights do not fit the VirNucPro classifier (missing: output_layer.weight)"),
     ("500-bp classifier on 300-bp chunks", checkpoint(lambda path: units.save_checkpoint(classifier(), path,
@@ -306,6 +352,9 @@ CASES = [
     ("symlink loop as input", symlink_loop, "loop_a.fa: cannot be opened (Too many levels of symbolic links)"),
     ("standard input without -o", stdin_without_output, "-: input from a pipe needs an output folder; give -o"),
     # ---- model folders
+    ("DNABERT-S tokenizer of its size with other ids", dnabert_s_with_ids_swapped,
+     "tokenizer.json holds 4096 tokens, as DNABERT-S's tokenizer does, but other tokens or merge rules than "
+     "DNABERT-S's, so every id it gives would differ"),
     ("DNABERT-S tokenizer of another vocabulary",
      model_folder("dna", lambda folder: shutil.copy(ARCH_TINY / "dnabert_s/tokenizer.json", folder)),
      "tokenizer.json holds 4096 tokens, but the model's config.json 64: the tokenizer is not this model's"),
@@ -373,6 +422,16 @@ def test_bad_input_gives_one_line_and_leaves_nothing(name, prepare, words, model
         assert snapshot(output) == before                        # the folder is left as it was
 
 
+def test_a_closed_standard_input_is_one_line(models, tmp_path):
+    """prediction.py - 300 ... <&- : started without a standard input at all."""
+    done = subprocess.run([sys.executable, str(ROOT / "prediction.py"), *predict_args(models, tmp_path / "out",
+                                                                                     input_fasta="-")],
+                          capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.close(0))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: -: standard input is closed; pipe the reads in")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unwritable_output_folder_is_refused_before_any_work(models, tmp_path, cli):
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -425,6 +484,7 @@ def test_fastq_compressed_bom_tabs_and_crlf_read_as_the_fasta(models, sample_run
     variants = {"reads.fq.gz": gzip.compress(text.encode()), "reads.fq.bz2": bz2.compress(text.encode()),
                 "reads.fastq.xz": __import__("lzma").compress(text.encode()),
                 "reads.fq.zst": zstandard.ZstdCompressor().compress(text.encode()),
+                "pzstd.fq.zst": pzstd(text, 4),
                 "bom_crlf.fa": b"\xef\xbb\xbf" + DNA.replace("\n", "\r\n").encode(),
                 "old_mac.fa": DNA.replace("\n", "\r").encode(),
                 "tabs.fa": "".join(line if line.startswith(">") else line[:30] + "\t" + line[30:]

@@ -70,14 +70,15 @@ def other_versions() -> bytes:
     return gzip.compress(text.replace(".1 synthetic", ".2 synthetic").encode())
 
 
-def bundle_with_member(name: str):
-    """A bundle whose one member, listed in its manifest with the right hash, is ``name``."""
+def bundle_with_member(name: str, manifest_of=lambda name, sha256: {name: sha256}):
+    """A bundle whose one member, listed in its manifest (``manifest_of(name, sha256)``) with the right hash,
+    is ``name``."""
     def prepare(tmp, models):
         content = b"not a model"
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             import hashlib
-            manifest = json.dumps({name: hashlib.sha256(content).hexdigest()}).encode()
+            manifest = json.dumps(manifest_of(name, hashlib.sha256(content).hexdigest())).encode()
             for member, data in (("manifest.json", manifest), (name, content)):
                 info = tarfile.TarInfo(member)
                 info.size = len(data)
@@ -166,6 +167,10 @@ CASES = [
      "./x is not a file of a pinned model or classifier", ["models/classifiers/mine.pth"], []),
     ("a bundle member of no pinned model", "fetch_models", bundle_with_member("classifiers/mine.pth"),
      "classifiers/mine.pth is not a file of a pinned model or classifier", ["models/classifiers/mine.pth"], []),
+    ("a bundle whose manifest is a list", "fetch_models",
+     bundle_with_member("dnabert-s/config.json", lambda name, sha256: [name, sha256]),
+     "evil.tar: not a readable bundle of scripts/fetch_models.py (its manifest is not a table of files)",
+     ["models/classifiers/mine.pth"], []),
     ("--models-dir a file", "fetch_models",
      lambda tmp, models: ["--models-dir", str(shutil.copy(TRAIN / "genomes.genomic.fna.gz", tmp / "models"))],
      "the models folder (--models-dir) is a file, not a folder", [], []),

@@ -15,7 +15,7 @@ import validate_features as validate
 from conftest import ROOT, interrupt_after
 from virnucpro.errors import InputError
 from virnucpro.models import loaders
-from virnucpro.models.modelfiles import model_fingerprint
+from virnucpro.models.modelfiles import model_identity
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.training import selection
 
@@ -133,7 +133,49 @@ def test_resuming_with_another_model_is_refused_until_restart(tiny_models, tmp_p
     assert features.main(extract_args(models, data, "--restart")) == 0
     after = merged_contents(data / "data_merge")
     assert len(after) == 6 and not any(torch.equal(before[name]["data"], after[name]["data"]) for name in before)
-    assert json.loads((data / "data_merge/extraction.json").read_text())["dna_model"] == model_fingerprint(str(dna))
+    assert json.loads((data / "data_merge/extraction.json").read_text())["dna_model"] == model_identity(str(dna))
+
+
+def perturbed_dna_model(source, folder):
+    """A copy of a DNABERT-S folder with other weights: another model of the same layout."""
+    shutil.copytree(source, folder)
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["encoder.layer.0.mlp.wo.bias"] += 0.5
+    torch.save(state, folder / "pytorch_model.bin")
+    return str(folder)
+
+
+def same_features(merge_dir, clean_dir):
+    found, clean = merged_contents(merge_dir), merged_contents(clean_dir)
+    assert found.keys() == clean.keys()
+    for name in clean:
+        assert found[name]["ids"] == clean[name]["ids"], name
+        assert torch.equal(found[name]["data"], clean[name]["data"]), name
+
+
+def test_reextraction_into_a_new_merge_folder_gives_what_a_clean_run_gives(reference, tiny_models, tmp_path):
+    """The split and feature files beside the data are reused only when made from the same split file, by the
+    same model, in the same precision: another model or another split size makes them again."""
+    (tmp_path / "data").mkdir()
+    data = make_data_tree(tmp_path / "data")
+    assert features.main(extract_args(tiny_models, data)) == 0
+    other = {**tiny_models, "dna": perturbed_dna_model(tiny_models["dna"], tmp_path / "other_dna")}
+    assert features.main(extract_args(other, data, "--merge-dir", str(tmp_path / "other_model"))) == 0
+    (tmp_path / "clean_other").mkdir()
+    clean = make_data_tree(tmp_path / "clean_other")
+    assert features.main(extract_args(other, clean)) == 0
+    same_features(tmp_path / "other_model", clean / "data_merge")
+
+    args = extract_args(tiny_models, data, "--merge-dir", str(tmp_path / "four"))
+    args[args.index("--sequences-per-file") + 1] = "4"
+    assert features.main(args) == 0
+    (tmp_path / "clean_four").mkdir()
+    clean = make_data_tree(tmp_path / "clean_four")
+    args = extract_args(tiny_models, clean)
+    args[args.index("--sequences-per-file") + 1] = "4"
+    assert features.main(args) == 0
+    same_features(tmp_path / "four", clean / "data_merge")
+    same_features(data / "data_merge", reference / "data_merge")          # the first folder stays as it was
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@ read of its own (``<pair>/1``, ``<pair>/2``) and prediction_pairs.tsv has a row 
 mates' chunks by the sequence rule."""
 import gzip
 import json
+import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -107,6 +109,20 @@ def test_an_interleaved_file_on_standard_input_gives_the_same(models, reads, cla
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert result_bytes(tmp_path / "out") == result_bytes(paired_run)
     assert b"-: 5 read pairs, 10 300-bp chunks" in done.stderr
+
+
+def test_second_mates_through_a_pipe_give_the_same(models, reads, classifier, paired_run, tmp_path):
+    """--mate2 <(zcat R2.fq.gz): the second mates are read from a pipe, spooled in the new output folder."""
+    fifo = tmp_path / "R2.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(gzip.decompress((reads / "R2.fq.gz").read_bytes())))
+    writer.start()
+    args = predict_args(models, tmp_path / "out", "--mate2", str(fifo), input_fasta=reads / "R1.fq.gz",
+                        checkpoint=classifier)
+    assert prediction.main(args) == 0
+    writer.join()
+    assert result_bytes(tmp_path / "out") == result_bytes(paired_run)
+    assert not any((tmp_path / "out" / spool).exists() for spool in outputs.SPOOLS)
 
 
 def test_a_run_missing_its_pairs_table_is_redone(models, reads, classifier, tmp_path):

@@ -18,7 +18,7 @@ import prediction
 import units
 from conftest import ROOT, interrupt_after, predict_args
 from virnucpro.errors import InputError
-from virnucpro.models.modelfiles import model_fingerprint
+from virnucpro.models.modelfiles import model_identity
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.prediction import assembly, outputs, shards
 from virnucpro.runs import LOCK_FILE
@@ -69,9 +69,20 @@ def test_a_checkpoint_swapped_for_one_of_equal_size_is_refused(models, checkpoin
     assert results(output) == results(clean)
 
 
-def test_a_model_folder_whose_weights_changed_is_refused(models, tmp_path, monkeypatch):
-    from safetensors.torch import load_file, save_file
+def change_in_place_keeping_size_and_time(path, offset):
+    """What ``cp -p``, ``rsync -a`` or an edit followed by ``touch -r`` leave: other bytes, same size and time."""
+    stat = os.stat(path)
+    time.sleep(0.02)                                    # past the file system's clock tick: a new change time
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x40]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
 
+
+def test_a_resume_with_weights_changed_in_place_is_refused(models, tmp_path, monkeypatch):
     protein = tmp_path / "fastesm"
     shutil.copytree(models["protein"], protein)
     args = sample_args(models, tmp_path / "out")
@@ -80,25 +91,24 @@ def test_a_model_folder_whose_weights_changed_is_refused(models, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         prediction.main(args)
     monkeypatch.undo()
-    weights = load_file(protein / "model.safetensors")
-    weights["esm.encoder.layer.0.output.dense.bias"] += 0.5
-    save_file(weights, protein / "model.safetensors", metadata={"format": "pt"})
+    change_in_place_keeping_size_and_time(protein / "model.safetensors", os.path.getsize(protein / "model.safetensors")
+                                          - 10)        # a weight's byte, not the header
     with pytest.raises(InputError, match="holds a run with other settings \\(protein_model\\)"):
         prediction.main(args)
 
 
-def test_models_are_identified_by_snapshot_commit_or_by_their_files(tmp_path):
-    snapshot = tmp_path / "models--x--y" / "snapshots" / ("0123456789abcdef" * 3)[:40]
-    snapshot.mkdir(parents=True)
-    assert model_fingerprint(str(snapshot)) == {"snapshot": ("0123456789abcdef" * 3)[:40]}
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
+def test_models_are_identified_by_the_content_of_the_files_their_loader_reads(tiny_models, tmp_path):
+    folder, copy = tmp_path / "dnabert", tmp_path / "elsewhere"
+    shutil.copytree(tiny_models["dna"], folder)
     (folder / "notes.md").write_text("not part of the model")
-    fingerprint = model_fingerprint(str(folder))
-    assert list(fingerprint["files"]) == ["config.json"]
-    os.utime(folder / "config.json", ns=(1, 1))
-    assert model_fingerprint(str(folder)) != fingerprint
+    identity = model_identity(str(folder))
+    assert {"config.json", "pytorch_model.bin", "tokenizer.json"} <= set(identity) and "notes.md" not in identity
+    shutil.copytree(folder, copy)
+    assert model_identity(str(copy)) == identity                     # content, not place or time
+    change_in_place_keeping_size_and_time(folder / "tokenizer.json", 100)
+    changed = model_identity(str(folder))
+    assert changed["tokenizer.json"] != identity["tokenizer.json"] and changed["pytorch_model.bin"] == \
+        identity["pytorch_model.bin"]
 
 
 # ------------------------------------------------------------ one writer, pipes, killed runs
@@ -117,7 +127,8 @@ def start_run_on_a_pipe(models, output, fifo):
 
 
 def feed(fifo, content):
-    with open(fifo, "wb") as pipe:
+    """Write ``content`` into a FIFO, as far as its reader reads."""
+    with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as pipe:
         pipe.write(content)
 
 
@@ -213,6 +224,47 @@ def test_an_input_replaced_during_the_run_stops_with_one_line(models, tmp_path, 
     assert json.loads((output / "run.json").read_text())["status"] == "running"
 
 
+@pytest.mark.parametrize("action, words", [
+    (lambda reads, output: reads.unlink(), "reads.fasta: deleted during the run; put it back"),
+    (lambda reads, output: reads.write_text(one_more_record(reads.read_text())),
+     "reads.fasta: the input changed during the run ("),
+    (lambda reads, output: shutil.rmtree(output), "out: the output folder (or its shards/) was deleted or moved "
+                                                  "during the run; run the same command again to start over"),
+])
+def test_what_happens_to_the_files_during_the_scoring_stops_it_at_once(models, tmp_path, monkeypatch, action, words):
+    """An input deleted or appended to, or the output folder deleted, stops the run before the next shard."""
+    reads, output = tmp_path / "reads.fasta", tmp_path / "out"
+    shutil.copy(SAMPLE, reads)
+    scored, score = [], shards.score_shard
+
+    def scoring(shard, *args):
+        scored.append(shard.folder)
+        score(shard, *args)
+        if len(scored) == 1:
+            action(reads, output)
+
+    monkeypatch.setattr(shards, "score_shard", scoring)
+    with pytest.raises(InputError) as error:
+        prediction.main(sample_args(models, output, input_fasta=reads))
+    assert words in str(error.value) and len(scored) == 1
+
+
+def test_the_temporary_files_of_a_killed_assembly_are_gone_after_the_rerun(models, clean_sample_run, tmp_path,
+                                                                            monkeypatch):
+    output = tmp_path / "out"
+    interrupt_after(monkeypatch, assembly, "write_outputs", 0)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.main(sample_args(models, output))
+    monkeypatch.undo()
+    left = [output / f".{name}.x7k2p9.tmp" for name in (*outputs.RESULT_FILES, outputs.RUN_FILE)]
+    for path in left:                                   # what SIGKILL would have left mid-assembly
+        path.write_text("half")
+    (output / "notes.tmp").write_text("the user's")
+    assert prediction.main(sample_args(models, output)) == 0
+    assert not any(path.exists() for path in left) and (output / "notes.tmp").exists()
+    assert results(output) == results(clean_sample_run)
+
+
 # ------------------------------------------------------------ SIGTERM and a full disk: one line, and a rerun resumes
 GOLDEN_INPUT = ROOT / "tests/data/golden/prediction/input.fasta"     # 377 chunks: 8 shards of 50
 
@@ -270,6 +322,18 @@ def small_disk(tmp_path):
         pytest.skip("this machine does not let tests mount a tmpfs")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_disk_too_small_for_the_spool_of_a_pipe_names_the_output_folder(models, small_disk, tmp_path, cli):
+    fifo, output = tmp_path / "reads.fifo", small_disk / "out"
+    os.mkfifo(fifo)
+    reads = "".join(f">r{k}\n{'ACGT' * 60}\n" for k in range(20_000)).encode()      # 5 MB, the disk 4 MB
+    writer = threading.Thread(target=feed, args=(fifo, reads), daemon=True)
+    writer.start()
+    status, stderr = cli("prediction", sample_args(models, output, input_fasta=fifo))
+    assert status == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"error: {output}: no space left on its disk")
+    assert not any((output / spool).exists() for spool in outputs.SPOOLS)
 
 
 @pytest.mark.slow

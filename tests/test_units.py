@@ -1,5 +1,6 @@
 """Model loading, embedding extraction and merging, on tiny models the tests build
 and load through the same functions users call."""
+import copy
 import random
 import shutil
 
@@ -54,6 +55,7 @@ class Recording(torch.nn.Module):
     def __init__(self, model, oom_rows_above=None, oom_length=None, nan_length=None):
         super().__init__()
         self.model, self.shapes, self.config = model, [], model.config
+        self.identity = getattr(model, "identity", None)
         self.oom_rows_above, self.oom_length, self.nan_length = oom_rows_above, oom_length, nan_length
 
     def forward(self, input_ids, attention_mask):
@@ -228,17 +230,30 @@ def test_nan_embedding_is_refused_and_logged(fastesm, tmp_path):
     assert "\tbad\tnon_finite\t" in (tmp_path / FAILURE_LOG).read_text()
 
 
-def test_existing_output_is_not_redone(fastesm, tmp_path):
+def test_existing_output_is_reused_only_when_made_alike(fastesm, tmp_path):
+    """Reused when made from the same input by the same model files in the same precision; else made again."""
     model, tokenizer = fastesm
     fasta = write(tmp_path / "p.faa", random_proteins(5))
     out = str(tmp_path / "p_ESM.pt")
     first = units.extract_fast_esm(fasta, out, model=model, tokenizer=tokenizer)
+    assert first["made_by"]["model"] == model.identity and first["made_by"]["precision"] == "float32"
     recording = Recording(model)
     again = units.extract_fast_esm(fasta, out, model=recording, tokenizer=tokenizer)
-    assert recording.shapes == []
-    assert units.extract_fast_esm(fasta, out)["proteins"] == first["proteins"]   # no model loaded (none is cached)
-    assert again["proteins"] == first["proteins"]
+    assert recording.shapes == [] and again["proteins"] == first["proteins"]
     assert all(torch.equal(a, b) for a, b in zip(again["data"], first["data"]))
+
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    recording = Recording(half)
+    assert units.extract_fast_esm(fasta, out, model=recording, tokenizer=tokenizer)["precision"] == "bfloat16"
+    assert recording.shapes
+    unknown = Recording(model)
+    unknown.identity = None                              # a model this project did not load: cannot be told apart
+    units.extract_fast_esm(fasta, out, model=unknown, tokenizer=tokenizer)
+    assert unknown.shapes
+    write(tmp_path / "p.faa", random_proteins(5, seed=9))
+    recording = Recording(model)
+    assert units.extract_fast_esm(fasta, out, model=recording, tokenizer=tokenizer)["proteins"] == first["proteins"]
+    assert recording.shapes                              # same ids, another input file
 
 
 def test_embedding_that_is_not_the_model_width_is_refused_before_writing(fastesm, tmp_path):

@@ -20,9 +20,43 @@ import zstandard
 from virnucpro.errors import InputError
 
 
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of zstd frames one after the other (zstd writes one, pzstd several). A stream
+    that ends inside a frame is a truncated file, an ``EOFError``, never a shorter one."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self.raw, self.decompressor = raw, zstandard.ZstdDecompressor()
+        self.frame = None                   # the frame being decompressed
+        self.output, self.taken = b"", 0    # decompressed bytes not yet read, and how many of them are
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.taken == len(self.output):
+            compressed = self.raw.read(1 << 20)
+            if not compressed:
+                if self.frame is not None and not self.frame.eof:
+                    raise EOFError("the zstd stream ends inside a frame")
+                return 0
+            self.output, self.taken = b"".join(self._frames(compressed)), 0
+        count = min(len(buffer), len(self.output) - self.taken)
+        buffer[:count] = self.output[self.taken:self.taken + count]
+        self.taken += count
+        return count
+
+    def _frames(self, compressed: bytes):
+        while compressed:
+            if self.frame is None or self.frame.eof:
+                self.frame = self.decompressor.decompressobj()
+            yield self.frame.decompress(compressed)
+            compressed = self.frame.unused_data if self.frame.eof else b""
+
+
 # Compressed input is recognised by its first bytes, not by the file name.
 def _zstd(raw):
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+    return io.BufferedReader(ZstdFrames(raw), buffer_size=1 << 20)
 
 
 #                 name, first bytes, reader, how to decompress it, file suffix
@@ -45,7 +79,11 @@ def open_raw(path: str | os.PathLike):
     """Open a file for reading its bytes as they are (``-``: standard input); a user's mistake is one line."""
     path = os.fspath(path)
     if path == "-":
-        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")     # closing it leaves sys.stdin open
+        try:
+            return os.fdopen(os.dup(sys.stdin.fileno()), "rb")     # closing it leaves sys.stdin open
+        except (AttributeError, ValueError, OSError):              # no standard input at all (started with <&-)
+            raise InputError("-: standard input is closed; pipe the reads in (zcat reads.fq.gz | ... - ...) or "
+                             "give a file") from None
     try:
         return open(path, "rb")
     except FileNotFoundError:

@@ -23,3 +23,8 @@ def setup_logging() -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 sequence``, ``2 sequences``: a count with its noun (``nouns`` where adding an s is wrong)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"

@@ -124,8 +124,8 @@ def folder_lock(folder: str | os.PathLike, option: str = "-o", name: str = LOCK_
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        if created and not os.listdir(folder):
-            os.rmdir(folder)
+            if created and not os.listdir(folder):
+                os.rmdir(folder)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from virnucpro.errors import DimensionError, InputError
-from virnucpro.files import save_tensors
+from virnucpro.files import file_sha256, save_tensors
 from virnucpro.log import logger
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.precision import model_precision
@@ -36,22 +36,44 @@ def log_failures(failures: list[tuple[str, str, str]], source, folder) -> None:
                    f"see {log_path}")
 
 
-def save_dna_features(ids: list[str], vectors, model: torch.nn.Module, out_file=None) -> dict:
-    """DNABERT-S features in the published layout plus the model's dtype,
-    saved atomically when ``out_file`` is given: ``{'nucleotide': [ids], 'data':
-    [{'label': id, 'mean_representation': tensor}], 'precision': dtype}``."""
+def made_by(input_file, model: torch.nn.Module, **settings) -> dict:
+    """What a feature file is made from: the input file's content, the model's (the files it was loaded
+    from, ``None`` for a model not loaded by this project), its precision and the extraction's settings."""
+    return {"input_sha256": file_sha256(input_file), "model": getattr(model, "identity", None),
+            "precision": model_precision(model), **settings}
+
+
+def reusable(out_file, source: dict, ids_key: str) -> dict | None:
+    """The feature file ``out_file`` when it was made from ``source`` (``made_by``), else None: a file made
+    from another input, model, precision or setting, or one that does not say, is made again."""
+    if out_file is None or not os.path.exists(out_file):
+        return None
+    content = load_feature_file(out_file, ids_key)
+    if source["model"] is not None and content.get("made_by") == source:
+        return content
+    logger.info(f"{out_file}: made from another input, model or precision than this extraction's; making it again")
+    return None
+
+
+def save_dna_features(ids: list[str], vectors, model: torch.nn.Module, out_file=None, source: dict | None = None
+                      ) -> dict:
+    """DNABERT-S features in the published layout plus the model's dtype (and what made them, when known),
+    saved atomically when ``out_file`` is given: ``{'nucleotide': [ids], 'data': [{'label': id,
+    'mean_representation': tensor}], 'precision': dtype, 'made_by': {...}}``."""
     result = {"nucleotide": list(ids),
               "data": [{"label": i, "mean_representation": v.clone()} for i, v in zip(ids, vectors)],
-              "precision": model_precision(model)}
+              "precision": model_precision(model), **({"made_by": source} if source else {})}
     save_tensors(result, out_file)
     return result
 
 
-def save_protein_features(ids: list[str], vectors, model: torch.nn.Module, out_file=None) -> dict:
-    """Protein features in the published layout plus the model's dtype, saved
-    atomically when ``out_file`` is given: ``{'proteins': [ids], 'data':
-    [tensor], 'precision': dtype}``."""
-    result = {"proteins": list(ids), "data": [v.clone() for v in vectors], "precision": model_precision(model)}
+def save_protein_features(ids: list[str], vectors, model: torch.nn.Module, out_file=None,
+                          source: dict | None = None) -> dict:
+    """Protein features in the published layout plus the model's dtype (and what made them, when known),
+    saved atomically when ``out_file`` is given: ``{'proteins': [ids], 'data': [tensor], 'precision': dtype,
+    'made_by': {...}}``."""
+    result = {"proteins": list(ids), "data": [v.clone() for v in vectors], "precision": model_precision(model),
+              **({"made_by": source} if source else {})}
     save_tensors(result, out_file)
     return result
 

@@ -351,6 +351,9 @@ def unpack_bundle(path: str, models: str) -> list[str]:
         with tarfile.open(path) as tar:
             manifest_member = tar.extractfile(MANIFEST)
             manifest = json.load(manifest_member)
+            if not isinstance(manifest, dict):
+                raise InputError(f"{path}: not a readable bundle of scripts/fetch_models.py (its manifest is not a "
+                                 "table of files); make it again with scripts/fetch_models.py --bundle")
             unpacked = set()
             for member in tar.getmembers():
                 if member.name == MANIFEST:

@@ -4,6 +4,8 @@ read as data (no remote code) with every encoder weight checked against the
 files; and the two embedding pipelines (DNABERT-S plus one protein model)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,13 +21,13 @@ from virnucpro.models.esm2 import Esm2Config, build, encoder_state
 from virnucpro.models.modelfiles import (
     checkpoint_shapes,
     checkpoint_state,
-    model_fingerprint,
+    model_identity,
     model_folder,
     read_config,
     require_weights,
     verify_weights,
 )
-from virnucpro.models.pins import DNA_DIM, DNABERT_S, ESM2_3B, ESM2_3B_DIM, FASTESM2_650, PROTEIN_DIM, ModelSpec
+from virnucpro.models.pins import DNA_DIM, DNABERT_S, DNABERT_S_TOKENS, ESM2_3B, ESM2_3B_DIM, FASTESM2_650, PROTEIN_DIM, ModelSpec
 from virnucpro.precision import dtype_name
 
 # The ESM-2 alphabet (fair-esm order), shared by ESM2-3B and FastESM2_650.
@@ -42,6 +44,8 @@ def default_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
 
 
 def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype, expected_dim: int | None) -> torch.nn.Module:
+    """Check the weights and the width; the model on its device in its dtype, for inference, carrying the
+    content of the files it was loaded from (``identity``: what feature files record of their model)."""
     verify_weights(spec, model, folder)
     dtype = dtype or default_dtype(spec, device)
     if expected_dim is not None and model.config.hidden_size != expected_dim:
@@ -49,6 +53,7 @@ def _finish_loading(spec: ModelSpec, model, folder: str, device, dtype, expected
                          f"not {expected_dim}; point {spec.option} at a {spec.name} model")
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
+    model.identity = model_identity(folder)
     logger.info(f"{spec.name}: loaded from {folder} ({dtype_name(dtype)}, {device})")
     return model
 
@@ -68,6 +73,7 @@ def load_dnabert_s(model: str | None = None, device: str | torch.device | None =
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(DNABERT_S, model)
+    model_identity(folder)                  # read once from disk, hashed; the loading finds it in the page cache
     config = read_config(DNABERT_S, folder)
     hint = f"point --dna-model at a DNABERT-S folder (layout of {DNABERT_S.hub_id})"
     if config.get("model_type", "bert") != "bert":
@@ -100,11 +106,23 @@ def _dnabert_tokenizer(folder: str, vocab_size: int, hint: str):
     if len(tokenizer) != vocab_size:
         raise InputError(f"DNABERT-S: {path} holds {len(tokenizer)} tokens, but the model's config.json "
                          f"{vocab_size}: the tokenizer is not this model's; {hint}")
+    if len(tokenizer) == DNABERT_S_TOKENS[0] and token_table_sha256(tokenizer) != DNABERT_S_TOKENS[1]:
+        raise InputError(f"DNABERT-S: {path} holds {len(tokenizer)} tokens, as DNABERT-S's tokenizer does, but "
+                         "other tokens or merge rules than DNABERT-S's, so every id it gives would differ; fetch "
+                         f"the model again (scripts/fetch_models.py {DNABERT_S.key}), or {hint}")
     absent = [name for name in ("cls_token", "sep_token", "pad_token") if getattr(tokenizer, name) is None]
     if absent:
         raise InputError(f"DNABERT-S: {path} has no {absent[0].replace('_token', '').upper()} token: it is not "
                          f"DNABERT-S's tokenizer; {hint}")
     return tokenizer
+
+
+def token_table_sha256(tokenizer) -> str:
+    """SHA-256 of a BPE tokenizer's tokens (in id order) and merge rules: what decides the ids it gives."""
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
+    tokens = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    return hashlib.sha256(json.dumps({"tokens": tokens, "merges": merges}).encode()).hexdigest()
 
 
 def _load_dnabert_state(network: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
@@ -145,6 +163,7 @@ def esm_tokenizer():
 def _load_esm(spec: ModelSpec, model, device, dtype, expected_dim):
     device = device if isinstance(device, torch.device) else resolve_device(device)
     folder = model_folder(spec, model)
+    model_identity(folder)                  # read once from disk, hashed; the loading finds it in the page cache
     config = read_config(spec, folder)
     hint = f"point {spec.option} at a {spec.name} model"
     if "hidden_size" not in config or config.get("vocab_size") != len(ESM2_ALPHABET):
@@ -247,9 +266,8 @@ class Encoders:
         return {"dna": dtype_name(self.dna_dtype), "protein": dtype_name(self.protein_dtype)}
 
     def identity(self) -> dict:
-        """What identifies the two models, as run records keep it."""
-        return {"dna_model": model_fingerprint(self.dna_folder),
-                "protein_model": model_fingerprint(self.protein_folder)}
+        """The two models' content (``model_identity``), as run records keep it."""
+        return {"dna_model": model_identity(self.dna_folder), "protein_model": model_identity(self.protein_folder)}
 
     def load(self) -> tuple[tuple, tuple]:
         """``((DNABERT-S, its tokenizer), (protein model, its tokenizer))`` on the device."""

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from virnucpro.errors import InputError
+from virnucpro.files import file_sha256
 from virnucpro.models.pins import ModelSpec, models_dir
 
 # Parameters outside the encoder, not used for embeddings, may be absent from a checkpoint.
@@ -51,22 +52,33 @@ def model_folder(spec: ModelSpec, model: str | None = None, models: str | None =
     return folder
 
 
-_MODEL_FILE_SUFFIXES = (".json", ".txt", ".safetensors", ".bin")
+# What a loader reads besides the weights: the config and the tokenizer's files.
+_READ_BESIDES_WEIGHTS = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                         "vocab.txt", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+# This process's memory of content hashes: (path, device, inode, size, modification and change time) -> SHA-256.
+_HASHES: dict[tuple, str] = {}
 
 
-def model_fingerprint(folder: str) -> dict:
-    """What identifies a model folder's content, without hashing gigabytes:
-    the commit of a Hugging Face snapshot folder, otherwise the names, sizes
-    and modification times of its config, tokenizer and weight files."""
-    parent, commit = os.path.split(os.path.normpath(os.path.abspath(folder)))
-    if os.path.basename(parent) == "snapshots" and len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
-        return {"snapshot": commit}
-    files = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(_MODEL_FILE_SUFFIXES):
-            stat = os.stat(os.path.join(folder, name))
-            files[name] = [stat.st_size, stat.st_mtime_ns]
-    return {"folder": os.path.abspath(folder), "files": files}
+def _stat_key(path: str) -> tuple:
+    """What tells a file's content apart without reading it: any write changes its change time (ctime),
+    which cp -p, rsync -a and touch -r cannot set back, even where they keep its size and modification time."""
+    stat = os.stat(path)
+    return os.path.abspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def model_identity(folder: str) -> dict[str, str]:
+    """A model folder's content: ``{file: SHA-256}`` of every file its loader reads (config, weights,
+    tokenizer). Each file is read from disk once (the loader then finds it in the page cache) and hashed once
+    in a process while it is unchanged."""
+    files = [name for name in _READ_BESIDES_WEIGHTS if os.path.isfile(os.path.join(folder, name))]
+    files += [os.path.basename(path) for path in weight_files(folder)]
+    identity = {}
+    for name in sorted(files):
+        key = _stat_key(os.path.join(folder, name))
+        if key not in _HASHES:
+            _HASHES[key] = file_sha256(key[0])
+        identity[name] = _HASHES[key]
+    return identity
 
 
 def weight_files(folder: str) -> list[str]:

@@ -50,6 +50,9 @@ CLASSIFIER_300 = PublishedClassifier("classifier-300", "300_model.pth", "Li-Jing
                                      "a0b5b85e7c1e44f00cde146d091beb82b2c8e855", 300)
 CLASSIFIER_500 = PublishedClassifier("classifier-500", "500_model.pth", "Li-Jing-1997/VirNucPro",
                                      "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d", 500)
+# DNABERT-S's tokenizer (DNABERT-2's BPE): its size and the SHA-256 of its token table and merge rules
+# (loaders.token_table_sha256). A tokenizer of this size with another table would change every id.
+DNABERT_S_TOKENS = (4096, "08dff527d4d5cc0f74feaf75f3e61d59e90c7fd557e8368c6ff21ae9d8cb8c7d")
 ARTIFACTS = {item.key: item for item in (DNABERT_S, FASTESM2_650, ESM2_3B, CLASSIFIER_300, CLASSIFIER_500)}
 PUBLISHED_BY_BLOB = {item.blob_sha1: item for item in (CLASSIFIER_300, CLASSIFIER_500)}
 

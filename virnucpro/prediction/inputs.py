@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from virnucpro.errors import InputError
-from virnucpro.files import Tap
+from virnucpro.files import Tap, is_disk_full
 from virnucpro.prediction.outputs import SPOOLS
 from virnucpro.sequences.chunks import chunk_starts
 from virnucpro.sequences.fasta import FastaRecord, RecordIds, read_fasta
@@ -46,6 +46,23 @@ class Input:
     @property
     def paired(self) -> bool:
         return self.mate2 is not None or self.interleaved
+
+    def check_unchanged(self) -> None:
+        """Stop at once when an input file checked by this process was deleted, or grew or shrank, since (a
+        pipe's spool is the run's own copy): records appended during the run are never scored unchecked."""
+        mate2 = (self.identity or {}).get("mate2")
+        for path, name, identity in ((self.path, self.name, self.identity), (self.mate2, self.mate2_name, mate2)):
+            if identity is None or path != name:
+                continue
+            try:
+                size = os.path.getsize(path)
+            except FileNotFoundError:
+                raise InputError(f"{name}: deleted during the run; put it back and run the same command again to "
+                                 "go on") from None
+            if size != identity["bytes"]:
+                raise InputError(f"{name}: the input changed during the run ({identity['bytes']} bytes when it was "
+                                 f"checked, {size} now); run prediction again with --overwrite on the input as it "
+                                 "is now")
 
     def reads(self, tap=None, tap2=None) -> Iterator[FastaRecord]:
         """The reads in run order, validated (mates one after the other, renamed ``<pair>/1``, ``/2``)."""
@@ -127,6 +144,21 @@ def count_chunks(source: Input, chunk_size: int, tap=None, tap2=None) -> tuple[i
     return reads, chunks
 
 
+def _check_and_spool(given: Input, chunk_size: int, spools: list[str | None], digests, taps) -> tuple[int, int]:
+    """``count_chunks`` of the input, each file's bytes hashed (``digests``) and, for a pipe, copied to its
+    spool as they are read."""
+    with contextlib.ExitStack() as copies:
+        copy = [copies.enter_context(open(spool, "wb")) if spool else None for spool in spools]
+
+        def tap_of(k: int):
+            def tap(raw):
+                taps[k].append(Tap(raw, digests[k], copy[k]))
+                return taps[k][-1]
+            return tap
+
+        return count_chunks(given, chunk_size, *(tap_of(k) for k in range(len(spools))))
+
+
 @contextlib.contextmanager
 def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str, chunk_size: int,
               check: bool) -> Iterator[Input]:
@@ -136,6 +168,9 @@ def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str,
     for spool in spools:
         with contextlib.suppress(FileNotFoundError):
             os.remove(spool)            # left by a run that was killed; this process holds the folder now
+    if given == "-" and mate2 == "-":
+        raise InputError("- --mate2 -: standard input can carry one of the two mate files only; give the other as "
+                         "a file, or as a process substitution such as --mate2 <(zcat R2.fq.gz)")
     givens = [given] + ([mate2] if mate2 else [])
     piped = [is_pipe(path) for path in givens]
     if not check and not any(piped):
@@ -143,17 +178,17 @@ def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str,
         return
     digests, taps = [hashlib.sha256() for _ in givens], [[] for _ in givens]
     try:
-        with contextlib.ExitStack() as copies:
-            copy = [copies.enter_context(open(spool, "wb")) if pipe else None for spool, pipe in zip(spools, piped)]
-
-            def tap_of(k: int):
-                def tap(raw):
-                    taps[k].append(Tap(raw, digests[k], copy[k]))
-                    return taps[k][-1]
-                return tap
-
-            given_input = Input(given, given, mate2, mate2, interleaved)
-            reads, chunks = count_chunks(given_input, chunk_size, *(tap_of(k) for k in range(len(givens))))
+        try:
+            reads, chunks = _check_and_spool(Input(given, given, mate2, mate2, interleaved), chunk_size,
+                                             [spool if pipe else None for spool, pipe in zip(spools, piped)],
+                                             digests, taps)
+        except OSError as error:
+            if is_disk_full(error) and error.filename is None:
+                error.filename = output_dir            # spooling a pipe: the output folder's disk is full
+            raise
+        if mate2 and digests[0].digest() == digests[1].digest():
+            raise InputError(f"{mate2}: the same reads as {given} (byte for byte): the first mates given as their "
+                             "own mates; give the second mates' file (R2) with --mate2")
         identity = {"sha256": digests[0].hexdigest(), "bytes": taps[0][0].size}
         if mate2:
             identity["mate2"] = {"sha256": digests[1].hexdigest(), "bytes": taps[1][0].size}

@@ -220,6 +220,16 @@ def write_run(output_dir: str, settings: dict, status: str, counts: dict | None 
                   handle, indent=1)
 
 
+def remove_temporaries(output_dir: str) -> None:
+    """The temporary files of result files (atomic_write's ``.<name>.<random>.tmp``) that an assembly killed
+    outright (SIGKILL, a node lost) left; the caller holds the folder."""
+    own = (*RESULT_FILES, PAIRS_FILE, PLOT_FILE, RUN_FILE)
+    for name in os.listdir(output_dir):
+        if name.endswith(".tmp") and any(name.startswith(f".{file}.") for file in own):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, name))
+
+
 def start_over(output_dir: str, inputs: list[str], plot: bool) -> None:
     """Remove what a previous run of this tool left (its run.json, shards and plot) and the result files,
     so that no old result outlives a new run; nothing else of the folder. An input itself, when it is one

@@ -26,7 +26,15 @@ from virnucpro.models.loaders import Encoders
 from virnucpro.precision import model_precision
 from virnucpro.prediction import assembly, shards
 from virnucpro.prediction.inputs import Input, is_pipe, run_input
-from virnucpro.prediction.outputs import read_run, remove_shards, run_state, start_over, write_run
+from virnucpro.prediction.outputs import (
+    SHARDS,
+    read_run,
+    remove_shards,
+    remove_temporaries,
+    run_state,
+    start_over,
+    write_run,
+)
 from virnucpro.runs import Team, folder_lock, rare_garbage_collection
 from virnucpro.scoring.calibration import Calibration, calibration_path
 from virnucpro.scoring.engine import Engine, prefetched
@@ -157,6 +165,8 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
     numbered = enumerate(shards.shards(source, chunk_length, request.chunks_per_shard), start=1)
     with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=not team.leads) as progress:
         for shard in prefetched(numbered, prepare, ahead=int(device.type != "cpu")):
+            source.check_unchanged()
+            check_folder_kept(output_dir)
             if not shard.done:
                 shards.score_shard(shard, scorer, request.classifier_path, request.keep_intermediate)
             folders.append(shard.folder)
@@ -168,6 +178,13 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
     return assemble(request, source, folders, calibration, settings) if team.rank == 0 else None
 
 
+def check_folder_kept(output_dir: str) -> None:
+    """Stop at once when the output folder, or its shards' folder, was deleted or moved during the run."""
+    if not os.path.isdir(os.path.join(output_dir, SHARDS)):
+        raise InputError(f"{output_dir}: the output folder (or its shards/) was deleted or moved during the run; "
+                         "run the same command again to start over")
+
+
 def begin_run(request: Request, settings: dict) -> None:
     start_over(request.output_dir, [path for path in (request.input_path, request.mate2) if path], request.plot)
     write_run(request.output_dir, settings, "running")
@@ -176,6 +193,7 @@ def begin_run(request: Request, settings: dict) -> None:
 def assemble(request: Request, source: Input, folders: list[str], calibration: Calibration | None,
              settings: dict) -> dict:
     """The final files from every shard; the run is complete."""
+    remove_temporaries(request.output_dir)
     calls = assembly.Calls.of(folders, calibration, request.min_score, request.max_fdr)
     counts = assembly.write_outputs(request.output_dir, source, folders, calls, request.chunk_length,
                                     request.min_region, request.plot)

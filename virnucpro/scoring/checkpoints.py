@@ -177,7 +177,7 @@ def checkpoint_pipeline(state: dict, metadata: dict | None) -> str:
     if metadata is not None:
         return metadata.get("embedding_model", "unknown")
     weight = state.get("hidden_layer.weight")
-    if weight is not None and weight.shape[1] == PIPELINES["esm2_3b"].input_dim:
+    if weight is not None and weight.dim() == 2 and weight.shape[1] == PIPELINES["esm2_3b"].input_dim:
         return "esm2_3b"
     return "unknown"
 
@@ -203,8 +203,12 @@ def check_classifier_state(path: str, state: dict, input_dim: int, pipeline: str
     """The tensors of the classifier ``expected_state(input_dim, hidden_dim)`` describes: 2 classes, the
     pipeline's input width, finite values."""
     weight = state.get("hidden_layer.weight")
-    if weight is not None and (weight.dim() != 2 or weight.shape[1] != input_dim):
-        raise InputError(f"{path}: the classifier has {weight.shape[-1]}-d input; the {pipeline} pipeline "
+    if weight is not None and weight.dim() != 2:
+        raise InputError(f"{path}: the classifier's hidden_layer.weight is {tuple(weight.shape)} where the "
+                         f"{pipeline} pipeline needs ({HIDDEN_DIM}, {input_dim}); the checkpoint is damaged or "
+                         "not a VirNucPro classifier")
+    if weight is not None and weight.shape[1] != input_dim:
+        raise InputError(f"{path}: the classifier has {weight.shape[1]}-d input; the {pipeline} pipeline "
                          f"needs {input_dim}-d input")
     hidden = weight.shape[0] if weight is not None else HIDDEN_DIM
     output = state.get("output_layer.weight")
@@ -254,6 +258,9 @@ def read_classifier(path, pipeline: str | None, chunk_length: int | None,
     """
     path = os.fspath(path)
     state, metadata = read_checkpoint(path)
+    if metadata is not None and not isinstance(metadata.get("embedding_model", ""), str):
+        raise InputError(f"{path}: not a VirNucPro checkpoint (its metadata's embedding_model is "
+                         f"{metadata['embedding_model']!r}, not a pipeline name)")
     trained_for = checkpoint_pipeline(state, metadata)
     pipeline = pipeline or (trained_for if metadata is not None else "fastesm650")
     check_pipeline(path, pipeline, trained_for, metadata)

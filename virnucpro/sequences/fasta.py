@@ -222,6 +222,9 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty
     except READ_ERRORS as error:
         if is_disk_full(error):                 # writing a spool of it: the disk's fault, not the file's
             raise
+        if isinstance(error, EOFError):
+            raise InputError(f"{name}: truncated: it ends inside its compressed data ({error}); copy or "
+                             "download it again") from None
         raise InputError(f"{name}: not a readable FASTA/FASTQ file, or a damaged compressed one "
                          f"({error.__class__.__name__}: {error})") from None
     if with_sequence == 0:
