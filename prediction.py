@@ -55,7 +55,8 @@ shorter than --min-region, if given, are left out). A sequence viral end to
 end is one region; a read shorter than the chunk length, its own.
 
 The input is processed in shards of --chunks-per-shard chunks (a long record
-spread over several), so memory stays flat as the input grows; each shard is
+spread over several), so memory stays flat as the number of records grows (the
+longest record is held whole: about 3.5 bytes a base of it); each shard is
 embedded and scored in memory, and on a GPU the next shard's frames and tokens
 are prepared in a background thread meanwhile. An interrupted run, re-run with the same arguments, resumes
 at the first unfinished shard and ends with the same outputs. A finished run

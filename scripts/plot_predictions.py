@@ -3,13 +3,15 @@
 
     python scripts/plot_predictions.py reads_merged/prediction_results.txt
 
-Replaces the published drew_fig.py. Each chunk is drawn at its position with
-its best viral score, red when the chunk is called viral (best viral score at
-least its best non-viral score), for the first sequences of the file. Chunk
-positions are exact when prediction_summary.tsv (sequence lengths) lies beside
-the results; otherwise chunk k is drawn at (k-1)*length as the published
-script did, and chunks without a scored frame are not known. Works on results
-of the published tool too.
+Replaces the published drew_fig.py, drawing what decides each call: every
+chunk at its best viral frame score less its best non-viral one, red (called
+viral) at 0 or above, blue below, for the sequences with the highest viral
+scores (as prediction.py --plot draws them). Chunk positions are exact, and
+chunks without a scored frame are drawn as grey bars, when
+prediction_summary.tsv (sequence lengths and chunks) lies beside the results;
+otherwise chunk k is drawn at (k-1)*length as the published script did, and
+chunks without a scored frame are not known. Works on results of the
+published tool too.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from virnucpro.prediction import outputs
 from virnucpro.prediction.plots import panel_label, plot_chunk_scores
 from virnucpro.scoring.calls import chunk_is_viral
 from virnucpro.sequences.chunks import chunk_starts
+from virnucpro.sequences.fasta import read_fasta
 
 
 def chunk_length(folder: str, given: int | None) -> int:
@@ -32,6 +35,21 @@ def chunk_length(folder: str, given: int | None) -> int:
         return given
     run = outputs.read_run(folder)
     return run["settings"].get("chunk_length", 500) if run else 500
+
+
+def chunk_track(chunks: dict[int, tuple], length: int | None, size: int) -> list[tuple]:
+    """``(start, end, best viral score or None, viral, margin or None)`` of each chunk of a sequence: at its
+    real place, and with the chunks no frame of which was scored, when its length is known."""
+    starts = chunk_starts(length, size) if length else [(number - 1) * size for number in range(1, max(chunks) + 1)]
+    track = []
+    for number, start in enumerate(starts, start=1):
+        end = min(start + size, length) if length else start + size
+        if number in chunks:
+            others, virus = chunks[number]
+            track.append((start, end, float(virus), bool(chunk_is_viral(virus, others)), float(virus - others)))
+        elif length:
+            track.append((start, end, None, False, None))
+    return track
 
 
 def main(argv=None):
@@ -47,15 +65,17 @@ def main(argv=None):
     summary = outputs.summary_rows(folder)
     lengths = {sequence_id: int(row["Length"]) for sequence_id, row in summary.items()}
 
+    viral = os.path.join(folder, outputs.VIRAL_FASTA)            # the viral sequences' whole headers
+    headers = {record.id: record.title for record in read_fasta(viral, alphabet=None)} \
+        if os.path.exists(viral) and os.path.getsize(viral) else {}
+    scores = outputs.best_chunk_scores(results)
+    best = {sequence_id: max(float(virus) for _, virus in chunks.values()) for sequence_id, chunks in scores.items()}
+    shown = sorted(scores, key=lambda sequence_id: -best[sequence_id])[:outputs.PLOTTED_SEQUENCES]
     panels, labels = [], []
-    for sequence_id, chunks in list(outputs.best_chunk_scores(results).items())[:outputs.PLOTTED_SEQUENCES]:
-        starts = chunk_starts(lengths[sequence_id], size) if sequence_id in lengths else None
-        spans = []
-        for number, (others, virus) in sorted(chunks.items()):
-            start = starts[number - 1] if starts else (number - 1) * size
-            end = min(start + size, lengths[sequence_id]) if starts else start + size
-            spans.append((start, end, float(virus), bool(chunk_is_viral(virus, others))))
-        panels.append((sequence_id, lengths.get(sequence_id, max(end for _, end, _, _ in spans)), spans))
+    for sequence_id in shown:
+        track = chunk_track(scores[sequence_id], lengths.get(sequence_id), size)
+        panels.append((headers.get(sequence_id, sequence_id), lengths.get(sequence_id, max(end for _, end, *_ in track)),
+                       track))
         row = summary.get(sequence_id)
         labels.append(panel_label(row["Call"], row["Best_viral_score"]) if row else "")
     if not panels:

@@ -5,12 +5,14 @@
 
 Every *_merged.pt file under the folder must hold 2048-d finite rows (3328-d
 with --pipeline esm2_3b), one id per row, ids unique across all files, and a
-label of 0 (host) or 1 (viral). Prints the viral/host counts; exits with 1 and
+label of 0 (host) or 1 (viral), the one its folder's name gives
+(viral.*_merged/ viral, a host category's host). Prints the viral/host counts; exits with 1 and
 names each bad file when a check fails.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from virnucpro.commands import options
@@ -18,6 +20,7 @@ from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.models.features import find_merged_files, load_merged_file
 from virnucpro.models.loaders import PIPELINES
+from virnucpro.training.selection import CATEGORY_RULE, category_of
 
 
 def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
@@ -31,6 +34,10 @@ def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
             problems.append(str(error))
             continue
         kind = "viral" if checked["label"] == 1 else "host"
+        named = category_of(os.path.basename(os.path.dirname(path)).removesuffix("_merged"))
+        if named is not None and (named == "viral") != (kind == "viral"):
+            problems.append(f"{path}: labelled {kind}, but its folder names it {named} ({CATEGORY_RULE})")
+            continue
         counts[f"{kind}_files"] += 1
         counts[f"{kind}_rows"] += len(checked["ids"])
         for sequence_id in checked["ids"]:

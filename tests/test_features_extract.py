@@ -205,6 +205,8 @@ def test_validation_catches_corrupted_files(reference, tmp_path, capsys):
     nan = torch.load(viral / "output_2_merged.pt", weights_only=True)
     nan["data"][0, 5] = float("nan")
     torch.save(nan, viral / "output_2_merged.pt")
+    relabelled = torch.load(merge_dir / "bacteria.1.1_merged/output_1_merged.pt", weights_only=True)
+    torch.save({**relabelled, "labels": [1]}, merge_dir / "bacteria.1.1_merged/output_1_merged.pt")
     twin = torch.load(viral / "output_3_merged.pt", weights_only=True)
     torch.save(twin, merge_dir / "copy_merged.pt")                               # same ids twice
     assert validate.main(["--merge-dir", str(merge_dir)]) == 1
@@ -212,3 +214,4 @@ def test_validation_catches_corrupted_files(reference, tmp_path, capsys):
     assert "output_1_merged.pt: expected a 2048-value feature vector" in errors
     assert "output_2_merged.pt: the features hold NaN" in errors
     assert "also in" in errors and "copy_merged.pt" in errors
+    assert "bacteria.1.1_merged/output_1_merged.pt: labelled viral, but its folder names it bacteria" in errors

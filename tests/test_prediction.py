@@ -120,7 +120,19 @@ def test_plot_run_folder_and_intermediates(reference_run):
         "viral_sequences.fna"]
 
 
-def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_path):
+def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plot_predictions, "plot_chunk_scores", lambda panels, *args, **kwargs: drawn.append(panels))
+    assert plot_predictions.main([str(reference_run)]) == 0
+    summary = {row["Sequence_ID"]: row for row in read_tsv(reference_run / outputs.SUMMARY_FILE)}
+    best = [float(summary[header.split()[0]]["Best_viral_score"]) for header, _, _ in drawn[0]]
+    assert best == sorted(best, reverse=True) and len(best) == outputs.PLOTTED_SEQUENCES  # the highest first
+    for header, length, track in drawn[0]:                   # every chunk, the unscored ones as grey bars
+        row = summary[header.split()[0]]
+        assert len(track) == int(row["Chunks"]) and track[-1][1] == length == int(row["Length"])
+        assert sum(margin is None for *_, margin in track) == int(row["Chunks_without_frames"])
+        assert all((margin >= 0) == viral for _, _, _, viral, margin in track if margin is not None)
+    monkeypatch.undo()
     assert plot_predictions.main([str(reference_run), "--output", str(tmp_path / "ours.png")]) == 0
     published = GOLDEN / "reference_vanilla/prediction_results.txt"
     assert plot_predictions.main([str(published), "--output", str(tmp_path / "published.png")]) == 0

@@ -182,15 +182,28 @@ def test_the_plot_labels_each_panel_and_titles_above_them(tmp_path, monkeypatch)
     from virnucpro.prediction.plots import plot_chunk_scores
     drawn = []
     monkeypatch.setattr(plt, "close", drawn.append)                 # keep the figure to look at it
-    tracks = [(f"read{k}", 600, [(0, 300, 0.9, True), (300, 600, 0.2, False)]) for k in range(20)]
+    tracks = [(f"read{k} Escherichia phage T{k}", 600, [(0, 300, 0.6, True, 0.2), (300, 600, 0.7, False, -0.1)])
+              for k in range(20)]
     labels = [f"virus, best viral score 0.{k}" for k in range(20)]
     plot_chunk_scores(tracks, tmp_path / "plot.png", 300, None, "the 20 of 90 sequences with the highest viral "
                       "scores", labels)
     (figure,) = drawn
     panels = figure.axes
     assert [(axis.get_title(loc="left"), axis.get_title(loc="right")) for axis in panels] == \
-        [(f"read{k}", label) for k, label in enumerate(labels)]
+        [(f"read{k} Escherichia phage T{k}", label) for k, label in enumerate(labels)]
+    # what decides the call: the viral chunk at or above 0 in red, the other below it in blue
+    segments = [(line.get_ydata()[0], line.get_color()) for line in panels[0].get_lines() if len(line.get_xdata()) == 2
+                and line.get_xdata()[0] != line.get_xdata()[1]]
+    assert (0.2, "red") in segments and (-0.1, "darkblue") in segments
     renderer = figure.canvas.get_renderer()
     title_bottom = figure._suptitle.get_window_extent(renderer).y0
     top_panel = panels[0].get_tightbbox(renderer).y1                # its own title included
     assert title_bottom >= top_panel
+
+
+def test_names_the_fonts_lack_are_said_once_not_warned_raw(tmp_path, caplog, recwarn):
+    from virnucpro.prediction.plots import plot_chunk_scores
+
+    plot_chunk_scores([("病毒_1 噬菌体", 300, [(0, 300, 0.9, True, 0.8)])], tmp_path / "plot.png", 300)
+    assert not [warning for warning in recwarn if "missing from font" in str(warning.message)]
+    assert caplog.text.count("are not in the plot's fonts and are drawn as boxes") == 1

@@ -244,7 +244,7 @@ def write_outputs(output_dir: str, source: Input, shard_folders: list[str], call
                 if viral:
                     hits.add(sequence, call, regions)
                 if drawn:
-                    entry = (best_score, -sequence.number, (record_id, len(sequence.sequence), track), regions,
+                    entry = (best_score, -sequence.number, (sequence.title, len(sequence.sequence), track), regions,
                              panel_label(call, best))
                     (heapq.heappushpop if len(plotted) >= PLOTTED_SEQUENCES else heapq.heappush)(plotted, entry)
         extra = next(sequences, None)
@@ -306,8 +306,11 @@ def chunk_lines(block: RecordBlock, scores: BlockScores, calibrated: bool) -> li
 
 
 def chunk_track(columns: dict[str, list[str]], scores: BlockScores, first: int, end: int
-                ) -> list[tuple[int, int, float | None, bool]]:
-    """``(start, end, best viral score or None, viral)`` of each chunk of a sequence (rows ``first:end``)."""
+                ) -> list[tuple[int, int, float | None, bool, float | None]]:
+    """``(start, end, best viral score or None, viral, margin or None)`` of each chunk of a sequence (rows
+    ``first:end``); the margin, best viral less best non-viral score, is what decides the call (viral at 0
+    or above)."""
     return [(int(columns["start"][row]), int(columns["end"][row]),
-             float(columns["best_virus"][row]) if scores.scored[row] else None, bool(scores.viral[row]))
+             float(columns["best_virus"][row]) if scores.scored[row] else None, bool(scores.viral[row]),
+             float(columns["best_virus"][row]) - float(columns["best_others"][row]) if scores.scored[row] else None)
             for row in range(first, end)]

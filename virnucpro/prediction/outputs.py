@@ -23,7 +23,9 @@ from virnucpro.sequences.fasta import FastaRecord, write_fasta_record
 FRAMES_FILE = "prediction_results.txt"
 CHUNKS_FILE = "prediction_results_highestscore.csv"
 SUMMARY_FILE = "prediction_summary.tsv"
-HIT_FILES = ("viral_regions.tsv", "viral_regions.bed", "viral_regions.fna", "viral_sequences.fna")
+REGIONS_FILE, REGIONS_BED, REGIONS_FASTA = "viral_regions.tsv", "viral_regions.bed", "viral_regions.fna"
+VIRAL_FASTA = "viral_sequences.fna"                  # the whole sequences called viral, headers kept
+HIT_FILES = (REGIONS_FILE, REGIONS_BED, REGIONS_FASTA, VIRAL_FASTA)
 RESULT_FILES = (FRAMES_FILE, CHUNKS_FILE, SUMMARY_FILE, *HIT_FILES)
 PAIRS_FILE = "prediction_pairs.tsv"        # paired reads only: a row a pair
 PLOT_FILE = "prediction.png"
@@ -140,8 +142,7 @@ class Hits:
                                           f"{region.mean_score:.4f}", f"{region.max_score:.4f}")))
             self.bed.write(f"{record.id}\t{region.start - 1}\t{region.end}\t{name}\t"
                            f"{round(region.mean_score * 1000)}\t.\n")
-            write_fasta_record(self.regions_fasta, name, record.sequence[region.start - 1:region.end],
-                                     width=FASTA_WIDTH)
+            write_fasta_record(self.regions_fasta, name, record.sequence, FASTA_WIDTH, region.start - 1, region.end)
             self.regions += 1
 
     def __enter__(self):

@@ -1,7 +1,10 @@
 """Plots a user opens: chunk scores along sequences (prediction), ROC curves and reliability (evaluation)."""
 from __future__ import annotations
 
+import warnings
+
 from virnucpro.files import atomic_write
+from virnucpro.log import warn_once
 from virnucpro.scoring.calls import ViralRegion
 
 
@@ -15,47 +18,64 @@ def panel_label(call: str, best: str) -> str:
     return call if best == "NA" else f"{call}, best viral score {float(best):.3f}"
 
 
-def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple[int, int, float | None, bool]]]], out_png,
-                      chunk_size: int, regions: list[list[ViralRegion]] | None = None, title: str = "",
+TITLE_CHARACTERS = 100        # a panel's title: the sequence's header (id and description), cut to this
+
+
+def plot_chunk_scores(sequences: list[tuple[str, int, list[tuple]]], out_png, chunk_size: int,
+                      regions: list[list[ViralRegion]] | None = None, title: str = "",
                       labels: list[str] | None = None) -> None:
-    """One panel per sequence, spanning its length: each chunk drawn at its
-    position with its best viral score, red when the chunk is called viral,
-    light grey along the bottom when it has no scored frame (the published
-    drew_fig.py, with real coordinates), and each sequence's viral regions
-    shaded. ``sequences`` holds ``(sequence id, length, [(start, end, best
-    viral score or None, viral)])``; ``labels`` (its call and best score, say)
-    is written at the right of each panel's title, ``title`` above them all."""
+    """One panel per sequence, spanning its length, drawing what decides each call: every chunk at its
+    position and at its margin, the best viral score of its frames less their best non-viral score (the
+    chunk is viral at 0 or above: red, else blue); a dot at each chunk's middle keeps chunks visible on a
+    chromosome-long panel; chunks without a scored frame are a grey bar along the bottom; viral regions
+    shaded. ``sequences`` holds ``(header, length, [(start, end, best viral score or None, viral, margin or
+    None)])``; ``labels`` (its call and best score, say) goes at the right of each panel's title, ``title``
+    above them all. Characters the fonts lack are drawn as boxes, said once."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(nrows=len(sequences), ncols=1, figsize=(14, 1.9 * len(sequences)),
                                 squeeze=False)
-    for number, (axis, (sequence_id, length, chunks)) in enumerate(zip(axes[:, 0], sequences)):
+    unscored_drawn = False
+    for number, (axis, (header, length, chunks)) in enumerate(zip(axes[:, 0], sequences)):
         for region in (regions[number] if regions else ()):
             axis.axvspan(region.start - 1, region.end, color="mistyrose", zorder=0)
-        for start, end, score, viral in chunks:
-            if score is None:
-                axis.plot([start, end], [0, 0], color="lightgray", linewidth=5, solid_capstyle="butt")
-            else:
-                axis.plot([start, end], [score, score], color="red" if viral else "darkblue", linewidth=2.5)
-        axis.axhline(0.5, color="lightgray", linewidth=0.8, zorder=0)
-        axis.set_title(literal(sequence_id), fontsize=11, loc="left")
+        for start, end, _, viral, margin in chunks:
+            if margin is None:
+                axis.plot([start, end], [-1, -1], color="lightgray", linewidth=5, solid_capstyle="butt")
+                unscored_drawn = True
+                continue
+            color = "red" if viral else "darkblue"
+            axis.plot([start, end], [margin, margin], color=color, linewidth=2.5)
+            axis.plot([(start + end) / 2], [margin], marker="o", markersize=2.5, color=color)
+        axis.axhline(0, color="gray", linewidth=0.8, zorder=0)
+        axis.set_title(literal(shortened(header)), fontsize=10, loc="left")
         if labels:
             axis.set_title(literal(labels[number]), fontsize=10, loc="right")
         axis.set_xlim(0, length)
-        axis.set_ylim(-0.05, 1.05)
-        axis.set_ylabel("viral score")
+        axis.set_ylim(-1.08, 1.08)
+        axis.set_ylabel("viral - non-viral")
         axis.spines[["top", "right"]].set_visible(False)
-    axes[-1, 0].set_xlabel(f"position (bp); {chunk_size}-bp chunks: red viral, blue not viral, "
-                           "grey no stop-free frame; shaded: viral regions")
+    axes[-1, 0].set_xlabel(f"position (bp); each {chunk_size}-bp chunk at its best viral less its best non-viral "
+                           "frame score: red at 0 or above, called viral; blue below, not viral"
+                           + ("; grey: no stop-free frame" if unscored_drawn else "") + "; shaded: viral regions")
     height = figure.get_figheight()
     if title:           # in inches from the top, above the panels, whatever the figure's height
         figure.suptitle(title, fontsize=11, y=1 - 0.08 / height, va="top")
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height if title else 1))
-    with atomic_write(out_png, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height if title else 1))
+        with atomic_write(out_png, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
+    if any("missing from font" in str(warning.message) for warning in caught):
+        warn_once(f"{out_png}: some characters of the sequence names are not in the plot's fonts and are drawn "
+                  "as boxes")
+
+
+def shortened(header: str) -> str:
+    return header if len(header) <= TITLE_CHARACTERS else header[:TITLE_CHARACTERS - 3] + "..."
 
 
 def reliability_png(calibrated, path: str) -> None:

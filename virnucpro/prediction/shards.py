@@ -27,7 +27,7 @@ from virnucpro.prediction.outputs import SHARDS
 from virnucpro.scoring.calls import frame_classes
 from virnucpro.scoring.engine import Engine, Frames, Scores
 from virnucpro.sequences.chunks import chunk_ids, chunk_starts
-from virnucpro.sequences.fasta import FastaRecord
+from virnucpro.sequences.fasta import BLOCK, FastaRecord
 from virnucpro.sequences.frames import IdentifiedWriter, stop_free_frames
 
 CHUNK_COLUMNS = ["chunk_id", "record_id", "record_length", "start", "end", "frames", "best_others", "best_virus"]
@@ -45,7 +45,10 @@ def is_done(folder: str) -> bool:
 
 def checksum(sequence: str) -> str:
     """What the assembly checks a record it reads again against: CRC-32 of its sequence, as it was scored."""
-    return f"{zlib.crc32(sequence.encode()):08x}"
+    crc = 0
+    for start in range(0, len(sequence), BLOCK):          # a block at a time: a chromosome is not copied whole
+        crc = zlib.crc32(sequence[start:start + BLOCK].encode(), crc)
+    return f"{crc:08x}"
 
 
 # ---------------------------------------------------------------- the input in shards

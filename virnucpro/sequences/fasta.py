@@ -9,6 +9,7 @@ import functools
 import io
 import itertools
 import os
+import unicodedata
 from typing import Iterator, NamedTuple
 
 from virnucpro.errors import InputError
@@ -152,6 +153,15 @@ def _fastq_entries(name: str, lines) -> Iterator[tuple[str, int, str]]:
         yield line[1:].strip(), number, sequence[1]
 
 
+def _refuse_control_characters(title: str, name: str, number: int, line: int) -> None:
+    """A header holding a control character other than a tab (a NUL, a file separator, ...) is refused:
+    such a character ends or splits an id in one tool and not in another."""
+    char = next((char for char in title if char != "\t" and unicodedata.category(char) == "Cc"), None)
+    if char is not None:
+        raise InputError(f"{name}: record {number} (line {line}) has a control character ({ord(char):#04x}) in its "
+                         "header; ids and descriptions are printable text: remove it")
+
+
 def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty: bool = False,
                name: str | None = None, tap=None, unique: bool = True) -> Iterator[FastaRecord]:
     """Stream the records of a FASTA or FASTQ file (told apart by content;
@@ -180,6 +190,8 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty
 
     def record_of(number: int, title: str, line: int, sequence: str) -> FastaRecord | None:
         nonlocal rna_seen
+        if not title.isprintable():
+            _refuse_control_characters(title, name, number, line)
         record_id = title.split(None, 1)[0] if title.strip() else ""
         if not record_id:
             raise InputError(f"{name}: record {number} (line {line}) has a header without an id; give every "
@@ -231,13 +243,21 @@ def read_fasta(path: str | os.PathLike, alphabet: str | None = "dna", keep_empty
         raise InputError(f"{name}: no record has a sequence")
 
 
-def write_fasta_record(handle, record_id: str, sequence: str, width: int | None = None) -> None:
-    """Write one FASTA record; ``width`` wraps the sequence (Biopython writes 60)."""
+def write_fasta_record(handle, record_id: str, sequence: str, width: int | None = None, start: int = 0,
+                       end: int | None = None) -> None:
+    """Write one FASTA record: ``sequence[start:end]``; ``width`` wraps it (Biopython writes 60). A chromosome
+    is written a block at a time, never copied whole."""
     handle.write(f">{record_id}\n")
-    if width is None:
-        handle.write(f"{sequence}\n")
-    else:
-        handle.write("".join(f"{sequence[i:i + width]}\n" for i in range(0, len(sequence), width)))
+    end = len(sequence) if end is None else end
+    step = BLOCK - BLOCK % width if width else BLOCK       # whole lines a block
+    for first in range(start, end, step):
+        part = sequence[first:min(first + step, end)]
+        handle.write("".join(f"{part[i:i + width]}\n" for i in range(0, len(part), width)) if width else part)
+    if not width:
+        handle.write("\n")
+
+
+BLOCK = 1 << 20         # characters of a sequence copied at a time
 
 
 def split_fasta_file(input_file, output_dir, sequences_per_file):
