@@ -20,13 +20,15 @@ cross-validation's settings is refused).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 from virnucpro.commands import options
-from virnucpro.commands.cli import at_least, run_cli
+from virnucpro.commands.cli import at_least, fraction, run_cli
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, check_writable, check_writable_file
 from virnucpro.log import logger
@@ -59,6 +61,8 @@ def parse_args(argv):
     parser.add_argument("--lr", type=float, help="passed to train_fastesm.py")
     parser.add_argument("--patience", type=int, help="passed to train_fastesm.py")
     parser.add_argument("--batch-size", type=int, help="passed to train_fastesm.py")
+    parser.add_argument("--val-fraction", type=fraction,
+                        help="passed to train_fastesm.py: the share of each fold's training genomes it validates on")
     args = parser.parse_args(argv)
     options.merge_dir_defaults(args)
     return args
@@ -85,14 +89,21 @@ def run(script: str, *arguments, allowed=(0,)) -> None:
 def check_settings(args) -> None:
     """One cross-validation per work folder: finished folds are reused only for the same settings."""
     keys = ("folds", "group_by", "merge_dir", "baseline_merge_dir", "data_dir", "seed", "frames_only", "epochs",
-            "lr", "patience", "batch_size")
+            "lr", "patience", "batch_size", "val_fraction")
     settings = {key: getattr(args, key) for key in keys}
     path = os.path.join(args.work_dir, SETTINGS_FILE)
     fix = "give another --work-dir, or delete that one"
     recorded = read_record(path, "scripts/cross_validate.py", fix)
     if recorded is not None and recorded != settings:
-        raise InputError(f"{args.work_dir} holds a cross-validation with other settings "
-                         f"({', '.join(changed_settings(recorded, settings))}); {fix}")
+        changed = ", ".join(changed_settings(recorded, settings))
+        if any(os.path.exists(os.path.join(folder, "report", "validation_summary.json")) for folder in
+               glob.glob(os.path.join(args.work_dir, "fold_*"))):
+            raise InputError(f"{args.work_dir} holds a cross-validation with other settings ({changed}) and folds "
+                             f"it finished; {fix}")
+        logger.info(f"{args.work_dir}: starting over; the cross-validation there had other settings ({changed}) "
+                    "and no finished fold")
+        for folder in glob.glob(os.path.join(args.work_dir, "fold_*")):
+            shutil.rmtree(folder)
     os.makedirs(args.work_dir, exist_ok=True)
     with atomic_write(path) as handle:
         json.dump(settings, handle, indent=1)
@@ -113,7 +124,7 @@ def run_fold(args, fold: int, baseline: bool) -> str:
         models[pipeline] = os.path.join(folder, f"model_{pipeline}.pth")
         if not os.path.exists(models[pipeline]):
             run("train_fastesm.py", "--pipeline", pipeline, "--merge-dir", merge_dir, "--split", split, "--output",
-                models[pipeline], "--device", args.device, *passed_on(args, ("epochs", "lr", "patience", "batch_size")))
+                models[pipeline], "--device", args.device, *passed_on(args, ("epochs", "lr", "patience", "batch_size", "val_fraction")))
     arguments = ["--checkpoint", models["fastesm650"], "--merge-dir", args.merge_dir, "--split", split, "--data-dir",
                  args.data_dir, "--work-dir", os.path.join(folder, "evaluation"), "--output-dir", reports,
                  "--device", args.device,

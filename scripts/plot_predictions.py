@@ -21,7 +21,7 @@ import os
 from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.files import check_writable_file
-from virnucpro.log import logger
+from virnucpro.log import logger, plural
 from virnucpro.prediction import outputs
 from virnucpro.prediction.plots import panel_label, plot_chunk_scores
 from virnucpro.scoring.calls import chunk_is_viral
@@ -83,7 +83,7 @@ def main(argv=None):
     output = args.output or os.path.join(folder, outputs.PLOT_FILE)
     check_writable_file(output, "-o", "the plot")
     plot_chunk_scores(panels, output, size, labels=labels)
-    logger.info(f"plotted {len(panels)} sequences to {output}")
+    logger.info(f"plotted {plural(len(panels), 'sequence')} to {output}")
     return 0
 
 

@@ -18,6 +18,7 @@ import sys
 from virnucpro.commands import options
 from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
+from virnucpro.log import plural
 from virnucpro.models.features import find_merged_files, load_merged_file
 from virnucpro.models.loaders import PIPELINES
 from virnucpro.training.selection import CATEGORY_RULE, category_of
@@ -56,8 +57,8 @@ def main(argv=None):
     options.merge_dir_defaults(args)
     files = find_merged_files(args.merge_dir)
     counts, problems = validate(files, PIPELINES[args.pipeline].input_dim)
-    print(f"{len(files)} merged files: {counts['viral_files']} viral ({counts['viral_rows']} rows), "
-          f"{counts['host_files']} host ({counts['host_rows']} rows)")
+    print(f"{plural(len(files), 'merged file')}: {counts['viral_files']} viral ({plural(counts['viral_rows'], 'row')}), "
+          f"{counts['host_files']} host ({plural(counts['host_rows'], 'row')})")
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)
     print("validation " + ("FAILED" if problems else "PASSED"))

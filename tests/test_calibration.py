@@ -81,6 +81,18 @@ def test_calibration_file_round_trips_and_belongs_to_its_classifier(models, tmp_
         load_calibration(checkpoint)
 
 
+def test_a_calibration_fitted_on_few_sequences_is_said_at_prediction_time(models, tmp_path, caplog):
+    checkpoint = tmp_path / "model_fastesm650_300.pth"
+    shutil.copy(models["checkpoint"], checkpoint)
+    save_calibration(checkpoint, SQUEEZE, fitted_on={"records": 9, "chunks": 120, "sequences": 53})
+    load_calibration(checkpoint)
+    assert "fitted on 53 sequences only, fewer than 200: its Viral_probability and FDR are rough" in caplog.text
+    caplog.clear()
+    save_calibration(checkpoint, SQUEEZE, fitted_on={"records": 90, "chunks": 1200, "sequences": 530})
+    load_calibration(checkpoint)
+    assert "rough" not in caplog.text
+
+
 @pytest.fixture(scope="module")
 def calibrated_checkpoint(models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("calibrated")

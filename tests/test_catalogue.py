@@ -149,7 +149,7 @@ CASES = [
      lambda tmp, models: ["--merge-dir", str(merged_features(tmp / "merge", accessions=1)), "--group-by", "record",
                           "--output", str(tmp / "split.json")],
      "the split has no viral test rows (5 viral rows in 1 group by record), so nothing could be measured on it; "
-     "give a larger --test-fraction", [], ["split.json"]),
+     "give more genomes of that class", [], ["split.json"]),
     ("--test-fraction 1.5", "create_test_set", lambda tmp, models: ["--test-fraction", "1.5"],
      "argument --test-fraction: 1.5 is not between 0 and 1", [], []),
     # ---- scripts/evaluate_compare.py
@@ -227,4 +227,4 @@ def test_a_genome_pair_with_records_missing_from_its_genbank_file_is_counted(tmp
     manifest = json.loads((data / "genomes.identified.json").read_text())
     assert manifest["without_genbank"] == {"records": 1, "first": ["NC_9001.1"]}
     assert "1 of 4 records have no record in" in caplog.text
-    assert "1 FASTA records without their GenBank record, in 1 pairs" in caplog.text.splitlines()[-1]
+    assert "1 FASTA record without their GenBank record, in 1 pair " in caplog.text.splitlines()[-1]

@@ -301,7 +301,8 @@ def report_outline(text: str) -> list[str]:
 @SLOW
 def test_the_example_report_is_what_the_evaluation_writes(study, evaluated):
     """reports/example_validation_report.md (shown in README) is this test's synthetic run;
-    UPDATE_EXAMPLE_REPORT=1 writes it again, with this run's paths made relative."""
+    UPDATE_EXAMPLE_REPORT=1 python -m pytest -m slow tests/test_evaluation.py -k example writes it again, with this
+    run's paths made relative."""
     fresh = (evaluated / "validation_report.md").read_text().replace(f"{study['root']}/", "")
     if os.environ.get("UPDATE_EXAMPLE_REPORT") == "1":
         note = ("> Example: the synthetic run of tests/test_evaluation.py (two sources of genomes differing in GC "
@@ -323,6 +324,6 @@ def test_too_few_held_out_groups_give_no_verdict():
     _, intervals, verdicts = evaluation.scored_levels({"sequences": few, "chunks": enough}, order, 200, 0, 0.05)
     assert intervals["sequences"]["difference"]["accuracy"] == intervals["chunks"]["difference"]["accuracy"]
     assert verdicts == {"sequences": "INCONCLUSIVE", "chunks": "PASSED"}
-    assert evaluation.too_few_groups(few) == ("1 viral and 1 host held-out groups, fewer than the 3 per class an "
-                                              "interval needs")
+    assert evaluation.too_few_groups(few) == ("1 viral held-out group and 1 host held-out group, fewer than the 3 "
+                                              "per class an interval needs")
     assert evaluation.too_few_groups(enough) is None

@@ -13,7 +13,7 @@ import make_train_dataset
 import units
 from benchmarking import synthetic
 from benchmarking.published import published_frames, published_translate
-from conftest import GOLDEN
+from conftest import DATA, GOLDEN
 from virnucpro.errors import InputError
 from virnucpro.sequences import fasta, genomes
 from virnucpro.sequences.chunks import chunk_starts, iter_chunks, iter_fasta_chunks
@@ -51,6 +51,32 @@ def test_identify_seq_keeps_published_records():
     # a codon holding N is skipped, so the slice follows the shorter protein
     assert units.identify_seq("s", "ATGNNNCCCGGG")[0] == {"seqid": "sF1", "nucleotide": "ATGNNNCCCG", "protein": "MPG"}
     assert units.identify_seq("x", "ATGNNNCCC", [], istraindata=True) is None
+
+
+def test_genomes_without_genbank_get_their_genes_called(tmp_path):
+    """A phage and a bacterial scaffold as FASTA alone: pyrodigal-gv calls the phage's genes, pyrodigal the
+    bacterium's; every frame kept is stop-free and part of a called gene; the manifest says who called them."""
+    import pyrodigal
+    import pyrodigal_gv
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(DATA / "genomes/phix174.fasta", data / "viral.phiX174.fasta")
+    shutil.copy(DATA / "genomes/KK037166.fna.gz", data / "bacteria.KK037166.fna.gz")
+    (data / "notes.fasta").write_text(">x\nACGT\n")                      # no category: not a genome
+    assert make_train_dataset.main(["--length", "300", "--data-dir", str(data), "--workers", "1"]) == 0
+    for stem, finder in (("viral.phiX174", pyrodigal_gv.ViralGeneFinder(meta=True)),
+                         ("bacteria.KK037166", pyrodigal.GeneFinder(meta=True))):
+        manifest = json.loads((data / f"{stem}.identified.json").read_text())
+        assert manifest["cds"].startswith("pyrodigal-gv " if stem.startswith("viral") else "pyrodigal ")
+        assert manifest["gbff"] is None
+        assert all(entry == {"organism": stem, "taxonomy": []} for entry in manifest["lineages"].values())
+        genome = next(read_fasta(next(data.glob(f"{stem}.f*")))).sequence.upper()
+        genes = [gene.translate(include_stop=False) for gene in finder.find_genes(genome.encode())]
+        frames = list(read_fasta(data / f"{stem}.identified_protein.fa", alphabet="protein"))
+        assert len(frames) == manifest["frames"] > 0
+        assert all("*" not in frame.sequence and any(frame.sequence in gene for gene in genes) for frame in frames)
+    assert not (data / "notes.identified.json").exists()
 
 
 @pytest.mark.parametrize("length", [300, 500])

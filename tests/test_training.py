@@ -336,7 +336,7 @@ def test_models_of_another_split_and_records_the_split_does_not_know_are_refused
     content = torch.load(merge / "viral.1.1_merged/output_1_merged.pt", weights_only=True)
     content["ids"] = [i.replace("ACC", "NEW") for i in content["ids"]]          # records added after the split
     torch.save(content, merge / "viral.1.1_merged/output_99_merged.pt")
-    with pytest.raises(InputError, match="records of the features are not in .*test_metadata.json"):
+    with pytest.raises(InputError, match="records? of the features not in .*test_metadata.json"):
         trainer.main(["--merge-dir", str(merge), "--split", str(workspace / "test_metadata.json"), "--output",
                       str(tmp_path / "m.pth"), "--device", "cpu"])
 
@@ -444,3 +444,33 @@ def test_environment_checks(tiny_models, capsys):
     assert [line.split()[0] for line in lines[:5]] == ["ENV-01", "ENV-02", "ENV-03", "ENV-04", "ENV-05"]
     assert all(" PASS " in line for line in lines[1:5]), lines
     assert status == (0 if torch.cuda.is_available() else 1)
+
+
+@pytest.mark.parametrize("level, fold, side, groups, fix", [
+    ("record", None, "test", 1, "more genomes of that class"),
+    ("organism", None, "test", 1, "a finer --group-by (record) or more genomes of that class"),
+    ("organism", None, "test", 5, "a larger --test-fraction, a finer --group-by (record), or more data"),
+    ("record", None, "train", 5, "a smaller --test-fraction, or more data"),
+    ("genus", {"folds": 5}, "test", 3, "fewer --folds than 5, a finer --group-by (record), or more data"),
+])
+def test_a_one_sided_split_advises_only_what_can_help(level, fold, side, groups, fix):
+    split = {"grouping": {"level": level}, "fold": fold}
+    assert splits.one_sided_fix(split, side, groups) == fix
+
+
+def test_a_cross_validation_that_finished_no_fold_makes_way_for_other_settings(tmp_path, caplog):
+    import cross_validate
+
+    caplog.set_level("INFO", logger="virnucpro")
+    work = tmp_path / "cv"
+    first = cross_validate.parse_args(["--work-dir", str(work), "--group-by", "organism"])
+    cross_validate.check_settings(first)
+    (work / "fold_1").mkdir()
+    (work / "fold_1/test_metadata.json").write_text("{}")             # a split made, then the run failed
+    retry = cross_validate.parse_args(["--work-dir", str(work), "--group-by", "record", "--val-fraction", "0.3"])
+    cross_validate.check_settings(retry)
+    assert "starting over" in caplog.text and not (work / "fold_1").exists()
+    (work / "fold_1/report").mkdir(parents=True)
+    (work / "fold_1/report/validation_summary.json").write_text("{}")  # a finished fold
+    with pytest.raises(InputError, match=r"other settings \(group_by, val_fraction\) and folds it finished"):
+        cross_validate.check_settings(first)

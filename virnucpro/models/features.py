@@ -13,7 +13,7 @@ import torch
 
 from virnucpro.errors import DimensionError, InputError
 from virnucpro.files import file_sha256, save_tensors
-from virnucpro.log import logger
+from virnucpro.log import logger, plural
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.precision import model_precision
 from virnucpro.sequences.chunks import record_of
@@ -32,7 +32,7 @@ def log_failures(failures: list[tuple[str, str, str]], source, folder) -> None:
     with open(log_path, "a") as log:
         for sequence_id, kind, message in failures:
             log.write(f"{now}\t{source}\t{sequence_id}\t{kind}\t{message}\n")
-    logger.warning(f"{source}: {len(failures)} sequences failed ({failures[0][1]}: {failures[0][0]}, ...); "
+    logger.warning(f"{source}: {plural(len(failures), 'sequence')} failed ({failures[0][1]}: {failures[0][0]}, ...); "
                    f"see {log_path}")
 
 

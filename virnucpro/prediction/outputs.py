@@ -14,6 +14,7 @@ import numpy as np
 
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
+from virnucpro.log import plural
 from virnucpro.runs import LOCK_FILE, changed_settings, read_record
 from virnucpro.scoring.calls import ViralRegion
 from virnucpro.sequences.chunks import chunk_of_frame, split_chunk_id
@@ -164,7 +165,7 @@ def report(counts: dict, min_length: int, output_dir: str) -> str:
                ("too_short", f"shorter than {min_length} bp"), ("no_sequence", "without sequence"))
     skipped = [f"{calls[call]} {words}" for call, words in reasons if calls.get(call)]
     below = calls.get("below_threshold", 0)
-    return (f"{sum(calls.values())} sequences: {calls.get('virus', 0)} called viral, {calls.get('others', 0)} not"
+    return (f"{plural(sum(calls.values()), 'sequence')}: {calls.get('virus', 0)} called viral, {calls.get('others', 0)} not"
             + (f", {below} viral by the chunk rule but below --min-score or over --max-fdr" if below else "")
             + f"; {counts['viral_regions']} viral regions"
             + (f"; {counts['pairs']} read pairs: {counts['pair_calls'].get('virus', 0)} called viral "

@@ -21,7 +21,7 @@ import torch
 
 from virnucpro.errors import InputError
 from virnucpro.files import check_writable, file_sha256
-from virnucpro.log import logger
+from virnucpro.log import logger, plural
 from virnucpro.models.loaders import Encoders
 from virnucpro.precision import model_precision
 from virnucpro.prediction import assembly, shards
@@ -143,7 +143,7 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
                         "--overwrite runs it again")
         return None
     if team.leads:
-        reads = f"{source.sequences // 2} read pairs" if source.paired else f"{source.sequences} sequences"
+        reads = plural(source.sequences // 2, "read pair") if source.paired else plural(source.sequences, "sequence")
         logger.info(f"{source.name}{f' and {source.mate2_name}' if source.mate2 else ''}: {reads}, {n_chunks} "
                     f"{chunk_length}-bp chunks; "
                     f"{encoders.pipeline.name} pipeline on {device}"

@@ -12,6 +12,7 @@ import numpy as np
 
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, file_sha256
+from virnucpro.log import plural, warn_once
 from virnucpro.runs import read_record
 
 CALIBRATION_FORMAT = "virnucpro-calibration/1"
@@ -60,6 +61,9 @@ class Calibration:
                 for name, knots in (("chunk", self.chunk), ("sequence", self.sequence))}
 
 
+FEW_CALIBRATION_SEQUENCES = 200      # fewer validation sequences give a rough calibration, said wherever it is used
+
+
 def save_calibration(checkpoint, calibration: Calibration, **details) -> str:
     """Write a classifier's calibration beside it (JSON: data, never code),
     tied to the checkpoint's SHA-256; returns its path."""
@@ -85,6 +89,12 @@ def load_calibration(checkpoint) -> Calibration | None:
         raise InputError(f"{path}: the calibration of another classifier than {checkpoint} (retrained or replaced "
                          "since); run scripts/evaluate_compare.py to calibrate this one, or delete the file to "
                          "predict uncalibrated")
+    fitted_on = content.get("fitted_on")
+    fitted = fitted_on.get("sequences") if isinstance(fitted_on, dict) else None
+    if isinstance(fitted, int) and fitted < FEW_CALIBRATION_SEQUENCES:
+        warn_once(f"{path}: fitted on {plural(fitted, 'sequence')} only, fewer than {FEW_CALIBRATION_SEQUENCES}: its "
+                  "Viral_probability and FDR are rough, and 1.0 or 0.0 are no certainties; calibrate the classifier "
+                  "on more validation genomes (scripts/evaluate_compare.py)")
     return Calibration(_knots(content.get("chunk"), "chunk", path), _knots(content.get("sequence"), "sequence", path))
 
 

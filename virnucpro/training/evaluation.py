@@ -16,6 +16,7 @@ import torch
 
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, file_sha256
+from virnucpro.log import plural
 from virnucpro.models.features import FeatureSet
 from virnucpro.models.pins import CLASSIFIERS, models_dir
 from virnucpro.prediction.outputs import CHUNKS_FILE, FRAMES_FILE, SUMMARY_FILE
@@ -338,9 +339,9 @@ def too_few_groups(level: Level) -> str | None:
     for label, name in ((1, "viral"), (0, "host")):
         count = len({group for group, row_label in zip(level.groups, level.labels) if row_label == label})
         if count < MIN_GROUPS_PER_CLASS:
-            few.append(f"{count} {name}")
-    return (f"{' and '.join(few)} held-out groups, fewer than the {MIN_GROUPS_PER_CLASS} per class an interval "
-            "needs" if few else None)
+            few.append(plural(count, f"{name} held-out group"))
+    return (f"{' and '.join(few)}, fewer than the {MIN_GROUPS_PER_CLASS} per class an interval needs" if few
+            else None)
 
 
 def verdict_of(drop_interval, threshold: float) -> str:

@@ -14,11 +14,11 @@ import torch
 
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
-from virnucpro.log import logger
+from virnucpro.log import logger, plural
 from virnucpro.models.features import FeatureSet
 from virnucpro.runs import changed_settings
 from virnucpro.scoring.metrics import classification_metrics
-from virnucpro.training.splits import read_split, record_fingerprint, validation_records
+from virnucpro.training.splits import CLASSES, read_split, record_fingerprint, validation_records
 
 
 def features_chunk_length(features: FeatureSet, merge_dir: str, given: int | None) -> int:
@@ -41,7 +41,7 @@ def split_rows(features: FeatureSet, split_file: str, val_fraction: float, seed:
     accessions = np.array(features.accessions(), dtype=object)
     unknown = sorted(set(accessions) - test - set(split["train_accessions"]))
     if unknown:
-        raise InputError(f"{len(unknown)} records of the features are not in {split_file} (first: "
+        raise InputError(f"{plural(len(unknown), 'record')} of the features not in {split_file} (first: "
                                f"{unknown[0]}): they were added after the split was made; run "
                                "scripts/create_test_set.py again")
     kept = np.flatnonzero([a not in test for a in accessions])
@@ -49,8 +49,13 @@ def split_rows(features: FeatureSet, split_file: str, val_fraction: float, seed:
     is_validation = np.array([a in validation for a in accessions[kept]], dtype=bool)
     train, val = kept[~is_validation], kept[is_validation]
     for name, rows in (("training", train), ("validation", val)):
-        if len(set(features.labels[rows].tolist())) < 2:
-            raise InputError(f"the {name} set lacks a class ({len(rows)} rows); more genomes are needed")
+        present = set(features.labels[rows].tolist())
+        missing = [CLASSES[label] for label in (1, 0) if label not in present]
+        if missing:
+            fix = (f"a larger --val-fraction than {val_fraction}, or more {missing[0]} genomes" if name == "validation"
+                   else f"a smaller --val-fraction than {val_fraction}, or more {missing[0]} genomes")
+            raise InputError(f"the {name} set has no {' and no '.join(missing)} rows ({plural(len(rows), 'row')}, "
+                             f"whole genomes of the records {split_file} does not hold out); give {fix}")
     records = {"file": os.path.abspath(split_file), "test_records": record_fingerprint(test),
                "train_records": record_fingerprint(accessions[train]),
                "validation_records": record_fingerprint(accessions[val])}

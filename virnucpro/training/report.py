@@ -12,6 +12,7 @@ import numpy as np
 
 from virnucpro.files import atomic_write
 from virnucpro.prediction.plots import reliability_png, roc_png
+from virnucpro.scoring.calibration import FEW_CALIBRATION_SEQUENCES
 from virnucpro.training.evaluation import LEVELS, Calibrated, Classifier, Level, prevalence_rows, too_few_groups
 
 METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
@@ -28,7 +29,6 @@ LEVEL_NOTES = {
 }
 VERDICT_ORDER = ("PASSED", "INCONCLUSIVE", "FAILED")
 SUMMARY_FILE = "validation_summary.json"
-FEW_CALIBRATION_SEQUENCES = 200
 NEXT_STEPS = [
     "Check the training log: a validation loss still falling at the last epoch calls for more epochs "
     "or a larger --patience.",

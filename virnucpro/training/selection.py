@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
-from virnucpro.log import logger
+from virnucpro.log import logger, plural
 from virnucpro.models.loaders import Encoders
 from virnucpro.runs import changed_settings, read_record
 from virnucpro.sequences.fasta import read_fasta, split_fasta_file
-from virnucpro.sequences.genomes import MANIFEST_SUFFIX, read_manifest
+from virnucpro.sequences.genomes import CATEGORY_RULE, HOST_CATEGORIES, MANIFEST_SUFFIX, category_of, read_manifest
 
-HOST_CATEGORIES = ("vertebrate", "protozoa", "plant", "invertebrate", "fungi", "bacteria", "archaea")
 NUCLEOTIDE_SUFFIX = ".identified_nucleotide.fa"
 PROTEIN_SUFFIX = ".identified_protein.fa"
 PROTEIN_FEATURE_SUFFIX = {"fastesm650": "_FastESM2_650.pt", "esm2_3b": "_ESM.pt"}
@@ -48,19 +47,6 @@ class SplitFile:
     def merged(self, merge_dir: str) -> str:
         name = os.path.basename(self.nucleotide)[:-len(".fa")]
         return os.path.join(merge_dir, f"{self.stem}_merged", f"{name}_merged.pt")
-
-
-def category_of(stem: str) -> str | None:
-    name = stem.split(".", 1)[0]
-    if name == "viral":
-        return "viral"
-    if name.startswith("vertebrate"):
-        return "vertebrate"          # mammalian and other together, as published
-    return name if name in HOST_CATEGORIES else None
-
-
-CATEGORY_RULE = (f"a file's category is the first word of its name: viral, or a host category "
-                 f"({', '.join(HOST_CATEGORIES)}; vertebrate_* counts as vertebrate)")
 
 
 def discover(data_dir: str) -> list[tuple[str, str, str]]:
@@ -139,7 +125,27 @@ def full_split_files(pairs, sequences_per_file: int) -> list[SplitFile]:
                              "them with scripts/make_train_dataset.py")
     for label in ("viral", "host"):
         _refuse_without_a_full_file(pairs, [f for f in files if f.label == label], label, sequences_per_file)
+    _say_what_is_left_out(files, sequences_per_file)
     return [f for f in files if f.sequences == sequences_per_file]
+
+
+def _say_what_is_left_out(files: list[SplitFile], sequences_per_file: int) -> None:
+    """Name the genomes whose frames the rule leaves out (all of them, under one full file), and how many
+    frames the partial last files of the others hold."""
+    frames: dict[str, list[int]] = {}
+    for split in files:
+        frames.setdefault(split.stem, []).append(split.sequences)
+    whole = {stem: counts[0] for stem, counts in frames.items() if counts[0] < sequences_per_file}
+    partial = {stem: counts[-1] for stem, counts in frames.items()
+               if stem not in whole and counts[-1] < sequences_per_file}
+    if whole:
+        shown = ", ".join(f"{stem} ({plural(count, 'frame')})" for stem, count in list(whole.items())[:5])
+        logger.warning(f"{plural(len(whole), 'genome')} left out whole, with fewer frames than --sequences-per-file "
+                       f"({sequences_per_file}): {shown}{', ...' if len(whole) > 5 else ''}; --sequences-per-file "
+                       f"{min(whole.values())} or less would use every genome")
+    if partial:
+        logger.info(f"the last, partial split file of {plural(len(partial), 'genome')} is left out, as published: "
+                    f"{plural(sum(partial.values()), 'frame')} in all")
 
 
 def _refuse_without_a_full_file(pairs, files: list[SplitFile], label: str, sequences_per_file: int) -> None:
@@ -160,15 +166,18 @@ def select_files(files: list[SplitFile], seed: int) -> list[SplitFile]:
     viral = [f for f in files if f.category == "viral"]
     per_category = math.ceil(len(viral) / len(HOST_CATEGORIES))
     rng = random.Random(seed)
-    host = []
+    host, short = [], []
     for category in HOST_CATEGORIES:
         pool = [f for f in files if f.category == category]
         if len(pool) < per_category:
-            logger.warning(f"{category}: {len(pool)} full host files, {per_category} wanted; "
-                           "the host sample is less balanced")
+            short.append(f"{category} {len(pool)}")
         host += rng.sample(pool, min(per_category, len(pool)))
+    if short:
+        logger.warning(f"the host sample draws {per_category} full {'file' if per_category == 1 else 'files'} "
+                       f"from each host category, as published, and some have fewer: {', '.join(short)}")
     if len(host) < len(viral):
-        logger.warning(f"{len(host)} host files for {len(viral)} viral files: the classes are unbalanced")
+        logger.warning(f"{plural(len(host), 'host file')} for {plural(len(viral), 'viral file')}: the classes are "
+                       "unbalanced")
     return viral + rng.sample(host, min(len(viral), len(host)))
 
 

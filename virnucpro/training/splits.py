@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from virnucpro.errors import InputError
-from virnucpro.log import logger
+from virnucpro.log import logger, plural
 from virnucpro.models.features import FeatureSet
 from virnucpro.runs import read_record
 from virnucpro.sequences.fasta import FastaRecord, read_fasta
@@ -295,14 +295,21 @@ def refuse_one_sided(split: dict, merge_dir: str) -> None:
         for side in ("test", "train"):
             if sides[side]["rows"]:
                 continue
-            fix = ("a larger --test-fraction, a finer --group-by (record), or more data" if side == "test" else
-                   "a smaller --test-fraction, or more data")
-            if split["fold"]:
-                fix = f"fewer --folds than {split['fold']['folds']}, a finer --group-by (record), or more data"
             rows = sides["train"]["rows"] + sides["test"]["rows"]
-            raise InputError(f"{merge_dir}: the split has no {name} {side} rows ({rows} {name} rows in {groups} "
-                             f"group{'s' * (groups != 1)} by {level}), so nothing could be measured on it; "
-                             f"give {fix}")
+            raise InputError(f"{merge_dir}: the split has no {name} {side} rows ({plural(rows, f'{name} row')} in "
+                             f"{plural(groups, 'group')} by {level}), so nothing could be measured on it; give "
+                             f"{one_sided_fix(split, side, groups)}")
+
+
+def one_sided_fix(split: dict, side: str, groups: int) -> str:
+    """What gives both sides of a split rows of a class that has ``groups`` groups: only advice that can."""
+    finer = [] if split["grouping"]["level"] == "record" else ["a finer --group-by (record)"]
+    if groups < 2:                   # one group cannot be on both sides, whatever the fraction or the folds
+        return " or ".join([*finer, "more genomes of that class"])
+    if split["fold"]:
+        return ", ".join([f"fewer --folds than {split['fold']['folds']}", *finer, "or more data"])
+    fraction = "a larger --test-fraction" if side == "test" else "a smaller --test-fraction"
+    return ", ".join([fraction, *finer, "or more data"])
 
 
 def split_table(split: dict) -> str:
