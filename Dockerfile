@@ -1,19 +1,30 @@
-# VirNucPro on a CUDA machine. Build: docker compose build; run a step: docker compose run --rm <service>
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# VirNucPro. Build: docker compose build (a CPU-only host: see docker-compose.cpu.yml); run a step:
+# docker compose run --rm <service>. One CUDA stack: torch's wheels carry their own CUDA libraries, and the
+# host's NVIDIA driver comes in through the container toolkit, so the base is a slim Python.
+FROM python:3.12-slim AS runtime
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
-    && rm -rf /var/lib/apt/lists/*
+# PyPI's torch is the CUDA 13 build (driver r580 or newer); https://download.pytorch.org/whl/cu126 gives the
+# CUDA 12 one (driver r525 to r575), https://download.pytorch.org/whl/cpu the CPU one.
+ARG TORCH_INDEX=https://pypi.org/simple
+# the user the steps run as: the owner of what they write into the mounted folders
+ARG UID=1000
+ARG GID=1000
 
-ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    HF_HOME=/cache/huggingface VIRNUCPRO_MODELS=/app/models PYTHONUNBUFFERED=1
-RUN python3 -m venv $VIRTUAL_ENV && pip install --no-cache-dir --upgrade pip
-
-# torch pinned as in CI and pixi; the rest comes from pyproject.toml
-RUN pip install --no-cache-dir torch==2.13.0
+ENV PYTHONUNBUFFERED=1 HF_HOME=/cache/huggingface VIRNUCPRO_MODELS=/app/models
+RUN pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX"
 WORKDIR /app
 # what pyproject.toml installs (the card and the package) first, so that a change elsewhere keeps this layer
 COPY pyproject.toml README.md units.py ./
 COPY virnucpro ./virnucpro
-RUN pip install --no-cache-dir -e ".[test]"
+RUN pip install --no-cache-dir .
 COPY . .
+RUN groupadd --gid "$GID" virnucpro && useradd --uid "$UID" --gid "$GID" --create-home virnucpro \
+    && mkdir -p /cache/huggingface /app/data /app/models /app/reports \
+    && chown -R virnucpro:virnucpro /cache /app
+USER virnucpro
+
+# the test suite's image (the compose service test): the runtime plus the test extra
+FROM runtime AS test
+USER root
+RUN pip install --no-cache-dir ".[test]"
+USER virnucpro

@@ -112,7 +112,7 @@ def main(argv=None):
     selected = selection.select_files(selection.full_split_files(pairs, args.sequences_per_file), args.seed)
     mine = team.share_of(selected)
     n_viral = sum(split.label == "viral" for split in selected)
-    logger.info(f"{n_viral} viral and {len(selected) - n_viral} host files selected; process {team.rank + 1} of "
+    logger.info(f"{plural(n_viral, 'viral file')} and {plural(len(selected) - n_viral, 'host file')} selected; process {team.rank + 1} of "
                 f"{team.world} takes {len(mine)}")
     with folder_lock(args.merge_dir, "--merge-dir", name=f".virnucpro.rank{team.rank}.lock"):
         todo, failed = extract_share(args, mine, team)

@@ -195,17 +195,35 @@ def test_pins_agree_everywhere():
     assert "torch>=2.4" in PYPROJECT["project"]["dependencies"]           # admits the pin
 
 
-def test_docker_builds_the_package_and_sends_no_data():
-    for name, service in COMPOSE["services"].items():
-        assert service["build"] == "."
-        assert "hf-cache:/cache/huggingface" in service["volumes"] and "./models:/app/models" in service["volumes"]
-        devices = service["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
+class ComposeLoader(yaml.SafeLoader):
+    """Compose files as Docker Compose reads them: ``!reset`` clears a key of the file before."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: "!reset")
+
+
+def test_docker_builds_the_package_for_gpu_and_cpu_hosts_and_sends_no_data():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
+    assert re.findall(r"^FROM (\S+) AS (\w+)$", dockerfile, re.M) == [("python:3.12-slim", "runtime"),
+                                                                       ("runtime", "test")]  # one CUDA stack
+    runtime, test_stage = dockerfile.split("FROM runtime AS test")
+    assert '".[test]"' in test_stage and '".[test]"' not in runtime         # the image users run has no tests
+    assert re.findall(r"^USER (\S+)$", runtime, re.M)[-1] == "virnucpro"      # results not owned by root
     assert "HF_HOME=/cache/huggingface" in dockerfile and "VIRNUCPRO_MODELS=/app/models" in dockerfile
-    before_install = dockerfile[:dockerfile.index('pip install --no-cache-dir -e ".[test]"')]
+    before_install = runtime[:runtime.index("pip install --no-cache-dir .")]
     copied = {name.rstrip("/") for line in re.findall(r"^COPY (.*) \S+$", before_install, re.M) for name in line.split()}
-    assert set(INSTALLED) <= copied                        # the editable install needs what pyproject installs
+    assert set(INSTALLED) <= copied                        # the install needs what pyproject installs
+    for name, service in COMPOSE["services"].items():
+        assert service["build"]["context"] == "." and service["build"].get("target", "runtime") == \
+            ("test" if name == "test" else "runtime")
+        assert "hf-cache:/cache/huggingface" in service["volumes"] and "./models:/app/models" in service["volumes"]
+        assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    cpu = yaml.load((ROOT / "docker-compose.cpu.yml").read_text(), Loader=ComposeLoader)
+    assert set(cpu["services"]) == set(COMPOSE["services"])                   # every step, on a CPU host
+    for name, service in cpu["services"].items():
+        assert service["deploy"] == "!reset" and service["image"].startswith("virnucpro:cpu")
+        assert service["build"]["args"]["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"models", "data/*", "!data/sample.fasta", ".git"} <= set(ignored)
+
+
