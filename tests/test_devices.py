@@ -41,8 +41,8 @@ def test_a_gpu_this_torch_cannot_use_stops_the_run_in_one_line(fake_gpu, models,
     assert not (tmp_path / "out" / "prediction_summary.tsv").exists()
 
 
-def test_a_cuda_build_newer_than_the_driver_is_named(fake_gpu, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+def test_a_cuda_build_newer_than_the_driver_is_named(fake_gpu, monkeypatch, cuda_machine):
+    cuda_machine(0)                                       # the CUDA runtime sees no GPU it can use
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     with pytest.raises(InputError, match=r"built for CUDA 13\.0, which NVIDIA driver 535\.104\.05 does not "
                                          r"support; install the PyTorch build for this driver"):
@@ -53,10 +53,10 @@ def test_the_cpu_asked_for_by_name_runs_beside_an_unusable_gpu(fake_gpu):
     assert devices.resolve_device("cpu") == torch.device("cpu")
 
 
-def test_without_a_gpu_auto_is_the_cpu(monkeypatch, tmp_path):
+def test_without_a_gpu_auto_is_the_cpu(monkeypatch, tmp_path, cuda_machine):
     monkeypatch.setenv("PATH", str(tmp_path))                            # no nvidia-smi
     monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cuda_machine(0)
     assert devices.resolve_device("auto") == torch.device("cpu")
 
 

@@ -160,3 +160,72 @@ def test_the_batch_loop_never_waits_for_the_device(encoder, dnabert, fastesm, ho
         waits[budget] = list(host_waits)
     assert len(engine.token_budget_batches(rows.lengths, 1)) == 30
     assert waits[1] == waits[10**6], waits
+
+
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """Every attention call of the encoders, let through to torch's own: whether it had a mask, its shape,
+    and the kernels allowed at that moment."""
+    from torch.nn import functional
+
+    calls, sdpa = [], functional.scaled_dot_product_attention
+
+    def recorded(query, key, value, attn_mask=None, **kwargs):
+        calls.append({"masked": attn_mask is not None, "width": query.shape[-2],
+                      "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                      "others": (torch.backends.cuda.flash_sdp_enabled(),
+                                 torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())})
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(functional, "scaled_dot_product_attention", recorded)
+    return calls
+
+
+def test_inference_chooses_its_attention_kernels_and_leaves_unpadded_protein_batches_unmasked(
+        dnabert, fastesm, attention_calls):
+    """On a GPU (its batch shapes, here on the CPU): never cuDNN's attention; a protein batch whose rows all
+    have one length runs without a mask, a padded one with a mask and a width of a multiple of 8; the
+    embeddings equal the CPU's exact batches."""
+    model, tokenizer = fastesm
+    proteins = ["MKVLAAGIST" * 3] * 6 + ["MKVL" * 5, "MKV" * 9]             # 6 of one length, 2 shorter
+    rows = engine.protein_tokens(tokenizer, engine.residue_table(tokenizer), proteins)
+    ids = [f"p{k}" for k in range(len(proteins))]
+    gpu = engine.BatchShapes.of(torch.device("cuda"), unpadded_without_mask=True)
+    on_gpu, _ = engine.embed_rows(engine.ProteinEncoder(model), rows, ids, tokenizer.pad_token_id, 6 * 32,
+                                  "FastESM2_650", shapes=gpu)
+    layers = model.config.num_hidden_layers
+    assert [(call["masked"], call["width"]) for call in attention_calls[::layers]] == [(False, 32), (True, 32)]
+    assert not any(call["cudnn"] for call in attention_calls)
+    assert all(call["others"] == (True, True, True) for call in attention_calls)
+    exact, _ = engine.embed_rows(engine.ProteinEncoder(model), rows, ids, tokenizer.pad_token_id, 6 * 32,
+                                 "FastESM2_650")
+    torch.testing.assert_close(on_gpu, exact, atol=1e-5, rtol=0)
+
+    attention_calls.clear()
+    dna_model, dna_tokenizer = dnabert
+    dna = engine.dna_tokens(dna_tokenizer, ["ACGTTGCA" * 20] * 4)
+    engine.embed_rows(engine.DnaEncoder(dna_model), dna, ["d"] * 4, dna_tokenizer.pad_token_id, 10_000, "DNABERT-S",
+                      shapes=engine.BatchShapes.of(torch.device("cuda")))
+    assert all(call["masked"] and call["width"] % 8 == 0 for call in attention_calls)   # ALiBi: always a bias
+
+
+@pytest.mark.parametrize("read_length, dna_shapes, protein_shapes", [(500, 4, 2), (150, 4, 4)])
+def test_a_gpu_run_sees_few_batch_shapes(dnabert, read_length, dna_shapes, protein_shapes):
+    """A shard of 10,000 reads of one ORF each: the distinct (rows, width) of its batches on a GPU (on the
+    CPU's exact widths: 14 and 2 at 500 bp, 8 and 3 at 150 bp)."""
+    from benchmarking.synthetic import open_reading_frame
+    from virnucpro.sequences.chunks import chunk_id
+
+    rng = np.random.default_rng(0)
+    frames = stop_free_frames([(chunk_id(f"r{k}", 1), open_reading_frame(rng, read_length)) for k in range(10_000)])
+    protein_tokenizer, dna_tokenizer = esm_tokenizer(), dnabert[1]
+    counts = []
+    for rows, budget, pad, unmasked in (
+            (engine.dna_tokens(dna_tokenizer, frames.nucleotides), engine.DNA_TOKS_PER_BATCH,
+             dna_tokenizer.pad_token_id, False),
+            (engine.protein_tokens(protein_tokenizer, engine.residue_table(protein_tokenizer), frames.proteins),
+             engine.PROTEIN_TOKS_PER_BATCH, protein_tokenizer.pad_token_id, True)):
+        shapes = engine.BatchShapes.of(torch.device("cuda"), unmasked)
+        counts.append(len({tuple(rows.padded(batch, pad, shapes)[0].shape)
+                           for batch in engine.token_budget_batches(rows.lengths, budget, shapes)}))
+    assert counts == [dna_shapes, protein_shapes]

@@ -66,15 +66,24 @@ def alibi_slopes(heads: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32).to(device)
 
 
-def attention_bias(slopes: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[batch, heads, length, length]`` additive bias: ALiBi for the batch's
-    length, and -inf on padded keys (every row keeps its unpadded keys)."""
-    length = attention_mask.shape[1]
-    positions = torch.arange(length, device=attention_mask.device)
+@functools.lru_cache(maxsize=32)
+def alibi(heads: int, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[heads, length, length]`` ALiBi bias ``-slope_h * |i - j|``, computed in fp32 once per length, device
+    and dtype (a GPU run sees a few batch widths, multiples of 8: see ``engine.BatchShapes``)."""
+    positions = torch.arange(length, device=device)
     distance = (positions[None, :] - positions[:, None]).abs()
-    alibi = -slopes[:, None, None] * distance                 # [heads, length, length]
+    return (-alibi_slopes(heads, device)[:, None, None] * distance).to(dtype)
+
+
+def attention_bias(heads: int, attention_mask: torch.Tensor | None, length: int, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention bias of a batch: ALiBi for its length, broadcast over its rows when none is
+    padded (``attention_mask`` None), else ``[batch, heads, length, length]`` with -inf on padded keys
+    (every row keeps its unpadded keys)."""
+    if attention_mask is None:
+        return alibi(heads, length, device, dtype)[None]
     padded_key = ~attention_mask.bool()[:, None, None, :]            # [batch, 1, 1, length]
-    return alibi.unsqueeze(0).masked_fill(padded_key, float("-inf")).to(dtype)
+    return alibi(heads, length, device, torch.float32)[None].masked_fill(padded_key, float("-inf")).to(dtype)
 
 
 class DnabertEmbeddings(nn.Module):
@@ -168,11 +177,9 @@ class DnabertModel(nn.Module):
         self.pooler = Pooler(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        """``attention_mask``: 1 on tokens, 0 on padding; None when no row is padded."""
         hidden = self.embeddings(input_ids)
-        # slopes in fp32 on the input's device, whatever the model's dtype
-        bias = attention_bias(alibi_slopes(self.config.num_attention_heads, input_ids.device), attention_mask,
+        bias = attention_bias(self.config.num_attention_heads, attention_mask, input_ids.shape[1], input_ids.device,
                               hidden.dtype)
         for layer in self.encoder["layer"]:
             hidden = layer(hidden, bias)

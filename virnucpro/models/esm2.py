@@ -11,8 +11,10 @@ ESM-2 (Lin et al. 2023) is a pre-LayerNorm transformer encoder:
   - feed-forward: LayerNorm, dense, exact (erf) GELU, dense, residual;
   - a final LayerNorm, ``emb_layer_norm_after``.
 
-Modules are named after the checkpoint keys (``encoder.layer.N.attention.self.query``,
-...): ``key_table(config)`` lists every key and shape the weights must hold.
+Modules are named after the checkpoint keys (``encoder.layer.N.attention.output.dense``,
+...), but for each layer's query, key and value projections, joined into one
+``attention.self.qkv`` (``build`` joins them, ``checkpoint_state`` splits them
+back): ``key_table(config)`` lists every key and shape the weights must hold.
 The published folders carry them under ``esm.``, with what this encoder has
 no use for (the masked-LM and contact heads, the rotary frequencies, which
 are computed here; see ``encoder_state``). The rotary tables are computed in
@@ -117,35 +119,33 @@ class Embeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.token_dropout, self.mask_token_id = config.token_dropout, config.mask_token_id
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         embeddings = self.word_embeddings(input_ids)
         if self.token_dropout:
             masked = input_ids == self.mask_token_id
             embeddings = embeddings.masked_fill(masked[..., None], 0.0)
-            observed = masked.sum(-1).float() / attention_mask.sum(-1)
+            tokens = input_ids.shape[1] if attention_mask is None else attention_mask.sum(-1)
+            observed = masked.sum(-1).float() / tokens
             embeddings = (embeddings * (1 - MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]).to(embeddings.dtype)
-        return embeddings * attention_mask[..., None].to(embeddings.dtype)
+        return embeddings if attention_mask is None else embeddings * attention_mask[..., None].to(embeddings.dtype)
 
 
 class SelfAttention(nn.Module):
+    """The checkpoint's query, key and value projections as one matrix product (``qkv``, their weights one
+    after the other), the query and key rotated together: 8 kernels where separate ones take 14."""
+
     def __init__(self, config: Esm2Config):
         super().__init__()
         self.heads = config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
 
     def forward(self, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
-                keys: torch.Tensor) -> torch.Tensor:
+                keys: torch.Tensor | None) -> torch.Tensor:
         batch, length, width = hidden.shape
-
-        def heads(x):
-            return x.view(batch, length, self.heads, -1).transpose(1, 2)
-
-        query, key, value = heads(self.query(hidden)), heads(self.key(hidden)), heads(self.value(hidden))
+        qkv = self.qkv(hidden).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, H, L, d]
         # ESM scales the query before the rotation (not the logits after it), as trained
-        query = rotate(query * query.shape[-1] ** -0.5, *rotary)
-        context = F.scaled_dot_product_attention(query, rotate(key, *rotary), value, attn_mask=keys, scale=1.0)
+        query, key = rotate(torch.stack((qkv[0] * qkv.shape[-1] ** -0.5, qkv[1])), *rotary)
+        context = F.scaled_dot_product_attention(query, key, qkv[2], attn_mask=keys, scale=1.0)
         return context.transpose(1, 2).reshape(batch, length, width)
 
 
@@ -167,7 +167,7 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)                 # checkpoint name: attention.self
         self.output = Dense(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor, rotary, keys: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, rotary, keys: torch.Tensor | None) -> torch.Tensor:
         return hidden + self.output(self.self(self.LayerNorm(hidden), rotary, keys))
 
 
@@ -179,7 +179,7 @@ class Layer(nn.Module):
         self.intermediate = Dense(config.hidden_size, config.intermediate_size)
         self.output = Dense(config.intermediate_size, config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor, rotary, keys: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, rotary, keys: torch.Tensor | None) -> torch.Tensor:
         hidden = self.attention(hidden, rotary, keys)
         return hidden + self.output(F.gelu(self.intermediate(self.LayerNorm(hidden))))
 
@@ -210,13 +210,15 @@ class Esm2Model(nn.Module):
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
 
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return checkpoint_state(self)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Esm2Output:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         hidden = self.embeddings(input_ids, attention_mask)
         head_width = self.config.hidden_size // self.config.num_attention_heads
         rotary = rotary_tables(input_ids.shape[1], head_width, input_ids.device, hidden.dtype)
-        keys = attention_mask.bool()[:, None, None, :]          # which keys each query may attend to
+        # which keys each query may attend to; none to mask when no row is padded (then flash attention can run)
+        keys = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for layer in self.encoder.layer:
             hidden = layer(hidden, rotary, keys)
         return Esm2Output(self.encoder.emb_layer_norm_after(hidden))
@@ -255,9 +257,31 @@ def encoder_state(state: dict[str, torch.Tensor], config: Esm2Config) -> tuple[d
     return tensors, problems
 
 
+PROJECTIONS = ("query", "key", "value")          # the checkpoint's separate projections, in qkv's order
+
+
 def build(config: Esm2Config, tensors: dict[str, torch.Tensor]) -> Esm2Model:
-    """The encoder on the checkpoint's tensors themselves (no random initialisation, no second copy)."""
+    """The encoder on the checkpoint's tensors (no random initialisation), each layer's query, key and value
+    projections joined into its ``qkv``."""
+    state = dict(tensors)
+    for n in range(config.num_hidden_layers):
+        prefix = f"encoder.layer.{n}.attention.self"
+        for kind in ("weight", "bias"):
+            state[f"{prefix}.qkv.{kind}"] = torch.cat([state.pop(f"{prefix}.{name}.{kind}") for name in PROJECTIONS])
     with torch.device("meta"):
         model = Esm2Model(config)
-    model.load_state_dict(tensors, strict=True, assign=True)
+    model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+def checkpoint_state(model: Esm2Model) -> dict[str, torch.Tensor]:
+    """The model's tensors under the checkpoint's keys (``key_table``, without ``esm.``), ``qkv`` split back
+    into query, key and value: what the weights are checked against."""
+    state = {}
+    for name, tensor in model.named_parameters():
+        if ".qkv." in name:
+            for projection, part in zip(PROJECTIONS, tensor.chunk(3)):
+                state[name.replace(".qkv.", f".{projection}.")] = part
+        else:
+            state[name] = tensor
+    return state

@@ -150,7 +150,9 @@ def verify_weights(spec: ModelSpec, model: torch.nn.Module, folder: str) -> None
     checkpoint = _checkpoint_tensors(folder)
     prefix = getattr(model, "base_model_prefix", "")
     problems = []
-    for name, parameter in model.named_parameters():
+    # a model that lays its tensors out otherwise than the checkpoint (ESM-2's joined qkv) says how they map
+    mapped = getattr(model, "checkpoint_state", None)
+    for name, parameter in mapped().items() if mapped else model.named_parameters():
         if name.startswith(_HEAD_PREFIXES):
             continue
         # transformers also loads old LayerNorm checkpoints that name weight/bias gamma/beta

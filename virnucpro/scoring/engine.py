@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from virnucpro.errors import DimensionError, InputError
 from virnucpro.scoring.calls import NUM_CLASSES
@@ -30,11 +31,35 @@ from virnucpro.scoring.calls import NUM_CLASSES
 PROTEIN_TRUNCATION = 1024          # residues embedded per protein, as the published fair-esm extraction
 DNA_TOKS_PER_BATCH = 16384         # default token budgets of a padded batch, for every script and function
 PROTEIN_TOKS_PER_BATCH = 16384
+# Attention kernels for inference, in this order: never cuDNN's, which builds a plan for every new batch shape
+# (tens to hundreds of milliseconds of host time each); the math kernel is the fallback.
+INFERENCE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 # =============================================================================
 # 1. Token rows
 # =============================================================================
+
+@dataclass(frozen=True)
+class BatchShapes:
+    """How batches are shaped for a device. On a GPU a padded batch is as wide as a multiple of 8 (few
+    widths: few kernel shapes, and the alignment memory-efficient attention wants for a bias), its rows as
+    many as the budget allows at that width, and, for an encoder that asks for it (ESM-2: flash attention
+    takes no mask), a batch without padding keeps its width and gets no mask; the CPU keeps exact widths and
+    masks (its results stay those of the one-at-a-time published code, bit for bit)."""
+    width_multiple: int = 1
+    unpadded_without_mask: bool = False
+
+    @classmethod
+    def of(cls, device: torch.device, unpadded_without_mask: bool = False) -> BatchShapes:
+        return cls(8, unpadded_without_mask) if device.type == "cuda" else EXACT
+
+    def width(self, length: int) -> int:
+        return -(-length // self.width_multiple) * self.width_multiple
+
+
+EXACT = BatchShapes()
+
 
 @dataclass
 class TokenRows:
@@ -52,10 +77,17 @@ class TokenRows:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def padded(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded token ids of ``rows`` and their attention mask."""
+    def padded(self, rows: np.ndarray, pad_id: int, shapes: BatchShapes | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Right-padded token ids of ``rows`` and their attention mask, as ``shapes`` (default: the exact
+        width, a mask always) makes them."""
         lengths = self.lengths[rows]
         width = int(lengths.max())
+        shapes = shapes or EXACT
+        if shapes.unpadded_without_mask and int(lengths.min()) == width:
+            ids = self.ids[self.starts[rows][:, None] + np.arange(width)[None, :]]
+            return torch.from_numpy(ids), None
+        width = shapes.width(width)
         positions = np.arange(width)
         mask = positions[None, :] < lengths[:, None]
         ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -129,28 +161,37 @@ def _weighted_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 class DnaEncoder(torch.nn.Module):
     """DNABERT-S with the published pooling: the mean over all tokens, [CLS]
-    and [SEP] included, padding excluded."""
+    and [SEP] included, padding excluded. Its attention takes the ALiBi bias whatever the padding, so a
+    batch is always masked (``BatchShapes``)."""
+
+    unpadded_without_mask = False
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
         self.width = model.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return _weighted_mean(self.model(input_ids, attention_mask=attention_mask)[0], attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        hidden = self.model(input_ids, attention_mask=attention_mask)[0]
+        return hidden.float().mean(dim=1) if attention_mask is None else _weighted_mean(hidden, attention_mask)
 
 
 class ProteinEncoder(torch.nn.Module):
     """An ESM-2 model (FastESM2_650, ESM2-3B) with the published pooling: the
-    mean over residue positions only (no <cls>, <eos> or padding)."""
+    mean over residue positions only (no <cls>, <eos> or padding). A batch without padding runs unmasked on a
+    GPU, where flash attention takes it (``BatchShapes``)."""
+
+    unpadded_without_mask = True
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
         self.width = model.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if attention_mask is None:                          # no padding: every row <cls> residues <eos>
+            return hidden[:, 1:-1].float().mean(dim=1)
         residues = attention_mask.clone()
         residues[:, 0] = 0
         residues.scatter_(1, attention_mask.sum(dim=1, keepdim=True) - 1, 0)
@@ -161,24 +202,27 @@ class ProteinEncoder(torch.nn.Module):
 # 3. Embedding token rows
 # =============================================================================
 
-def token_budget_batches(lengths: np.ndarray, toks_per_batch: int) -> list[np.ndarray]:
+def token_budget_batches(lengths: np.ndarray, toks_per_batch: int, shapes: BatchShapes | None = None
+                         ) -> list[np.ndarray]:
     """Row indices grouped longest first, so that each padded batch (rows x
-    longest row) holds at most ``toks_per_batch`` tokens; a row longer than
-    the budget gets a batch of its own."""
+    its width: the longest row, as ``shapes`` widens it) holds at most
+    ``toks_per_batch`` tokens; a row longer than the budget gets a batch of its own."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
     batches, start = [], 0
     while start < len(order):
-        rows = max(1, toks_per_batch // int(lengths[order[start]]))
+        rows = max(1, toks_per_batch // (shapes or EXACT).width(int(lengths[order[start]])))
         batches.append(order[start:start + rows])
         start += rows
     return batches
 
 
 def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id: int, toks_per_batch: int,
-               desc: str, out: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, tuple[str, str]]]:
+               desc: str, out: torch.Tensor | None = None, shapes: BatchShapes | None = None
+               ) -> tuple[torch.Tensor, dict[int, tuple[str, str]]]:
     """Pooled embeddings of every row (sequence ``ids``), float32 ``[rows,
     width]`` on the encoder's device (written into ``out`` when given), and
-    the rows that failed, ``{row: (kind, message)}``.
+    the rows that failed, ``{row: (kind, message)}``. Batches are shaped as ``shapes`` says (default: as
+    the device wants them) and attention runs on ``INFERENCE_ATTENTION``'s kernels.
 
     Batches are copied from pinned memory without blocking and their results
     stay on the device until the end, so the host builds the next batch while
@@ -189,18 +233,22 @@ def embed_rows(encoder: torch.nn.Module, rows: TokenRows, ids: list[str], pad_id
 
     device = next(encoder.parameters()).device
     pin = device.type == "cuda"
+    shapes = shapes or BatchShapes.of(device, getattr(encoder, "unpadded_without_mask", False))
     embeddings = torch.zeros(len(rows), encoder.width, device=device) if out is None else out
     failures: dict[int, tuple[str, str]] = {}
-    pending = list(reversed(token_budget_batches(rows.lengths, toks_per_batch)))
-    with tqdm(total=len(rows), desc=desc, unit="seq", leave=False) as progress, torch.inference_mode():
+    pending = list(reversed(token_budget_batches(rows.lengths, toks_per_batch, shapes)))
+    with tqdm(total=len(rows), desc=desc, unit="seq", leave=False) as progress, torch.inference_mode(), \
+            sdpa_kernel(INFERENCE_ATTENTION, set_priority=True):
         while pending:
             batch = pending.pop()
-            input_ids, mask = rows.padded(batch, pad_id)
+            input_ids, mask = rows.padded(batch, pad_id, shapes)
             where = torch.from_numpy(batch)
             if pin:       # copies from pinned memory do not wait for the device: no host sync in this loop
-                input_ids, mask, where = input_ids.pin_memory(), mask.pin_memory(), where.pin_memory()
+                input_ids, where = input_ids.pin_memory(), where.pin_memory()
+                mask = None if mask is None else mask.pin_memory()
             try:
-                pooled = encoder(input_ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+                pooled = encoder(input_ids.to(device, non_blocking=True),
+                                 None if mask is None else mask.to(device, non_blocking=True))
             except torch.OutOfMemoryError as error:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
