@@ -47,6 +47,8 @@ from virnucpro.log import logger, plural
 from virnucpro.models.features import FAILURE_LOG, load_merged_file
 from virnucpro.models.loaders import PIPELINES, Encoders, Pipeline
 from virnucpro.runs import Team, folder_lock
+from virnucpro.scoring import engine
+from virnucpro.scoring.engine import prefetched
 from virnucpro.training import selection
 
 
@@ -72,14 +74,14 @@ def parse_args(argv):
     return args
 
 
-def extract_file(split: selection.SplitFile, merged: str, models, pipeline: Pipeline, args) -> int:
-    """Features of one split file, merged; returns the number of failed sequences."""
+def extract_file(split: selection.SplitFile, prepared: tuple, merged: str, models, pipeline: Pipeline, args) -> int:
+    """Features of one split file (its ``prepared`` tokens), merged; returns the number of failed sequences."""
     (dna_model, dna_tokenizer), (protein_model, protein_tokenizer) = models
     dna_file, protein_file = selection.feature_files(split, pipeline.name)
     dna = units.extract_DNABERT_S(split.nucleotide, dna_file, model=dna_model, tokenizer=dna_tokenizer,
-                                  toks_per_batch=args.dna_batch_tokens)
+                                  toks_per_batch=args.dna_batch_tokens, prepared=prepared[0])
     proteins = units.extract_protein(pipeline, split.protein, protein_file, protein_model, protein_tokenizer,
-                                     toks_per_batch=args.protein_batch_tokens)
+                                     toks_per_batch=args.protein_batch_tokens, prepared=prepared[1])
     units.merge_data(dna_file, protein_file, merged, data_type=split.label, protein_dim=pipeline.protein.dim,
                      chunk_length=split.chunk_length)
     return split.sequences - len(set(dna["nucleotide"]) & set(proteins["proteins"]))
@@ -94,13 +96,21 @@ def extract_share(args, mine: list[selection.SplitFile], team: Team):
     if not todo:
         return todo, {}
     encoders = Encoders.choose(args.pipeline, team.device(args.device), args.dna_model, args.protein_model,
-                               args.models_dir, args.dna_fp32)
+                               args.models_dir, args.dna_fp32, args.tf32)
     settings = selection.extraction_settings(encoders, args.sequences_per_file, args.seed)
     selection.check_resume(args.merge_dir, settings, args.restart, mine)
     models = encoders.load()
+    tokenizing = (engine.dna_tokenizing(models[0][1]), engine.protein_tokenizing(models[1][1]))
+
+    def prepare(split):              # host work: on a GPU, the next file's, while the device embeds this one
+        return split, (engine.file_tokens(split.nucleotide, "dna", tokenizing[0]),
+                       engine.file_tokens(split.protein, "protein", tokenizing[1]))
+
     failed = {}
-    for split in tqdm(todo, desc="files", unit="file"):
-        failed[split.nucleotide] = extract_file(split, split.merged(args.merge_dir), models, encoders.pipeline, args)
+    prepared_files = prefetched(todo, prepare, ahead=int(encoders.device.type != "cpu"))
+    for split, prepared in tqdm(prepared_files, total=len(todo), desc="files", unit="file"):
+        failed[split.nucleotide] = extract_file(split, prepared, split.merged(args.merge_dir), models,
+                                                encoders.pipeline, args)
     return todo, {path: count for path, count in failed.items() if count}
 
 

@@ -169,7 +169,7 @@ def main(argv=None):
         dna_batch_tokens=args.dna_batch_tokens, protein_batch_tokens=args.protein_batch_tokens,
         chunks_per_shard=args.chunks_per_shard, keep_intermediate=args.keep_intermediate, plot=args.plot,
         overwrite=args.overwrite, slurm_array=args.slurm_array, mate2=args.mate2, interleaved=args.interleaved,
-        dna_fp32=args.dna_fp32)
+        dna_fp32=args.dna_fp32, tf32=args.tf32)
     counts = predict.run(request, classifier, metadata, calibration)
     if counts is not None:
         logger.info(outputs.report(counts, args.min_length, request.output_dir))

@@ -114,23 +114,22 @@ def create_refseq_pro_list(gbff_file):
 # =============================================================================
 
 def _embed_file(fasta_file, out_file, alphabet: str, encoder, tokenize, pad_id: int, toks_per_batch: int,
-                desc: str) -> tuple[list[str], list[torch.Tensor]]:
+                desc: str, prepared: engine.FileTokens | None) -> tuple[list[str], list[torch.Tensor]]:
     """Embed every sequence of a FASTA file through the engine (the path
-    prediction takes); log the failures beside ``out_file``; ``(ids kept, their embeddings)``."""
-    ids, sequences = [], []
-    for record in fasta.read_fasta(fasta_file, alphabet=alphabet):
-        ids.append(record.id)
-        sequences.append(record.sequence.upper())
-    embeddings, failed = engine.embed_rows(encoder, tokenize(sequences), ids, pad_id, toks_per_batch,
+    prediction takes), read and tokenized now or ``prepared`` beforehand; log
+    the failures beside ``out_file``; ``(ids kept, their embeddings)``."""
+    prepared = prepared or engine.file_tokens(fasta_file, alphabet, tokenize)
+    ids = prepared.ids
+    embeddings, failed = engine.embed_rows(encoder, prepared.rows, ids, pad_id, toks_per_batch,
                                            f"{desc} {os.path.basename(os.fspath(fasta_file))}")
     features.log_failures([(ids[row], *failed[row]) for row in sorted(failed)], os.fspath(fasta_file),
-                 os.path.dirname(os.fspath(out_file)) if out_file else ".")
+                          os.path.dirname(os.fspath(out_file)) if out_file else ".")
     kept = [row for row in range(len(ids)) if row not in failed]
     return [ids[row] for row in kept], list(embeddings[kept].cpu()) if kept else []
 
 
 def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=None, model=None,
-                      toks_per_batch=engine.DNA_TOKS_PER_BATCH):
+                      toks_per_batch=engine.DNA_TOKS_PER_BATCH, prepared=None):
     """DNABERT-S embeddings of every sequence of ``input_file``: the mean over
     all tokens, [CLS] and [SEP] included, padding excluded, exactly what the
     published one-at-a-time code computes, but in padded batches.
@@ -143,6 +142,8 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     input by the same model in the same precision is reused; any other is
     made again. Without ``model``, the default DNABERT-S is loaded
     (``model_loaded`` is accepted for compatibility with the published signature).
+    ``prepared``: the file's ``engine.file_tokens``, made beforehand (in the
+    background, while the device embeds another file).
     """
     if model is None:
         model, tokenizer = load_dnabert_s()
@@ -151,13 +152,13 @@ def extract_DNABERT_S(input_file, out_file=None, model_loaded=False, tokenizer=N
     if reused is not None:
         return reused
     kept_ids, kept = _embed_file(input_file, out_file, "dna", engine.DnaEncoder(model),
-                                 lambda sequences: engine.dna_tokens(tokenizer, sequences), tokenizer.pad_token_id,
-                                 toks_per_batch, "DNABERT-S")
+                                 engine.dna_tokenizing(tokenizer), tokenizer.pad_token_id, toks_per_batch,
+                                 "DNABERT-S", prepared)
     return features.save_dna_features(kept_ids, kept, model, out_file, source)
 
 
 def _extract_protein(name: str, load, fasta_file, out_file, model, tokenizer, truncation_seq_length,
-                     toks_per_batch):
+                     toks_per_batch, prepared=None):
     """Mean over residue positions only (no BOS/EOS, no padding) of the last
     layer, each sequence cut to ``truncation_seq_length`` residues, as the
     published fair-esm extraction; returned in fp32. Without ``model``,
@@ -169,11 +170,9 @@ def _extract_protein(name: str, load, fasta_file, out_file, model, tokenizer, tr
     reused = features.reusable(out_file, source, "proteins")
     if reused is not None:
         return reused
-    table = engine.residue_table(tokenizer)
     kept_ids, kept = _embed_file(fasta_file, out_file, "protein", engine.ProteinEncoder(model),
-                                 lambda sequences: engine.protein_tokens(tokenizer, table, sequences,
-                                                                         truncation_seq_length),
-                                 tokenizer.pad_token_id, toks_per_batch, name)
+                                 engine.protein_tokenizing(tokenizer, truncation_seq_length), tokenizer.pad_token_id,
+                                 toks_per_batch, name, prepared)
     return features.save_protein_features(kept_ids, kept, model, out_file, source)
 
 
@@ -206,10 +205,12 @@ def extract_esm(fasta_file, model_location=pins.ESM2_3B.hub_id, truncation_seq_l
                             alphabet, truncation_seq_length, toks_per_batch)
 
 
-def extract_protein(pipeline: loaders.Pipeline, fasta_file, out_file, model, tokenizer, toks_per_batch=engine.PROTEIN_TOKS_PER_BATCH):
-    """Protein features of ``fasta_file`` with the pipeline's protein model."""
+def extract_protein(pipeline: loaders.Pipeline, fasta_file, out_file, model, tokenizer,
+                    toks_per_batch=engine.PROTEIN_TOKS_PER_BATCH, prepared=None):
+    """Protein features of ``fasta_file`` with the pipeline's protein model (``prepared``: as
+    ``extract_DNABERT_S``'s)."""
     return _extract_protein(pipeline.protein.name, pipeline.load_protein, fasta_file, out_file, model, tokenizer,
-                            engine.PROTEIN_TRUNCATION, toks_per_batch)
+                            engine.PROTEIN_TRUNCATION, toks_per_batch, prepared)
 
 
 # =============================================================================

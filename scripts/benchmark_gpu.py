@@ -1,35 +1,43 @@
 #!/usr/bin/env python3
 """One GPU session that measures the whole GPU path, step by step.
 
-    python scripts/benchmark_gpu.py -o gpu_session/          # on a GPU node, about 8 minutes on an H100 (estimated)
+    python scripts/benchmark_gpu.py -o gpu_session/          # on a GPU node, about 4 minutes on an H100 (estimated)
     python scripts/benchmark_gpu.py -o smoke/ --smoke        # the same steps at tiny shapes on the CPU, ~30 s
 
 Models have random weights of the real shapes (speed does not depend on the
-weights) and DNABERT-S's real tokenizer (tests/data/arch_tiny/dnabert_s), so
-nothing is downloaded. The steps, each written to DIR/benchmark_gpu.json as
-soon as it is done (a session cut short keeps the finished ones):
+weights), made on the GPU itself, and DNABERT-S's real tokenizer
+(tests/data/arch_tiny/dnabert_s), so nothing is downloaded. The steps, each
+written to DIR/benchmark_gpu.json and to the markdown report as soon as it is
+done (a session cut short keeps the finished ones):
 
   versions      torch, CUDA, cuDNN, the NVIDIA driver, the GPU
   ceilings      dense matmul TFLOP/s per precision, and memory bandwidth
-  attention     the SDPA backends that take each encoder's attention inputs
+  kernels       the attention each encoder's inference really ran: the SDPA
+                operator the dispatcher chose and the GPU kernels it launched,
+                from the profiler (DNABERT-S; FastESM2_650 with and without
+                padding; ESM2-3B)
   dnabert       DNABERT-S frames/s in fp32, TF32, bf16 and fp16 at two token
-                budgets, and the agreement of each with fp32
+                budgets, on 4,096 frames, and the agreement of each with fp32
   proteins      FastESM2_650 and ESM2-3B proteins/s in fp16 and bf16 at two
-                token budgets, and their agreement with fp32 (fp32 itself
-                only as the reference, on 256 frames)
-  end_to_end    prediction.py's path on --reads 500-bp reads (frames/s, and
-                the GPU's utilisation sampled by nvidia-smi meanwhile)
+                token budgets, on the same 4,096 frames, and their agreement
+                with fp32 (fp32 itself only as the reference, on 256 frames)
+  end_to_end    prediction's path on --reads 500-bp reads: frames/s without
+                the models' loading, the first shard apart from the others
+                (what is built once per batch shape shows there), and the
+                GPU's utilisation sampled by nvidia-smi meanwhile
   host_ceiling  the frames/s the node's cores can feed (stand-in encoders)
 
-Then writes the markdown report (--report; default reports/benchmark_gpu.md,
-or DIR/benchmark_gpu.md with --smoke). A step that fails is recorded with
-its error and the session goes on. Every speed is of one run after a
-warm-up, at the precision the row names.
+The report (--report; default reports/benchmark_gpu.md, or
+DIR/benchmark_gpu.md with --smoke) says at which precision each row ran: fp32
+runs on CUDA cores, TF32 (prediction.py --tf32) on tensor cores. A step that
+fails is recorded with its error and the session goes on. Every speed is of
+one run after a warm-up.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -40,6 +48,7 @@ import tempfile
 import threading
 import time
 from typing import NamedTuple
+from unittest import mock
 
 import torch
 
@@ -51,11 +60,12 @@ from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import nvidia_driver, refuse_an_unusable_gpu, resolve_device
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
+from virnucpro.models import loaders
 from virnucpro.models.loaders import PIPELINES, esm_tokenizer
 from virnucpro.models.pins import MERGED_DIM
-from virnucpro.precision import dtype_name
-from virnucpro.prediction import outputs, predict
+from virnucpro.prediction import outputs, predict, shards
 from virnucpro.runs import read_record
+from virnucpro.scoring import engine
 from virnucpro.scoring.calls import NUM_CLASSES
 from virnucpro.scoring.checkpoints import HIDDEN_DIM
 from virnucpro.sequences.fasta import write_fasta
@@ -72,10 +82,10 @@ REAL_SHAPES = {"dnabert": random_models.DNABERT_S_SHAPE, "fastesm650": random_mo
 
 
 class Session:
-    """The session's sizes, its folder and its results, saved after every step."""
+    """The session's sizes, its folder and its results, saved (JSON and report) after every step."""
 
-    def __init__(self, args, device):
-        self.device, self.smoke, self.out = device, args.smoke, args.output_dir
+    def __init__(self, args, device, report_path: str):
+        self.device, self.smoke, self.out, self.report_path = device, args.smoke, args.output_dir, report_path
         self.shapes = SMOKE_SHAPES if args.smoke else REAL_SHAPES
         self.synthetic_frames = synthetic.synthetic_frames(8 if args.smoke else 4096, seed=1)
         self.budgets = (512, 2048) if args.smoke else (16384, 65536)
@@ -92,6 +102,8 @@ class Session:
         self.results["steps"][name] = result
         with atomic_write(os.path.join(self.out, RESULT_FILE)) as handle:
             json.dump(self.results, handle, indent=1)
+        with atomic_write(self.report_path) as handle:
+            handle.write(report(self.results) + "\n")
         print(f"{name}: {'error: ' + result['error'] if 'error' in result else 'done'} ({result['seconds']} s)")
 
 
@@ -120,29 +132,54 @@ def ceilings(session: Session) -> dict:
             "copy_gb_per_s": round(2 * block.numel() / copy_seconds / 1e9, 1)}
 
 
-def attention(session: Session) -> dict:
-    """Which SDPA backends take each encoder's attention inputs (DNABERT-S: an additive ALiBi bias;
-    ESM-2: a boolean padding mask), in torch's order of preference."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def kernels(session: Session) -> dict:
+    """The attention each encoder's inference ran (``engine.embed_rows``, its kernels and batch shapes, in the
+    half precision of a GPU run), from the profiler: the SDPA operators the dispatcher chose, and the GPU
+    kernels they launched (on a CPU, the operators alone)."""
+    from transformers import PreTrainedTokenizerFast
 
     device = session.device
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    shapes = {"DNABERT-S": (12, 64, torch.zeros(8, 12, 128, 128, device=device, dtype=dtype)),
-              "FastESM2_650": (20, 64, torch.ones(8, 1, 1, 128, device=device, dtype=torch.bool)),
-              "ESM2-3B": (40, 64, torch.ones(8, 1, 1, 128, device=device, dtype=torch.bool))}
-    taken = {}
-    for name, (heads, width, mask) in shapes.items():
-        query = torch.randn(8, heads, 128, width, device=device, dtype=dtype)
-        taken[name] = []
-        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                        SDPBackend.MATH):
-            try:
-                with sdpa_kernel(backend):
-                    torch.nn.functional.scaled_dot_product_attention(query, query, query, attn_mask=mask)
-                taken[name].append(backend.name)
-            except RuntimeError:
-                pass
-    return {"backends_taking_the_inputs": taken, "dtype": dtype_name(dtype)}
+    half = (lambda dtype: dtype) if device.type == "cuda" else (lambda dtype: torch.float32)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_FOLDER, local_files_only=True)
+    frames = session.synthetic_frames[:64]
+    proteins, equal = [protein for _, _, protein in frames], [frames[0][2]] * len(frames)
+    runs = {"DNABERT-S": (lambda: random_models.random_dnabert(session.shapes["dnabert"], len(tokenizer),
+                                                               device=device), torch.bfloat16, tokenizer,
+                          [dna for _, dna, _ in frames], engine.DnaEncoder, engine.dna_tokenizing(tokenizer)),
+            "FastESM2_650, padded": (lambda: random_models.random_esm(session.shapes["fastesm650"], device=device),
+                                     torch.float16, esm_tokenizer(), proteins, engine.ProteinEncoder, None),
+            "FastESM2_650, one length": (lambda: random_models.random_esm(session.shapes["fastesm650"],
+                                                                          device=device),
+                                         torch.float16, esm_tokenizer(), equal, engine.ProteinEncoder, None),
+            "ESM2-3B": (lambda: random_models.random_esm(session.shapes["esm2_3b"], device=device), torch.float16,
+                        esm_tokenizer(), proteins, engine.ProteinEncoder, None)}
+    found = {}
+    for name, (make, dtype, encoder_tokenizer, sequences, encoder, tokenize) in runs.items():
+        model = make().to(half(dtype))
+        rows = (tokenize or engine.protein_tokenizing(encoder_tokenizer))(sequences)
+        embed = functools.partial(engine.embed_rows, encoder(model), rows, [str(k) for k in range(len(rows))],
+                                  encoder_tokenizer.pad_token_id, session.budgets[0], name)
+        embed()                                                                          # warm-up
+        found[name] = attention_kernels(embed, device)
+        del model
+        release_memory(device)
+    return found
+
+
+def attention_kernels(run, device) -> dict:
+    """The SDPA operators and the GPU attention kernels ``run()`` ran, as the profiler names them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+    with profile(activities=activities) as profiler:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = profiler.events()
+    operators = sorted({event.name for event in events if event.name.startswith("aten::_scaled_dot_product")})
+    gpu = sorted({event.name for event in events if str(event.device_type).endswith("CUDA")
+                  and any(word in event.name.lower() for word in ("fmha", "flash", "attention", "cudnn", "sdpa"))})
+    return {"operators": operators, "gpu_kernels": gpu}
 
 
 def dnabert(session: Session) -> dict:
@@ -150,7 +187,7 @@ def dnabert(session: Session) -> dict:
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_FOLDER, local_files_only=True)
-    model = random_models.random_dnabert(session.shapes["dnabert"], len(tokenizer)).to(session.device)
+    model = random_models.random_dnabert(session.shapes["dnabert"], len(tokenizer), device=session.device)
     frames = frame_files(session, "frames.fna", [(i, dna) for i, dna, _ in session.synthetic_frames])
     settings = [("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False),
                 ("fp16", torch.float16, False)]
@@ -166,7 +203,7 @@ def proteins(session: Session) -> dict:
     settings = [("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)]
     found = {}
     for name in ("fastesm650", "esm2_3b"):
-        model = random_models.random_esm(session.shapes[name]).to(session.device)
+        model = random_models.random_esm(session.shapes[name], device=session.device)
         found[PIPELINES[name].protein.name] = rates(session, settings, model, frames, lambda network, budget, fasta:
                                                     torch.stack(units.extract_protein(
                                                         PIPELINES[name], fasta, None, network, esm_tokenizer(),
@@ -233,12 +270,20 @@ def end_to_end(session: Session) -> dict:
             protein_model=protein_folder, models_dir=None, dna_batch_tokens=session.budgets[0],
             protein_batch_tokens=session.budgets[0], chunks_per_shard=predict.CHUNKS_PER_SHARD,
             keep_intermediate=False, plot=False, overwrite=False, slurm_array=False)
-        with GpuUtilisation(session.device) as utilisation:
+        clock = Clock()
+        with GpuUtilisation(session.device) as utilisation, \
+                mock.patch.object(loaders.Encoders, "load", clock.timing("loading", loaders.Encoders.load)), \
+                mock.patch.object(shards, "score_shard", clock.timing("shards", shards.score_shard)):
             seconds = timed(lambda: predict.run(request, classifier, metadata, None), session.device)
         with open(os.path.join(request.output_dir, outputs.FRAMES_FILE)) as handle:
             frames = sum(1 for _ in handle) - 1
+    scoring = seconds - sum(clock.seconds["loading"])
     return {"reads": session.reads, "frames": frames, "seconds_run": round(seconds, 2),
-            "frames_per_s": round(frames / seconds, 1), "gpu_utilisation_percent": utilisation.mean}
+            "seconds_loading_models": round(sum(clock.seconds["loading"]), 2),
+            "frames_per_s_without_loading": round(frames / scoring, 1),
+            "first_shard_seconds": round(clock.seconds["shards"][0], 2),
+            "other_shards_seconds": [round(value, 2) for value in clock.seconds["shards"][1:]],
+            "gpu_utilisation_percent": utilisation.mean}
 
 
 def host_ceiling(session: Session) -> dict:
@@ -253,11 +298,28 @@ def host_ceiling(session: Session) -> dict:
     return {key: result[key] for key in ("frames", "cores", "frames_per_second", "host_frames_per_second")}
 
 
-STEPS = (("versions", versions), ("ceilings", ceilings), ("attention", attention), ("dnabert", dnabert),
+STEPS = (("versions", versions), ("ceilings", ceilings), ("kernels", kernels), ("dnabert", dnabert),
          ("proteins", proteins), ("end_to_end", end_to_end), ("host_ceiling", host_ceiling))
 
 
 # ---------------------------------------------------------------- helpers
+class Clock:
+    """The seconds of each call of functions ``timing`` wraps, by label (on a GPU, the calls that end in a
+    copy to the host, as loading and scoring a shard do, include the device's work)."""
+
+    def __init__(self):
+        self.seconds: dict[str, list[float]] = {}
+
+    def timing(self, label: str, function):
+        def timed_call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds.setdefault(label, []).append(time.perf_counter() - started)
+        return timed_call
+
+
 class tf32_matmul:
     """TF32 tensor-core matmuls on (or off) inside the block."""
 
@@ -309,6 +371,9 @@ def report(results: dict) -> str:
     lines = ["# GPU session: the GPU path measured", ""]
     if results["smoke"]:
         lines += ["**Smoke test**: tiny shapes on the CPU; it checks that every step runs, and measures nothing.", ""]
+    lines += ["Precisions: fp32 rows run on CUDA cores (torch's default, and ESM2-3B's as published); tf32 rows "
+              "run the same float32 weights on tensor cores (prediction.py --tf32); bf16 and fp16 are what a GPU "
+              "run uses by default (DNABERT-S bf16, FastESM2_650 fp16).", ""]
     if "versions" in steps:
         lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in steps["versions"].items()
                                              if key != "seconds"] + [""]
@@ -320,6 +385,10 @@ def report(results: dict) -> str:
             lines += [f"Failed: {result['error']}", ""]
         elif "rows" in result:
             lines += table(result["rows"])
+        elif name == "kernels":
+            lines += table([{"encoder's batch": encoder, "SDPA operator": ", ".join(found["operators"]),
+                             "GPU kernels": ", ".join(found["gpu_kernels"]) or "-"}
+                            for encoder, found in result.items() if encoder != "seconds"])
         elif name == "proteins":
             for model, found in result.items():
                 if isinstance(found, dict):
@@ -356,13 +425,11 @@ def main(argv=None):
                          "on the CPU")
     device = resolve_device("cpu" if args.smoke else "cuda")
     os.makedirs(args.output_dir, exist_ok=True)
-    session = Session(args, device)
-    for name, step in STEPS:
-        session.run(name, step)
     path = args.report or (os.path.join(args.output_dir, "benchmark_gpu.md") if args.smoke else
                            os.path.join(ROOT, "reports", "benchmark_gpu.md"))
-    with atomic_write(path) as handle:
-        handle.write(report(session.results) + "\n")
+    session = Session(args, device, path)
+    for name, step in STEPS:
+        session.run(name, step)
     print(f"results: {os.path.join(args.output_dir, RESULT_FILE)}; report: {path}")
     return 0
 

@@ -124,7 +124,8 @@ def time_end_to_end(args, device) -> list[dict]:
                 dna_model=args.dna_model, protein_model=args.protein_model if name == "fastesm650" else
                 args.baseline_protein_model, models_dir=args.models_dir, dna_batch_tokens=args.dna_batch_tokens,
                 protein_batch_tokens=args.protein_batch_tokens, chunks_per_shard=predict.CHUNKS_PER_SHARD,
-                keep_intermediate=False, plot=False, overwrite=False, slurm_array=False, dna_fp32=args.dna_fp32)
+                keep_intermediate=False, plot=False, overwrite=False, slurm_array=False, dna_fp32=args.dna_fp32,
+                tf32=args.tf32)
             seconds = timed(lambda: predict.run(request, classifier, metadata, None), device)
         rows.append({"pipeline": name, "seconds": seconds, "reads": reads, "reads_per_s": reads / seconds})
     if not rows:

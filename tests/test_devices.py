@@ -105,3 +105,25 @@ def test_a_run_records_its_precision_and_resumes_only_in_it(models, tmp_path):
     (tmp_path / "out/run.json").write_text(json.dumps(run))
     with pytest.raises(InputError, match=r"holds a run with other settings \(precision\)"):
         prediction.main(args)
+
+
+def test_tf32_is_asked_for_by_name_and_recorded(tiny_models):
+    """Float32 encoders on a GPU multiply on CUDA cores unless --tf32; with it their precision is recorded
+    as tf32, so that a resume or a classifier of the other precision is told apart."""
+    from virnucpro.models.loaders import Encoders
+    from virnucpro.precision import precision_name, use_tf32
+
+    folders = tiny_models["dna"], tiny_models["esm2_3b"]
+    gpu = torch.device("cuda:0")
+    assert Encoders.choose("esm2_3b", gpu, *folders).precision == {"dna": "bfloat16", "protein": "float32"}
+    assert Encoders.choose("esm2_3b", gpu, *folders, dna_fp32=True, tf32=True).precision == \
+        {"dna": "tf32", "protein": "tf32"}
+    assert Encoders.choose("esm2_3b", torch.device("cpu"), *folders, tf32=True).precision == \
+        {"dna": "float32", "protein": "float32"}                     # the CPU has no TF32
+    try:
+        use_tf32(True)
+        assert precision_name(torch.float32, gpu) == "tf32" and precision_name(torch.float16, gpu) == "float16"
+        assert precision_name(torch.float32, torch.device("cpu")) == "float32"
+    finally:
+        use_tf32(False)
+    assert precision_name(torch.float32, gpu) == "float32"

@@ -5,6 +5,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -176,6 +177,27 @@ def test_reextraction_into_a_new_merge_folder_gives_what_a_clean_run_gives(refer
     assert features.main(args) == 0
     same_features(tmp_path / "four", clean / "data_merge")
     same_features(data / "data_merge", reference / "data_merge")          # the first folder stays as it was
+
+
+def test_the_next_file_prepared_in_the_background_gives_the_same_features(reference, tiny_models, tmp_path,
+                                                                          monkeypatch):
+    """On a GPU the next split file is read and tokenized by a background thread while the device embeds this
+    one: forced here on the CPU, the merged features are those of preparing each in line."""
+    from virnucpro.scoring import engine
+
+    threads, file_tokens = [], engine.file_tokens
+
+    def recorded(*args):
+        threads.append(threading.current_thread().name)
+        return file_tokens(*args)
+
+    monkeypatch.setattr(engine, "file_tokens", recorded)
+    monkeypatch.setattr(features, "prefetched", lambda items, prepare, ahead: engine.prefetched(items, prepare, 1))
+    (tmp_path / "data").mkdir()
+    data = make_data_tree(tmp_path / "data")
+    assert features.main(extract_args(tiny_models, data)) == 0
+    assert len(threads) == 12 and all(name.startswith("host-work") for name in threads)
+    same_features(data / "data_merge", reference / "data_merge")
 
 
 @pytest.mark.slow

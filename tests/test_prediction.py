@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -304,3 +305,36 @@ def test_esm2_3b_pipeline_runs_the_published_checkpoint(models, published_checkp
     assert prediction.main(args) == 0
     rows = read_tsv(tmp_path / "out/prediction_results.txt")
     assert rows and all(row["Sequence_ID"].startswith("NC_0295") for row in rows)
+
+
+def test_shard_files_written_in_the_background_give_the_same_results(models, reference_run, tmp_path, monkeypatch):
+    """On a GPU the shards' files are written by a background thread while the device scores the next shard:
+    forced here on the CPU, the results are byte for byte those of writing them in line."""
+    threads, write, writer = [], shards.write_shard, shards.ShardWriter
+
+    def recorded(*args):
+        threads.append(threading.current_thread().name)
+        write(*args)
+
+    monkeypatch.setattr(shards, "write_shard", recorded)
+    monkeypatch.setattr(shards, "ShardWriter", lambda background: writer(background=True))
+    assert prediction.main(predict_args(models, tmp_path / "out", "--plot")) == 0
+    assert len(threads) == 4 and all(name.startswith("shard-files") for name in threads)
+    for name in outputs.RESULT_FILES:
+        assert (tmp_path / "out" / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def test_an_error_of_a_background_write_stops_the_run_at_the_next_shard(tmp_path, monkeypatch):
+    written = []
+
+    def write_shard(number):
+        if number == 2:
+            raise OSError(28, "No space left on device", str(tmp_path))
+        written.append(number)
+
+    monkeypatch.setattr(shards, "write_shard", write_shard)
+    with pytest.raises(OSError, match="No space left"):
+        with shards.ShardWriter(background=True) as writer:
+            for number in range(1, 6):
+                writer.write(number)
+    assert written == [1]

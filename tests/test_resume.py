@@ -239,9 +239,10 @@ def test_what_happens_to_the_files_during_the_scoring_stops_it_at_once(models, t
 
     def scoring(shard, *args):
         scored.append(shard.folder)
-        score(shard, *args)
+        scores = score(shard, *args)
         if len(scored) == 1:
             action(reads, output)
+        return scores
 
     monkeypatch.setattr(shards, "score_shard", scoring)
     with pytest.raises(InputError) as error:

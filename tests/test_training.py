@@ -432,9 +432,28 @@ def test_gpu_session_smoke_runs_every_step(tmp_path):
     assert not [name for name, result in steps.items() if "error" in result]
     for row in steps["dnabert"]["rows"] + steps["proteins"]["FastESM2_650"]["rows"]:
         assert row["sequences"] == 8 and row["min_cosine_to_fp32"] > 0.99, row
-    assert steps["end_to_end"]["frames"] > 0
+    # the attention each encoder ran, as the profiler names it (on the CPU, its flash kernel or the math one)
+    kernels = {name: found for name, found in steps["kernels"].items() if name != "seconds"}
+    assert set(kernels) == {"DNABERT-S", "FastESM2_650, padded", "FastESM2_650, one length", "ESM2-3B"}
+    assert all(found["operators"] and all(name.startswith("aten::_scaled_dot_product") for name in found["operators"])
+               for found in kernels.values())
+    end_to_end = steps["end_to_end"]
+    assert end_to_end["frames"] > 0 and end_to_end["first_shard_seconds"] > 0 and end_to_end["seconds_loading_models"] > 0
+    assert end_to_end["frames_per_s_without_loading"] > end_to_end["frames"] / end_to_end["seconds_run"]
     report = (tmp_path / "benchmark_gpu.md").read_text()
     assert "**Smoke test**" in report and "| bf16 | 2048 | 8 |" in report and "Failed" not in report
+
+
+def test_gpu_session_writes_its_report_after_every_step(tmp_path, monkeypatch):
+    """A session cut short (a time limit, a lost node) keeps the report of the steps it finished."""
+    def interrupted(session):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark_gpu, "STEPS", (("versions", benchmark_gpu.versions), ("next", interrupted)))
+    with pytest.raises(KeyboardInterrupt):
+        benchmark_gpu.main(["-o", str(tmp_path), "--smoke"])
+    report = (tmp_path / "benchmark_gpu.md").read_text()
+    assert "| torch | " in report and "## next" not in report
 
 
 @pytest.mark.slow

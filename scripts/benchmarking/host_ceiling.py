@@ -69,12 +69,13 @@ STAGES = (("input check and count", inputs, "count_chunks"),
           ("host work: chunks, frames, tokens", shards, "prepare_shard"),
           ("  of which DNA tokenization", engine, "dna_tokens"),
           ("  of which protein tokenization", engine, "protein_tokens"),
-          ("device work and shard files", shards, "score_shard"),
+          ("device work", shards, "score_shard"),
           (SCORING_STAGE, engine.Engine, "score"),
           (BATCHING_STAGE, engine.TokenRows, "padded"),
           ("    of which the classifier's arithmetic", engine, "predict_probabilities"),
+          ("shard files", shards, "write_shard"),
           ("final outputs", assembly, "write_outputs"))
-TOP_STAGES = ("input check and count", "host work: chunks, frames, tokens", "device work and shard files",
+TOP_STAGES = ("input check and count", "host work: chunks, frames, tokens", "device work", "shard files",
               "final outputs")
 
 

@@ -61,14 +61,15 @@ def save_dna_tokenizer(folder, vocab_size=4096, seed=0):
     return fast
 
 
-def random_dnabert(shape, vocab_size, seed=0):
-    """Our DNABERT-S architecture with random weights (BERT's N(0, 0.02) init)."""
+def random_dnabert(shape, vocab_size, seed=0, device="cpu"):
+    """Our DNABERT-S architecture with random weights (BERT's N(0, 0.02) init), made on ``device``."""
     hidden, layers, heads, intermediate = shape
     torch.manual_seed(seed)
-    model = DnabertModel(DnabertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate))
-    return initialised(model)
+    with torch.device(device):
+        model = DnabertModel(DnabertConfig(
+            vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=intermediate))
+        return initialised(model)
 
 
 def save_random_dnabert(folder, shape, vocab_size=4096, seed=0):
@@ -92,16 +93,17 @@ def save_random_dnabert_weights(folder, shape, vocab_size, seed=0):
     return folder
 
 
-def random_esm(shape, seed=0):
-    """Our ESM-2 of ``shape`` with random weights (rotary positions, token dropout, 33 tokens): what the
-    benchmarks time."""
+def random_esm(shape, seed=0, device="cpu"):
+    """Our ESM-2 of ``shape`` with random weights (rotary positions, token dropout, 33 tokens), made on
+    ``device``: what the benchmarks time."""
     hidden, layers, heads, intermediate = shape
     torch.manual_seed(seed)
-    model = Esm2Model(Esm2Config(vocab_size=len(ESM2_ALPHABET), hidden_size=hidden, num_hidden_layers=layers,
-                                 num_attention_heads=heads, intermediate_size=intermediate, layer_norm_eps=1e-5,
-                                 token_dropout=True, mask_token_id=32, position_embedding_type="rotary",
-                                 emb_layer_norm_before=False))
-    return initialised(model)
+    with torch.device(device):
+        model = Esm2Model(Esm2Config(vocab_size=len(ESM2_ALPHABET), hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=heads, intermediate_size=intermediate, layer_norm_eps=1e-5,
+                                     token_dropout=True, mask_token_id=32, position_embedding_type="rotary",
+                                     emb_layer_norm_before=False))
+        return initialised(model)
 
 
 def initialised(model: torch.nn.Module) -> torch.nn.Module:

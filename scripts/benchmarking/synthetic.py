@@ -40,7 +40,7 @@ def synthetic_genome(n_genes, rng):
 
 def synthetic_frames(count, seed):
     """``count`` stop-free frames (DNA, protein) of 500-bp chunks of random genes."""
-    genome, _ = synthetic_genome(max(50, count // 2), random.Random(seed))
+    genome, _ = synthetic_genome(max(50, count), random.Random(seed))          # about 1.5 frames a gene
     chunks = [(chunk_id("g", k), c) for k, c in enumerate(iter_chunks(genome, 500), start=1)]
     frames = [frame for frame in select_frames(chunks) if frame[2]]
     random.Random(seed).shuffle(frames)

@@ -28,7 +28,7 @@ from virnucpro.models.modelfiles import (
     verify_weights,
 )
 from virnucpro.models.pins import DNA_DIM, DNABERT_S, DNABERT_S_TOKENS, ESM2_3B, ESM2_3B_DIM, FASTESM2_650, PROTEIN_DIM, ModelSpec
-from virnucpro.precision import dtype_name
+from virnucpro.precision import dtype_name, use_tf32
 
 # The ESM-2 alphabet (fair-esm order), shared by ESM2-3B and FastESM2_650.
 ESM2_ALPHABET = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
@@ -248,28 +248,36 @@ class Encoders:
     protein_folder: str
     dna_dtype: torch.dtype
     protein_dtype: torch.dtype
+    tf32: bool = False
 
     @classmethod
     def choose(cls, pipeline: str, device: torch.device, dna_model: str | None = None,
-               protein_model: str | None = None, models_dir: str | None = None, dna_fp32: bool = False) -> Encoders:
+               protein_model: str | None = None, models_dir: str | None = None, dna_fp32: bool = False,
+               tf32: bool = False) -> Encoders:
         """The encoders of ``pipeline`` on ``device``: DNABERT-S in bf16 on CUDA unless ``dna_fp32``, the
-        protein model in its default precision (``default_dtype``); fp32 on the CPU."""
+        protein model in its default precision (``default_dtype``); fp32 on the CPU. With ``tf32``, the
+        float32 ones (ESM2-3B as published, DNABERT-S with ``dna_fp32``) multiply on TF32 tensor cores."""
         spec = PIPELINES[pipeline]
         return cls(spec, device, model_folder(DNABERT_S, dna_model, models_dir),
                    model_folder(spec.protein, protein_model, models_dir),
                    torch.float32 if dna_fp32 else default_dtype(DNABERT_S, device),
-                   default_dtype(spec.protein, device))
+                   default_dtype(spec.protein, device), tf32 and device.type == "cuda")
 
     @property
     def precision(self) -> dict[str, str]:
-        """The dtypes, as feature files, checkpoints and run records record them."""
-        return {"dna": dtype_name(self.dna_dtype), "protein": dtype_name(self.protein_dtype)}
+        """The precisions, as feature files, checkpoints and run records record them (``precision_name``)."""
+        names = {dtype: "tf32" if self.tf32 and dtype == torch.float32 else dtype_name(dtype)
+                 for dtype in (self.dna_dtype, self.protein_dtype)}
+        return {"dna": names[self.dna_dtype], "protein": names[self.protein_dtype]}
 
     def identity(self) -> dict:
         """The two models' content (``model_identity``), as run records keep it."""
         return {"dna_model": model_identity(self.dna_folder), "protein_model": model_identity(self.protein_folder)}
 
     def load(self) -> tuple[tuple, tuple]:
-        """``((DNABERT-S, its tokenizer), (protein model, its tokenizer))`` on the device."""
+        """``((DNABERT-S, its tokenizer), (protein model, its tokenizer))`` on the device (and TF32 on or off
+        for the process, as asked)."""
+        if self.device.type == "cuda":
+            use_tf32(self.tf32)
         return (load_dnabert_s(self.dna_folder, self.device, dtype=self.dna_dtype),
                 self.pipeline.load_protein(self.protein_folder, self.device, self.protein_dtype))

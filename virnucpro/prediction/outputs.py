@@ -232,6 +232,11 @@ def remove_temporaries(output_dir: str) -> None:
                 os.remove(os.path.join(output_dir, name))
 
 
+def deleted_during_the_run(output_dir: str) -> InputError:
+    return InputError(f"{output_dir}: the output folder (or its shards/) was deleted or moved during the run; run "
+                      "the same command again to start over")
+
+
 def start_over(output_dir: str, inputs: list[str], plot: bool) -> None:
     """Remove what a previous run of this tool left (its run.json, shards and plot) and the result files,
     so that no old result outlives a new run; nothing else of the folder. An input itself, when it is one

@@ -27,7 +27,8 @@ from virnucpro.precision import model_precision
 from virnucpro.prediction import assembly, shards
 from virnucpro.prediction.inputs import Input, is_pipe, run_input
 from virnucpro.prediction.outputs import (
-    SHARDS,
+    deleted_during_the_run,
+    own_shards,
     read_run,
     remove_shards,
     remove_temporaries,
@@ -76,6 +77,7 @@ class Request:
     mate2: str | None = None              # paired reads: the second mates' file
     interleaved: bool = False             # paired reads: mates one after the other in the input
     dna_fp32: bool = False                # DNABERT-S in fp32 on a GPU too (default there: bf16)
+    tf32: bool = False                    # float32 encoders on TF32 tensor cores on a GPU
 
 
 def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibration: Calibration | None) -> dict | None:
@@ -129,7 +131,7 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
     output_dir, chunk_length = request.output_dir, request.chunk_length
     device = team.device(request.device)
     encoders = Encoders.choose(request.pipeline, device, request.dna_model, request.protein_model,
-                               request.models_dir, request.dna_fp32)
+                               request.models_dir, request.dna_fp32, request.tf32)
     settings = settings_of(request, source.identity, encoders, calibration is not None)
     if team.leads:
         with team.holding(output_dir):
@@ -163,12 +165,15 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
     prepare = functools.partial(shards.prepare_shard, output_dir=output_dir, chunk_size=chunk_length,
                                 min_length=request.min_length, scorer=scorer, owns=team.owns)
     numbered = enumerate(shards.shards(source, chunk_length, request.chunks_per_shard), start=1)
-    with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=not team.leads) as progress:
-        for shard in prefetched(numbered, prepare, ahead=int(device.type != "cpu")):
+    on_gpu = device.type != "cpu"       # host work ahead and shard files behind, in background threads
+    with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=not team.leads) as progress, \
+            shards.ShardWriter(background=on_gpu) as writer:
+        for shard in prefetched(numbered, prepare, ahead=int(on_gpu)):
             source.check_unchanged()
             check_folder_kept(output_dir)
             if not shard.done:
-                shards.score_shard(shard, scorer, request.classifier_path, request.keep_intermediate)
+                scores = shards.score_shard(shard, scorer, request.classifier_path)
+                writer.write(shard, scores, scorer, request.keep_intermediate)
             folders.append(shard.folder)
             progress.update(shard.chunk_count)
     team.barrier()                          # every shard scored, by whichever process
@@ -180,9 +185,8 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
 
 def check_folder_kept(output_dir: str) -> None:
     """Stop at once when the output folder, or its shards' folder, was deleted or moved during the run."""
-    if not os.path.isdir(os.path.join(output_dir, SHARDS)):
-        raise InputError(f"{output_dir}: the output folder (or its shards/) was deleted or moved during the run; "
-                         "run the same command again to start over")
+    if not own_shards(output_dir):
+        raise deleted_during_the_run(output_dir)
 
 
 def begin_run(request: Request, settings: dict) -> None:

@@ -10,6 +10,7 @@ done when its ``chunks.tsv`` exists. The assembly (``assembly.py``) reads them.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from virnucpro.files import atomic_write
 from virnucpro.models.features import log_failures, save_dna_features, save_merged_features, save_protein_features
 from virnucpro.precision import model_precision
 from virnucpro.prediction.inputs import Input
-from virnucpro.prediction.outputs import SHARDS
+from virnucpro.prediction.outputs import SHARDS, deleted_during_the_run
 from virnucpro.scoring.calls import frame_classes
 from virnucpro.scoring.engine import Engine, Frames, Scores
 from virnucpro.sequences.chunks import chunk_ids, chunk_starts
@@ -142,24 +143,34 @@ def prepare_shard(numbered, output_dir: str, chunk_size: int, min_length: int, s
 
 
 # ---------------------------------------------------------------- device work and the shard's tables
-def score_shard(shard: Shard, scorer: Engine, classifier_path: str, keep_intermediate: bool) -> None:
-    """Device work and the shard's files; its ``chunks.tsv`` (written last) marks it done."""
-    folder = shard.folder
-    os.makedirs(folder, exist_ok=True)
+def score_shard(shard: Shard, scorer: Engine, classifier_path: str) -> Scores:
+    """Device work: the shard's frames embedded and scored; a classifier whose scores are not finite is
+    refused."""
+    scores = scorer.score(shard.frames)
+    finite = np.isfinite(scores.probabilities).all(axis=1)
+    if not finite.all():
+        raise InputError(f"{classifier_path}: the classifier gives non-finite scores (first: frame "
+                         f"{shard.frames.ids[scores.kept[np.argmin(finite)]]}); the checkpoint is damaged, use "
+                         "another one")
+    return scores
+
+
+def write_shard(shard: Shard, scores: Scores, scorer: Engine, keep_intermediate: bool) -> None:
+    """The shard's files (and the failures' log); its ``chunks.tsv``, written last, marks it done."""
+    folder, frames = shard.folder, shard.frames
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        pass                                                 # made by a run that stopped before its tables
+    except FileNotFoundError:
+        raise deleted_during_the_run(os.path.dirname(os.path.dirname(folder))) from None
     with atomic_write(f"{folder}/records.tsv") as out:       # ids hold no white space: no quoting
         out.write("\t".join(RECORD_COLUMNS) + "\n")
         out.writelines(f"{record.id}\t{len(record.sequence)}\t{reason}\t{checksum(record.sequence)}\n"
                        for record, reason in zip(shard.records, shard.skipped))
-    frames = shard.frames
-    scores = scorer.score(frames)
     for encoder in ("DNABERT-S", scorer.protein_name):
         log_failures([(i, kind, message) for i, which, kind, message in scores.failures if which == encoder],
                      f"{folder} ({encoder})", folder)
-    finite = np.isfinite(scores.probabilities).all(axis=1)
-    if not finite.all():
-        raise InputError(f"{classifier_path}: the classifier gives non-finite scores (first: frame "
-                         f"{frames.ids[scores.kept[np.argmin(finite)]]}); the checkpoint is damaged, use "
-                         "another one")
     # published: the arg-max class, 'others' on an exact tie; scores as str() of float32, in one array call
     probabilities = scores.probabilities.astype(np.float32)
     with atomic_write(f"{folder}/frames.tsv") as out:
@@ -169,6 +180,39 @@ def score_shard(shard: Shard, scorer: Engine, classifier_path: str, keep_interme
     if keep_intermediate:
         write_intermediates(folder, frames, scores, scorer)
     write_chunk_table(folder, shard, scores.kept, probabilities)
+
+
+class ShardWriter:
+    """Writes shards' files (``write_shard``) in a background thread, one shard after the other, so that the
+    device scores the next shard meanwhile; at once in this thread when ``background`` is off (on a CPU,
+    whose cores the scoring uses). An error of a write is raised at the next shard, or at the end."""
+
+    def __init__(self, background: bool):
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-files") if background else None
+        self.pending: concurrent.futures.Future | None = None
+
+    def write(self, *arguments) -> None:
+        if self.pool is None:
+            write_shard(*arguments)
+            return
+        self.wait()
+        self.pending = self.pool.submit(write_shard, *arguments)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        try:
+            if exc_info[0] is None:
+                self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)       # a write under way ends whole (atomic files) before leaving
 
 
 def write_intermediates(folder: str, frames: Frames, scores: Scores, scorer: Engine) -> None:

@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from virnucpro.errors import DimensionError, InputError
 from virnucpro.scoring.calls import NUM_CLASSES
+from virnucpro.sequences.fasta import read_fasta
 
 PROTEIN_TRUNCATION = 1024          # residues embedded per protein, as the published fair-esm extraction
 DNA_TOKS_PER_BATCH = 16384         # default token budgets of a padded batch, for every script and function
@@ -121,6 +122,33 @@ def dna_tokens(tokenizer, sequences: list[str]) -> TokenRows:
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
     return TokenRows.from_lengths(ids, lengths)
+
+
+@dataclass
+class FileTokens:
+    """The ids and token rows of a FASTA file's sequences (upper-cased), read and tokenized ahead of its
+    embedding: feature extraction prepares the next file's while the device embeds this one's."""
+    ids: list[str]
+    rows: TokenRows
+
+
+def file_tokens(fasta_file, alphabet: str, tokenize: Callable[[list[str]], TokenRows]) -> FileTokens:
+    ids, sequences = [], []
+    for record in read_fasta(fasta_file, alphabet=alphabet):
+        ids.append(record.id)
+        sequences.append(record.sequence.upper())
+    return FileTokens(ids, tokenize(sequences))
+
+
+def dna_tokenizing(tokenizer) -> Callable[[list[str]], TokenRows]:
+    """What turns DNA sequences into DNABERT-S's token rows."""
+    return functools.partial(dna_tokens, tokenizer)
+
+
+def protein_tokenizing(tokenizer, truncation: int = PROTEIN_TRUNCATION) -> Callable[[list[str]], TokenRows]:
+    """What turns proteins into an ESM-2 model's token rows, each cut to ``truncation`` residues."""
+    table = residue_table(tokenizer)
+    return lambda proteins: protein_tokens(tokenizer, table, proteins, truncation)
 
 
 def residue_table(tokenizer) -> np.ndarray:
