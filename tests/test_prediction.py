@@ -4,7 +4,6 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -141,22 +140,6 @@ def test_plot_script_on_our_results_and_on_published_ones(reference_run, tmp_pat
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert outputs.best_chunk_scores(str(published))["synthetic_seq_2"][1] == (np.float32(0.5501341),
                                                                               np.float32(0.93954605))
-
-
-# ------------------------------------------------------------ resume
-def test_interrupted_run_resumes_to_identical_outputs(models, reference_run, tmp_path, monkeypatch):
-    output_dir = tmp_path / "out"
-    calls = interrupt_after(monkeypatch, shards, "score_shard", 2)
-    with pytest.raises(KeyboardInterrupt):
-        prediction.main(predict_args(models, output_dir, "--plot"))
-    assert not any((output_dir / name).exists() for name in outputs.RESULT_FILES)   # no partial results
-    assert len(list((output_dir / "shards").glob("*/chunks.tsv"))) == 2                # two shards finished
-
-    calls.clear()
-    assert prediction.main(predict_args(models, output_dir, "--plot")) == 0
-    assert len(calls) == 2                                   # shards 3 and 4 only (4 shards in all)
-    for name in outputs.RESULT_FILES:
-        assert (output_dir / name).read_bytes() == (reference_run / name).read_bytes(), name
 
 
 def test_records_longer_than_a_shard_spread_over_shards_and_resume(models, reference_run, tmp_path, monkeypatch):
@@ -305,36 +288,3 @@ def test_esm2_3b_pipeline_runs_the_published_checkpoint(models, published_checkp
     assert prediction.main(args) == 0
     rows = read_tsv(tmp_path / "out/prediction_results.txt")
     assert rows and all(row["Sequence_ID"].startswith("NC_0295") for row in rows)
-
-
-def test_shard_files_written_in_the_background_give_the_same_results(models, reference_run, tmp_path, monkeypatch):
-    """On a GPU the shards' files are written by a background thread while the device scores the next shard:
-    forced here on the CPU, the results are byte for byte those of writing them in line."""
-    threads, write, writer = [], shards.write_shard, shards.ShardWriter
-
-    def recorded(*args):
-        threads.append(threading.current_thread().name)
-        write(*args)
-
-    monkeypatch.setattr(shards, "write_shard", recorded)
-    monkeypatch.setattr(shards, "ShardWriter", lambda background: writer(background=True))
-    assert prediction.main(predict_args(models, tmp_path / "out", "--plot")) == 0
-    assert len(threads) == 4 and all(name.startswith("shard-files") for name in threads)
-    for name in outputs.RESULT_FILES:
-        assert (tmp_path / "out" / name).read_bytes() == (reference_run / name).read_bytes(), name
-
-
-def test_an_error_of_a_background_write_stops_the_run_at_the_next_shard(tmp_path, monkeypatch):
-    written = []
-
-    def write_shard(number):
-        if number == 2:
-            raise OSError(28, "No space left on device", str(tmp_path))
-        written.append(number)
-
-    monkeypatch.setattr(shards, "write_shard", write_shard)
-    with pytest.raises(OSError, match="No space left"):
-        with shards.ShardWriter(background=True) as writer:
-            for number in range(1, 6):
-                writer.write(number)
-    assert written == [1]

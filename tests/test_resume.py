@@ -166,6 +166,52 @@ def test_a_killed_run_leaves_a_lock_that_the_next_run_takes_over(models, clean_s
     assert not (output / LOCK_FILE).exists() and not any((output / spool).exists() for spool in outputs.SPOOLS)
 
 
+def test_an_interrupted_run_resumes_to_identical_outputs(models, clean_sample_run, tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    calls = interrupt_after(monkeypatch, shards, "score_shard", 2)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.main(sample_args(models, output))
+    assert not any((output / name).exists() for name in outputs.RESULT_FILES)       # no partial results
+    assert len(list((output / "shards").glob("*/chunks.tsv"))) == 2                    # two shards finished
+    calls.clear()
+    assert prediction.main(sample_args(models, output)) == 0
+    assert len(calls) == 2                                   # shards 3 and 4 only (4 shards in all)
+    assert results(output) == results(clean_sample_run)
+
+
+def test_shard_files_written_in_the_background_give_the_same_results(models, clean_sample_run, tmp_path,
+                                                                     monkeypatch):
+    """On a GPU the shards' files are written by a background thread while the device scores the next shard:
+    forced here on the CPU, the results are byte for byte those of writing them in line."""
+    threads, write, writer = [], shards.write_shard, shards.ShardWriter
+
+    def recorded(*args):
+        threads.append(threading.current_thread().name)
+        write(*args)
+
+    monkeypatch.setattr(shards, "write_shard", recorded)
+    monkeypatch.setattr(shards, "ShardWriter", lambda background: writer(background=True))
+    assert prediction.main(sample_args(models, tmp_path / "out")) == 0
+    assert len(threads) == 4 and all(name.startswith("shard-files") for name in threads)
+    assert results(tmp_path / "out") == results(clean_sample_run)
+
+
+def test_an_error_of_a_background_write_stops_the_run_at_the_next_shard(tmp_path, monkeypatch):
+    written = []
+
+    def write_shard(number):
+        if number == 2:
+            raise OSError(28, "No space left on device", str(tmp_path))
+        written.append(number)
+
+    monkeypatch.setattr(shards, "write_shard", write_shard)
+    with pytest.raises(OSError, match="No space left"):
+        with shards.ShardWriter(background=True) as writer:
+            for number in range(1, 6):
+                writer.write(number)
+    assert written == [1]
+
+
 def test_input_through_a_pipe_gives_the_file_results(models, clean_sample_run, tmp_path):
     fifo = tmp_path / "reads.fifo"
     os.mkfifo(fifo)
