@@ -36,7 +36,6 @@ SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) and uses GPU LOCAL_RANK.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import units
@@ -53,7 +52,7 @@ from virnucpro.training import selection
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.data_dir(parser, "folder holding the identified_* files")
     options.merge_dirs(parser)
     options.pipeline(parser)

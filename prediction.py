@@ -71,28 +71,39 @@ each run their own input needs nothing: each task is a run of its own.
 """
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 
 import units
 from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, fraction, run_cli
 from virnucpro.errors import InputError
-from virnucpro.log import logger
-from virnucpro.prediction import outputs, predict
+from virnucpro.log import logger, plural
+from virnucpro.prediction import cohort, outputs, predict
 from virnucpro.prediction.outputs import PLOTTED_SEQUENCES, UNCALIBRATED
 from virnucpro.scoring.calibration import calibration_path, load_calibration
 from virnucpro.scoring.checkpoints import default_classifier
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input_fasta", help="FASTA or FASTQ file of reads or contigs (plain, gzip, bzip2, xz or "
-                                            "zstd; - for standard input)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sheet = any(word == "--samples" or word.startswith("--samples=") for word in argv)
+    parser = options.parser(__doc__)
+    if not sheet:                       # a sample sheet takes the input's place
+        parser.add_argument("input_fasta", help="FASTA or FASTQ file of reads or contigs (plain, gzip, bzip2, xz "
+                                                "or zstd; - for standard input); or --samples SHEET instead")
     parser.add_argument("expect_length", type=int, choices=(300, 500), help="chunk length of the model: 300 or 500")
     parser.add_argument("model_path", nargs="?",
                         help="classifier checkpoint (.pth); default: the one installed in the models folder for "
                              "this chunk length (FastESM2_650 if installed, else the published ESM2-3B one)")
+    parser.add_argument("--samples", metavar="SHEET",
+                        help="a sample sheet in place of INPUT_FASTA (CSV as nf-core takes it: sample,fastq_1,"
+                             "fastq_2,fasta; paths relative to the sheet): every sample a run of its own in "
+                             "<output>/<sample>/, the models loaded once, then samples_summary.tsv and MultiQC's "
+                             "files across them")
+    parser.add_argument("--estimate", action="store_true",
+                        help="read and check the input (every sample's) and print the plan: sequences, chunks, "
+                             "frames, and the time at this device's last measured rate; score nothing")
     paired = parser.add_mutually_exclusive_group()
     paired.add_argument("--mate2", metavar="R2",
                         help="paired reads: the file of the second mates (input_fasta holds the first ones, in "
@@ -142,11 +153,18 @@ def parse_args(argv):
         args.min_length = predict.default_min_length(args.expect_length)
     if args.uncalibrated and (args.min_score is not None or args.max_fdr is not None):
         parser.error("--min-score and --max-fdr filter on calibrated probabilities; leave out --uncalibrated")
+    if sheet and (args.mate2 or args.interleaved or args.slurm_array):
+        parser.error("a sample sheet gives each sample's mates (fastq_2) and runs in one process; leave out "
+                     "--mate2, --interleaved and --slurm-array (many samples on a cluster: the Snakemake workflow, "
+                     "docs/prediction.md#cohorts)")
+    if not sheet:
+        args.samples = None
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    samples = cohort.read_sheet(args.samples) if args.samples else None       # before any model loads
     if args.model_path is None:
         args.model_path, pipeline, why = default_classifier(args.expect_length, args.models_dir)
         args.pipeline = args.pipeline or pipeline
@@ -160,16 +178,32 @@ def main(argv=None):
     if calibration is None and not args.uncalibrated:
         logger.info(f"{args.model_path}: not calibrated, so Viral_probability and FDR say '{UNCALIBRATED}' "
                     "(scripts/evaluate_compare.py calibrates a classifier it evaluates)")
+    if args.estimate:
+        inputs = [(sample.name, sample.input, sample.mate2, False) for sample in samples if not sample.missing] \
+            if samples else \
+            [(args.input_fasta, args.input_fasta, args.mate2, args.interleaved)]
+        print(cohort.estimate(inputs, args.expect_length, args.min_length, args.device, metadata["embedding_model"],
+                              args.models_dir))
+        return 0
     request = predict.Request(
-        input_path=args.input_fasta, chunk_length=args.expect_length, classifier_path=args.model_path,
-        pipeline=metadata["embedding_model"],
-        output_dir=args.output_dir or outputs.default_output_dir(args.input_fasta),
+        input_path=args.samples or args.input_fasta, chunk_length=args.expect_length,
+        classifier_path=args.model_path, pipeline=metadata["embedding_model"],
+        output_dir=args.output_dir or outputs.default_output_dir(args.samples or args.input_fasta),
         min_length=args.min_length, min_region=args.min_region, min_score=args.min_score, max_fdr=args.max_fdr,
         device=args.device, dna_model=args.dna_model, protein_model=args.protein_model, models_dir=args.models_dir,
         dna_batch_tokens=args.dna_batch_tokens, protein_batch_tokens=args.protein_batch_tokens,
         chunks_per_shard=args.chunks_per_shard, keep_intermediate=args.keep_intermediate, plot=args.plot,
         overwrite=args.overwrite, slurm_array=args.slurm_array, mate2=args.mate2, interleaved=args.interleaved,
         dna_fp32=args.dna_fp32, tf32=args.tf32)
+    if samples:
+        failed = cohort.run_samples(samples, request, classifier, metadata, calibration)
+        logger.info(f"{plural(len(samples) - len(failed), 'sample')} done: {cohort.SUMMARY_FILE} and MultiQC's "
+                    f"files in {request.output_dir}/")
+        if failed:
+            raise InputError(f"{plural(len(failed), 'sample')} of {len(samples)} failed: {', '.join(failed)} (each "
+                             "one's reason is above); fix them and run the same command again: finished samples "
+                             "are kept")
+        return 0
     counts = predict.run(request, classifier, metadata, calibration)
     if counts is not None:
         logger.info(outputs.report(counts, args.min_length, request.output_dir))

@@ -25,7 +25,6 @@ next epoch and ends with the same model.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
@@ -46,7 +45,7 @@ STATE_SUFFIX = ".training_state.pt"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.pipeline(parser)
     options.merge_dirs(parser)
     options.split(parser)

@@ -19,7 +19,6 @@ tokens/s, ratios, precision agreement.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import gc
@@ -31,10 +30,10 @@ import torch
 
 import units
 from benchmarking import random_models, synthetic
-from benchmarking.timing import agreement, device_name, timed
+from benchmarking.timing import agreement, timed
 from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
-from virnucpro.devices import resolve_device
+from virnucpro.devices import device_name, resolve_device
 from virnucpro.models import dnabert_s
 from virnucpro.models.loaders import PIPELINES, esm_tokenizer
 from virnucpro.precision import dtype_name
@@ -108,7 +107,7 @@ def bench_protein(protein_file, device, dtype, toks_per_batch):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.device(parser)
     parser.add_argument("--dna-frames", type=at_least(1), default=None,
                         help="DNA frames for benchmark 1 (default 2000 on GPU, 64 on CPU)")

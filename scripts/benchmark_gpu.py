@@ -54,10 +54,10 @@ import torch
 
 import units
 from benchmarking import random_models, synthetic
-from benchmarking.timing import agreement, device_name, timed
+from benchmarking.timing import agreement, timed
 from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
-from virnucpro.devices import nvidia_driver, refuse_an_unusable_gpu, resolve_device
+from virnucpro.devices import device_name, nvidia_driver, refuse_an_unusable_gpu, resolve_device
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
 from virnucpro.models import loaders
@@ -409,7 +409,7 @@ def format_cell(value) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.output_dir(parser, "the session's JSON and work files (required)")
     parser.add_argument("--out", dest="output_dir", help=argparse.SUPPRESS)          # its first spelling
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: every step runs, in seconds")

@@ -15,12 +15,12 @@ The baseline is a straightforward per-codon re-implementation of the published
 """
 from __future__ import annotations
 
-import argparse
 import random
 import time
 
 from benchmarking import synthetic
 from benchmarking.published import published_frames
+from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.sequences.chunks import chunk_id, iter_chunks
 from virnucpro.sequences.frames import ProteinIndex, batched, select_frames
@@ -59,7 +59,7 @@ def bench_training(n_genes, length, rng):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("--chunks", type=at_least(1), default=100_000,
                         help="random chunks for benchmark 1 (default 100000)")
     parser.add_argument("--genes", type=at_least(1), default=4_000, help="annotated CDS for benchmark 2 (default 4000)")

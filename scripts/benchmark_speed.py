@@ -38,7 +38,6 @@ download). A CPU run with small sizes is a smoke test, not a measurement.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import json
@@ -52,10 +51,10 @@ import units
 from benchmarking import random_models, synthetic
 from benchmarking.host_ceiling import measure, print_result
 from benchmarking.synthetic import ORF_READ_LENGTH
-from benchmarking.timing import device_name, timed
+from benchmarking.timing import timed
 from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
-from virnucpro.devices import resolve_device
+from virnucpro.devices import device_name, resolve_device
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
 from virnucpro.models.loaders import PIPELINES, Pipeline, esm_tokenizer
@@ -194,7 +193,7 @@ def write_end_to_end_report(path, device, rows) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.device(parser)
     parser.add_argument("--sequences", type=at_least(1), help="proteins per run (default 2000 on a GPU, 16 on a CPU)")
     parser.add_argument("--runs", type=at_least(1), default=3, help="timed runs after the warm-up (default 3)")

@@ -35,7 +35,6 @@ the same frames.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -48,7 +47,7 @@ from virnucpro.training import splits
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.data_dir(parser, "where the split FASTA files are, for frame lengths")
     options.merge_dirs(parser)
     parser.add_argument("--test-fraction", type=fraction, default=0.1,

@@ -19,7 +19,6 @@ cross-validation's settings is refused).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -42,7 +41,7 @@ SETTINGS_FILE = "cross_validation.json"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("--folds", type=at_least(2), default=5, help="number of folds (default %(default)s)")
     parser.add_argument("--group-by", choices=GROUP_LEVELS, default="organism",
                         help="what is held out together (default: organism)")

@@ -16,12 +16,12 @@ plan with sizes and downloads nothing.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import requests
 from tqdm import tqdm
 
+from virnucpro.commands import options
 from virnucpro.commands.cli import run_cli
 from virnucpro.files import check_writable
 from virnucpro.log import logger
@@ -29,7 +29,7 @@ from virnucpro.models import fetching
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("--data-dir", default="data", help="where files are saved (default: data)")
     categories = list(fetching.HOST_COUNTS)
     parser.add_argument("--categories", nargs="+", choices=categories, default=categories, metavar="CATEGORY",

@@ -53,7 +53,6 @@ runs go to --work-dir (a re-run reuses finished prediction runs).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -135,7 +134,7 @@ def prediction_runner(args, chunk_length: int) -> evaluation.Predict:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("--checkpoint", help="FastESM2_650 classifier, or the folder holding it (default: "
                                              "data/model_fastesm650_<length>.pth, the chunk length the features "
                                              "record)")

@@ -27,7 +27,6 @@ a second run with everything present does nothing.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -40,7 +39,7 @@ from virnucpro.models.pins import ARTIFACTS, models_dir
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("items", nargs="*", metavar="ITEM",
                         help=f"what to fetch: {', '.join(ARTIFACTS)} (default: what prediction.py uses)")
     parser.add_argument("--all", action="store_true", help="fetch every item")

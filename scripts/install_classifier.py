@@ -13,7 +13,6 @@ classifier of that length is replaced, and so is its calibration.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import units
@@ -26,7 +25,7 @@ from virnucpro.scoring.checkpoints import default_checkpoint_path, install_class
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
                         help="trained FastESM2_650 classifiers (default: data/model_fastesm650_300.pth and "
                              "data/model_fastesm650_500.pth, those that are there)")

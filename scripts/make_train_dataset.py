@@ -23,7 +23,6 @@ writes byte-identical output on GenBank pairs.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -37,8 +36,7 @@ from virnucpro.sequences import genomes
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("--length", type=int, choices=(300, 500), required=True,
                         help="chunk length in bases (the model's read length)")
     options.data_dir(parser, "folder searched for genomes")

@@ -15,9 +15,9 @@ published tool too.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
+from virnucpro.commands import options
 from virnucpro.commands.cli import run_cli
 from virnucpro.errors import InputError
 from virnucpro.files import check_writable_file
@@ -53,7 +53,7 @@ def chunk_track(chunks: dict[int, tuple], length: int | None, size: int) -> list
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     parser.add_argument("results", help="prediction_results.txt, or the folder holding it")
     parser.add_argument("--length", type=int, choices=(300, 500),
                         help="chunk length (default: from run.json beside the results, else 500)")

@@ -15,7 +15,6 @@ Prints one line per check and exits with 1 when any check fails.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import time
@@ -99,7 +98,7 @@ def check_sdpa(device) -> tuple[bool, str]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.device(parser)
     options.language_models(parser, dna=False)
     options.models_dir(parser)

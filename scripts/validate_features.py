@@ -11,7 +11,6 @@ names each bad file when a check fails.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -50,7 +49,7 @@ def validate(files: list[str], expected_dim: int) -> tuple[dict, list[str]]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(__doc__)
     options.merge_dirs(parser)
     options.pipeline(parser)
     args = parser.parse_args(argv)

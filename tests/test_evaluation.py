@@ -18,7 +18,7 @@ from helpers import genomes as synthetic
 from virnucpro.errors import InputError
 from virnucpro.prediction import outputs
 from virnucpro.scoring import metrics
-from virnucpro.scoring.calibration import load_calibration
+from virnucpro.scoring.calibration import load_calibration, load_evaluation_record
 from virnucpro.sequences.fasta import read_fasta
 from virnucpro.training import evaluation, splits
 from virnucpro.training.report import VERDICT_ORDER
@@ -102,6 +102,11 @@ def test_the_levels_are_predictions_own_calls(study, evaluated, tmp_path):
     saved = json.loads((evaluated / "metrics_fastesm650.json").read_text())
     assert saved["sequences"]["n"] == len(summary)
     assert saved["sequences"]["accuracy"] == pytest.approx(np.mean(np.equal(labels, calls)))
+    reads = [(label, call) for row, label, call in zip(summary, labels, calls)
+             if int(held_out[row["Sequence_ID"]]["length"]) <= 300]
+    record = load_evaluation_record(study["root"] / "model_fastesm650_300.pth", 300)      # a cohort's correction
+    assert record["sensitivity"] == pytest.approx(np.mean([call for label, call in reads if label == 1]))
+    assert record["specificity"] == pytest.approx(1 - np.mean([call for label, call in reads if label == 0]))
     chunks = read_tsv(tmp_path / "by_hand/prediction_results_highestscore.csv")
     chunk_labels = [int(held_out[row["Modified_ID"].rsplit("_chunk_", 1)[0]]["label"]) for row in chunks]
     chunk_calls = [int(row["Is_Virus"] == "True") for row in chunks]

@@ -36,6 +36,13 @@ def resolve_device(device: str | None = None) -> torch.device:
     return resolved
 
 
+def device_name(device: torch.device) -> str:
+    """The device as reports and run records name it: the GPU's model, or the CPU and its threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
 def refuse_an_unusable_gpu(asked: str) -> None:
     """Stop when an NVIDIA GPU is here but torch cannot use it (a CPU-only build, or a CUDA build newer
     than the driver): a run would go on on the CPU, hundreds of times slower, without saying so."""

@@ -8,14 +8,16 @@ import errno
 import gc
 import json
 import os
+import resource
 import socket
 import tempfile
 import time
 from dataclasses import dataclass
 
+import torch
 import torch.distributed
 
-from virnucpro.devices import resolve_device
+from virnucpro.devices import device_name, resolve_device
 from virnucpro.errors import InputError
 from virnucpro.log import logger
 
@@ -279,3 +281,55 @@ def rare_garbage_collection():
         yield
     finally:
         gc.set_threshold(*thresholds)
+
+
+# ---------------------------------------------------------------- what a run costs
+def reset_peak_memory() -> None:
+    """Start the process's peak resident memory afresh (Linux: VmHWM, reset through clear_refs)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+
+
+def peak_memory_mb() -> int:
+    """The process's peak resident memory since ``reset_peak_memory`` (or its start, elsewhere than Linux)."""
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:")) // 1024
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+class Costs:
+    """What a run costs, from its start: wall and CPU seconds, the models' loading, peak host and GPU memory,
+    the frames it scored and their rate (loading left out), on which device."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.loading_seconds, self.frames = device, 0.0, 0
+        reset_peak_memory()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.started, self.cpu_started = time.perf_counter(), cpu_seconds()
+
+    @contextlib.contextmanager
+    def loading(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.loading_seconds += time.perf_counter() - started
+
+    def record(self) -> dict:
+        wall = time.perf_counter() - self.started
+        scoring = max(wall - self.loading_seconds, 1e-9)
+        return {"device": device_name(self.device), "wall_seconds": round(wall, 2),
+                "cpu_seconds": round(cpu_seconds() - self.cpu_started, 2),
+                "model_loading_seconds": round(self.loading_seconds, 2), "peak_host_memory_mb": peak_memory_mb(),
+                "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20)
+                if self.device.type == "cuda" else None,
+                "frames_scored": self.frames, "frames_per_second": round(self.frames / scoring, 1)}
+
+
+def cpu_seconds() -> float:
+    """The CPU time this process has used, its threads' together (user and system)."""
+    times = os.times()
+    return times.user + times.system

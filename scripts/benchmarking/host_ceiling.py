@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import time
 import types
 from unittest import mock
@@ -21,6 +20,7 @@ from virnucpro.models import loaders
 from virnucpro.models.loaders import ESM2_ALPHABET, PIPELINES, Pipeline, esm_tokenizer
 from virnucpro.models.pins import DNA_DIM, FASTESM2_650
 from virnucpro.prediction import assembly, inputs, outputs, predict, shards
+from virnucpro.runs import peak_memory_mb, reset_peak_memory
 from virnucpro.scoring import engine
 
 
@@ -113,21 +113,6 @@ def measure(request: predict.Request, classifier: torch.nn.Module, metadata: dic
             "peak_rss_mb": peak_memory_mb(),
             "frames_per_second": frames / seconds, "frames_per_core_second": frames / seconds / cores,
             "host_frames_per_second": frames / (seconds - device_seconds), "stages": stages}
-
-
-def reset_peak_memory() -> None:
-    """Start the process's peak resident memory afresh (Linux: VmHWM, reset through clear_refs)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-
-
-def peak_memory_mb() -> int:
-    """The process's peak resident memory since ``reset_peak_memory`` (or its start, elsewhere than Linux)."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as handle:
-            return next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:")) // 1024
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def print_result(result: dict) -> None:

@@ -1,5 +1,6 @@
 """What every benchmark needs to measure fairly: device synchronisation around
-a timed call, the device's name, and how close two feature sets are."""
+a timed call, and how close two feature sets are (the device's name is
+``virnucpro.devices.device_name``)."""
 from __future__ import annotations
 
 import time
@@ -19,12 +20,6 @@ def timed(function, device: torch.device) -> float:
     function()
     synchronize(device)
     return time.perf_counter() - started
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def agreement(features: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 
+from virnucpro import __version__
 from virnucpro.commands.cli import at_least
 from virnucpro.models.loaders import PIPELINES
 from virnucpro.models.pins import DEFAULT_MODELS_DIR, DNABERT_S, ESM2_3B, FASTESM2_650, MODELS_ENV
 from virnucpro.scoring.engine import DNA_TOKS_PER_BATCH, PROTEIN_TOKS_PER_BATCH
 from virnucpro.training.selection import DEFAULT_MERGE_DIR
 from virnucpro.training.splits import DEFAULT_SPLIT
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring as the help, and ``--version`` answered with the bare version number
+    (as workflow managers read it)."""
+    made = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    made.add_argument("--version", action="version", version=__version__, help="print the version and exit")
+    return made
 
 
 def device(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from virnucpro import __version__
 from virnucpro.errors import DimensionError, InputError
 from virnucpro.files import file_sha256, save_tensors
 from virnucpro.log import logger, plural
@@ -40,7 +41,7 @@ def made_by(input_file, model: torch.nn.Module, **settings) -> dict:
     """What a feature file is made from: the input file's content, the model's (the files it was loaded
     from, ``None`` for a model not loaded by this project), its precision and the extraction's settings."""
     return {"input_sha256": file_sha256(input_file), "model": getattr(model, "identity", None),
-            "precision": model_precision(model), **settings}
+            "precision": model_precision(model), "virnucpro": __version__, **settings}
 
 
 def reusable(out_file, source: dict, ids_key: str) -> dict | None:

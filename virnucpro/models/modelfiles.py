@@ -3,6 +3,7 @@ Face cache or the hub), what identifies its content, and its files read as
 data (config as JSON, weights as tensors through a weights-only reader)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -11,7 +12,7 @@ from typing import Callable
 import torch
 
 from virnucpro.errors import InputError
-from virnucpro.files import file_sha256
+from virnucpro.files import atomic_write, file_sha256
 from virnucpro.models.pins import ModelSpec, models_dir
 
 # Parameters outside the encoder, not used for embeddings, may be absent from a checkpoint.
@@ -199,3 +200,32 @@ def checkpoint_state(spec: ModelSpec, folder: str) -> dict[str, torch.Tensor]:
     """Every tensor of a folder's checkpoint files (weights only)."""
     require_weights(spec, folder)
     return {key: load() for key, load in _checkpoint_tensors(folder).items()}
+
+
+# ---------------------------------------------------------------- the rates this device reached
+RATES_FILE = "device_rates.json"     # in the models folder: frames/s of the last run per device and pipeline
+MEASURED_FRAMES = 1000               # a rate of fewer frames is mostly start-up: not recorded
+
+
+def record_rate(models: str | None, costs: dict, pipeline: str) -> None:
+    """Keep a finished run's frames/s in the models folder, by device and pipeline, for ``--estimate``; a
+    models folder that may not be written keeps none."""
+    if costs["frames_scored"] < MEASURED_FRAMES:
+        return
+    path = os.path.join(models_dir(models), RATES_FILE)
+    rates = known_rates(models)
+    rates.setdefault(costs["device"], {})[pipeline] = costs["frames_per_second"]
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_write(path) as handle:
+            json.dump(rates, handle, indent=1)
+
+
+def known_rates(models: str | None) -> dict:
+    """``{device: {pipeline: frames/s}}`` of earlier runs; {} when none was recorded (or it is unreadable)."""
+    try:
+        with open(os.path.join(models_dir(models), RATES_FILE)) as handle:
+            rates = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return rates if isinstance(rates, dict) else {}

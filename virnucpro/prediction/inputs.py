@@ -26,6 +26,7 @@ from virnucpro.files import Tap, is_disk_full
 from virnucpro.prediction.outputs import SPOOLS
 from virnucpro.sequences.chunks import chunk_starts
 from virnucpro.sequences.fasta import FastaRecord, RecordIds, read_fasta
+from virnucpro.sequences.frames import scored_frame_count
 
 MATE_SUFFIXES = (("/1", "/2"), (".1", ".2"))
 
@@ -42,6 +43,7 @@ class Input:
     identity: dict | None = None
     sequences: int | None = None
     chunks: int | None = None
+    frames: int | None = None                 # the stop-free frames prediction scores
 
     @property
     def paired(self) -> bool:
@@ -135,16 +137,27 @@ def _first_pair(source: Input, pair: str) -> tuple[int, int]:
                 if pair_of(one.id, two.id) == pair)
 
 
-def count_chunks(source: Input, chunk_size: int, tap=None, tap2=None) -> tuple[int, int]:
-    """Read (and validate) the whole input once: ``(reads, chunks)``."""
-    reads = chunks = 0
+COUNTED_CHUNKS = 4096          # chunks translated at a time while frames are counted
+
+
+def count_chunks(source: Input, chunk_size: int, min_length: int, tap=None, tap2=None) -> tuple[int, int, int]:
+    """Read (and validate) the whole input once: ``(reads, chunks, frames to score)``; the frames of the reads
+    of at least ``min_length`` bp, as the run scores them."""
+    reads = chunks = frames = 0
+    pending: list[tuple[str, str]] = []
     for record in source.reads(tap, tap2):
         reads += 1
-        chunks += len(chunk_starts(len(record.sequence), chunk_size))
-    return reads, chunks
+        starts = chunk_starts(len(record.sequence), chunk_size)
+        chunks += len(starts)
+        if record.sequence and len(record.sequence) >= min_length:
+            pending += [("", record.sequence[start:start + chunk_size].upper()) for start in starts]
+            if len(pending) >= COUNTED_CHUNKS:
+                frames, pending = frames + scored_frame_count(pending), []
+    return reads, chunks, frames + scored_frame_count(pending)
 
 
-def _check_and_spool(given: Input, chunk_size: int, spools: list[str | None], digests, taps) -> tuple[int, int]:
+def _check_and_spool(given: Input, chunk_size: int, min_length: int, spools: list[str | None], digests, taps
+                     ) -> tuple[int, int, int]:
     """``count_chunks`` of the input, each file's bytes hashed (``digests``) and, for a pipe, copied to its
     spool as they are read."""
     with contextlib.ExitStack() as copies:
@@ -156,11 +169,37 @@ def _check_and_spool(given: Input, chunk_size: int, spools: list[str | None], di
                 return taps[k][-1]
             return tap
 
-        return count_chunks(given, chunk_size, *(tap_of(k) for k in range(len(spools))))
+        return count_chunks(given, chunk_size, min_length, *(tap_of(k) for k in range(len(spools))))
+
+
+def _identity(given: str, mate2: str | None, interleaved: bool, digests, taps) -> dict:
+    """What identifies an input by content (the SHA-256 of its bytes, and of its mates'); R1 given as its own
+    mate is refused."""
+    if mate2 and digests[0].digest() == digests[1].digest():
+        raise InputError(f"{mate2}: the same reads as {given} (byte for byte): the first mates given as their own "
+                         "mates; give the second mates' file (R2) with --mate2")
+    identity = {"sha256": digests[0].hexdigest(), "bytes": taps[0][0].size}
+    if mate2:
+        identity["mate2"] = {"sha256": digests[1].hexdigest(), "bytes": taps[1][0].size}
+    if interleaved:
+        identity["interleaved"] = True
+    return identity
+
+
+def checked_files(given: str, mate2: str | None, chunk_size: int, min_length: int,
+                  interleaved: bool = False) -> Input:
+    """An input read once: checked, counted and identified, as ``run_input`` does, but copying no pipe (the
+    input of a sample sheet, or of an estimate)."""
+    files = [path for path in (given, mate2) if path]
+    digests, taps = [hashlib.sha256() for _ in files], [[] for _ in files]
+    reads, chunks, frames = _check_and_spool(Input(given, given, mate2, mate2, interleaved), chunk_size, min_length,
+                                             [None] * len(files), digests, taps)
+    return Input(given, given, mate2, mate2, interleaved, _identity(given, mate2, interleaved, digests, taps), reads,
+                 chunks, frames)
 
 
 @contextlib.contextmanager
-def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str, chunk_size: int,
+def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str, chunk_size: int, min_length: int,
               check: bool) -> Iterator[Input]:
     """The input of a run writing into ``output_dir`` (which this process holds); with ``check``, read
     once, checked, counted and identified (another process of a torchrun team takes the files as they are)."""
@@ -179,23 +218,16 @@ def run_input(given: str, mate2: str | None, interleaved: bool, output_dir: str,
     digests, taps = [hashlib.sha256() for _ in givens], [[] for _ in givens]
     try:
         try:
-            reads, chunks = _check_and_spool(Input(given, given, mate2, mate2, interleaved), chunk_size,
-                                             [spool if pipe else None for spool, pipe in zip(spools, piped)],
-                                             digests, taps)
+            reads, chunks, frames = _check_and_spool(Input(given, given, mate2, mate2, interleaved), chunk_size,
+                                                     min_length, [spool if pipe else None for spool, pipe in
+                                                                  zip(spools, piped)], digests, taps)
         except OSError as error:
             if is_disk_full(error) and error.filename is None:
                 error.filename = output_dir            # spooling a pipe: the output folder's disk is full
             raise
-        if mate2 and digests[0].digest() == digests[1].digest():
-            raise InputError(f"{mate2}: the same reads as {given} (byte for byte): the first mates given as their "
-                             "own mates; give the second mates' file (R2) with --mate2")
-        identity = {"sha256": digests[0].hexdigest(), "bytes": taps[0][0].size}
-        if mate2:
-            identity["mate2"] = {"sha256": digests[1].hexdigest(), "bytes": taps[1][0].size}
-        if interleaved:
-            identity["interleaved"] = True
+        identity = _identity(given, mate2, interleaved, digests, taps)
         paths = [spool if pipe else path for spool, pipe, path in zip(spools, piped, givens)]
-        yield Input(paths[0], given, paths[1] if mate2 else None, mate2, interleaved, identity, reads, chunks)
+        yield Input(paths[0], given, paths[1] if mate2 else None, mate2, interleaved, identity, reads, chunks, frames)
     finally:
         for spool in spools:
             with contextlib.suppress(FileNotFoundError):

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from virnucpro import __version__
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write
 from virnucpro.log import plural
@@ -99,6 +100,8 @@ def default_output_dir(input_fasta: str) -> str:
     if input_fasta == "-" or os.path.exists(input_fasta) and not os.path.isfile(input_fasta) \
             and not os.path.isdir(input_fasta):
         raise InputError(f"{input_fasta}: input from a pipe needs an output folder; give -o")
+    if input_fasta.endswith(".csv"):                   # a sample sheet
+        return input_fasta[:-len(".csv")] + "_merged"
     stem = input_fasta[:-3] if input_fasta.endswith(".gz") else input_fasta
     for suffix in FASTA_SUFFIXES:
         if stem.lower().endswith(suffix):
@@ -218,8 +221,8 @@ def write_run(output_dir: str, settings: dict, status: str, counts: dict | None 
     thresholds = {key: settings[key] for key in ("min_length", "min_region", "min_score", "max_fdr")}
     thresholds["scores"] = "calibrated" if settings["calibration"] else UNCALIBRATED
     with atomic_write(f"{output_dir}/{RUN_FILE}") as handle:
-        json.dump({"settings": settings, "status": status, **(counts or {"calls": {}}), "thresholds": thresholds},
-                  handle, indent=1)
+        json.dump({"version": __version__, "settings": settings, "status": status, **(counts or {"calls": {}}),
+                   "thresholds": thresholds}, handle, indent=1)
 
 
 def remove_temporaries(output_dir: str) -> None:

@@ -23,6 +23,7 @@ from virnucpro.errors import InputError
 from virnucpro.files import check_writable, file_sha256
 from virnucpro.log import logger, plural
 from virnucpro.models.loaders import Encoders
+from virnucpro.models.modelfiles import record_rate
 from virnucpro.precision import model_precision
 from virnucpro.prediction import assembly, shards
 from virnucpro.prediction.inputs import Input, is_pipe, run_input
@@ -36,7 +37,7 @@ from virnucpro.prediction.outputs import (
     start_over,
     write_run,
 )
-from virnucpro.runs import Team, folder_lock, rare_garbage_collection
+from virnucpro.runs import Costs, Team, folder_lock, rare_garbage_collection
 from virnucpro.scoring.calibration import Calibration, calibration_path
 from virnucpro.scoring.engine import Engine, prefetched
 
@@ -80,9 +81,11 @@ class Request:
     tf32: bool = False                    # float32 encoders on TF32 tensor cores on a GPU
 
 
-def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibration: Calibration | None) -> dict | None:
+def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibration: Calibration | None,
+        engines: dict | None = None, source: Input | None = None, progress=None) -> dict | None:
     """The run; its counts, or None when this process did not assemble (the run
-    was complete, or another process of the team assembles)."""
+    was complete, or another process of the team assembles). A cohort passes its ``engines`` (the models
+    loaded once, by encoders), each sample's ``source`` checked beforehand and its ``progress`` bar of frames."""
     check_writable(request.output_dir, "-o")
     team = Team.from_environment(request.slurm_array)
     if team.world > 1 and any(is_pipe(path) for path in (request.input_path, request.mate2) if path):
@@ -92,9 +95,12 @@ def run(request: Request, classifier: torch.nn.Module, metadata: dict, calibrati
         raise InputError(f"--overwrite in a SLURM array would make every task start over; remove "
                          f"{request.output_dir} or give another -o instead")
     lock = folder_lock(request.output_dir) if team.rank == 0 and not team.array else contextlib.nullcontext()
-    with team, lock, run_input(request.input_path, request.mate2, request.interleaved, request.output_dir,
-                               request.chunk_length, team.leads) as source, rare_garbage_collection():
-        return _run(request, source, classifier, metadata, calibration, team)
+    checked = contextlib.nullcontext(source) if source else \
+        run_input(request.input_path, request.mate2, request.interleaved, request.output_dir, request.chunk_length,
+                  request.min_length, team.leads)
+    with team, lock, checked as source, rare_garbage_collection():
+        return _run(request, source, classifier, metadata, calibration, team, {} if engines is None else engines,
+                    progress)
 
 
 def settings_of(request: Request, input_identity: dict, encoders: Encoders, calibrated: bool) -> dict:
@@ -125,11 +131,10 @@ def warn_on_precision_change(classifier_path: str, metadata: dict, scorer: Engin
 
 
 def _run(request: Request, source: Input, classifier, metadata: dict, calibration: Calibration | None,
-         team: Team) -> dict | None:
-    from tqdm import tqdm
-
+         team: Team, engines: dict, progress) -> dict | None:
     output_dir, chunk_length = request.output_dir, request.chunk_length
     device = team.device(request.device)
+    costs = Costs(device)
     encoders = Encoders.choose(request.pipeline, device, request.dna_model, request.protein_model,
                                request.models_dir, request.dna_fp32, request.tf32)
     settings = settings_of(request, source.identity, encoders, calibration is not None)
@@ -146,14 +151,17 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
         return None
     if team.leads:
         reads = plural(source.sequences // 2, "read pair") if source.paired else plural(source.sequences, "sequence")
-        logger.info(f"{source.name}{f' and {source.mate2_name}' if source.mate2 else ''}: {reads}, {n_chunks} "
-                    f"{chunk_length}-bp chunks; "
+        logger.info(f"{source.name}{f' and {source.mate2_name}' if source.mate2 else ''}: {reads}, "
+                    f"{plural(n_chunks, f'{chunk_length}-bp chunk')}, {plural(source.frames, 'frame')} to score; "
                     f"{encoders.pipeline.name} pipeline on {device}"
                     + (f", task {team.rank + 1} of a SLURM array of {team.world}" if team.array else
                        f", {team.world} processes" if team.world > 1 else ""))
-    scorer = Engine(*encoders.load(), classifier.to(device), request.dna_batch_tokens, request.protein_batch_tokens,
-                    encoders.pipeline.protein.name)
-    warn_on_precision_change(request.classifier_path, metadata, scorer)
+    if encoders not in engines:
+        with costs.loading():
+            engines[encoders] = Engine(*encoders.load(), classifier.to(device), request.dna_batch_tokens,
+                                       request.protein_batch_tokens, encoders.pipeline.protein.name)
+        warn_on_precision_change(request.classifier_path, metadata, engines[encoders])
+    scorer = engines[encoders]
     if team.rank == 0 and not team.array:
         if state == "new":
             begin_run(request, settings)
@@ -166,7 +174,7 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
                                 min_length=request.min_length, scorer=scorer, owns=team.owns)
     numbered = enumerate(shards.shards(source, chunk_length, request.chunks_per_shard), start=1)
     on_gpu = device.type != "cpu"       # host work ahead and shard files behind, in background threads
-    with tqdm(total=n_chunks, desc="chunks", unit="chunk", disable=not team.leads) as progress, \
+    with progress_bar(progress, source, n_chunks, team) as (progress, in_frames), \
             shards.ShardWriter(background=on_gpu) as writer:
         for shard in prefetched(numbered, prepare, ahead=int(on_gpu)):
             source.check_unchanged()
@@ -174,13 +182,29 @@ def _run(request: Request, source: Input, classifier, metadata: dict, calibratio
             if not shard.done:
                 scores = shards.score_shard(shard, scorer, request.classifier_path)
                 writer.write(shard, scores, scorer, request.keep_intermediate)
+                costs.frames += len(shard.frames.ids)
             folders.append(shard.folder)
-            progress.update(shard.chunk_count)
+            progress.update(shards.frame_count(shard) if in_frames else shard.chunk_count)
     team.barrier()                          # every shard scored, by whichever process
     if team.array:
         with team.holding(output_dir):
-            return assemble_when_all_scored(request, source, folders, calibration, settings, team)
-    return assemble(request, source, folders, calibration, settings) if team.rank == 0 else None
+            return assemble_when_all_scored(request, source, folders, calibration, settings, team, costs)
+    return assemble(request, source, folders, calibration, settings, costs) if team.rank == 0 else None
+
+
+@contextlib.contextmanager
+def progress_bar(given, source: Input, n_chunks: int, team: Team):
+    """``(bar, counts frames)``: the cohort's bar of frames, else this run's own (of frames alone, of chunks
+    in a team, where a process sees only its own shards' frames)."""
+    from tqdm import tqdm
+
+    if given is not None:
+        yield given, True
+        return
+    in_frames = team.world == 1
+    with tqdm(total=source.frames if in_frames else n_chunks, desc="frames" if in_frames else "chunks",
+              unit="frame" if in_frames else "chunk", disable=not team.leads) as bar:
+        yield bar, in_frames
 
 
 def check_folder_kept(output_dir: str) -> None:
@@ -195,26 +219,29 @@ def begin_run(request: Request, settings: dict) -> None:
 
 
 def assemble(request: Request, source: Input, folders: list[str], calibration: Calibration | None,
-             settings: dict) -> dict:
-    """The final files from every shard; the run is complete."""
+             settings: dict, costs: Costs) -> dict:
+    """The final files from every shard; the run is complete, its costs recorded (and its rate, for the
+    estimates of later runs on this device)."""
     remove_temporaries(request.output_dir)
     calls = assembly.Calls.of(folders, calibration, request.min_score, request.max_fdr)
     counts = assembly.write_outputs(request.output_dir, source, folders, calls, request.chunk_length,
                                     request.min_region, request.plot)
     if not request.keep_intermediate:
         remove_shards(request.output_dir)
+    counts["costs"] = costs.record()
     write_run(request.output_dir, settings, "complete", counts)
+    record_rate(request.models_dir, counts["costs"], request.pipeline)
     return counts
 
 
 def assemble_when_all_scored(request: Request, source: Input, folders: list[str], calibration: Calibration | None,
-                             settings: dict, team: Team) -> dict | None:
+                             settings: dict, team: Team, costs: Costs) -> dict | None:
     """An array task, holding the folder: assemble when no shard waits for another task any more."""
     run = read_run(request.output_dir)
     complete = run is not None and run.get("status") == "complete"
     waiting = 0 if complete else sum(not shards.is_done(folder) for folder in folders)
     if not complete and waiting == 0:
-        return assemble(request, source, folders, calibration, settings)
+        return assemble(request, source, folders, calibration, settings, costs)
     logger.info(f"SLURM array task {team.rank + 1} of {team.world}: its shards are scored; "
                 + ("another task has assembled the results" if complete else
                    f"{waiting} of {len(folders)} shards wait for other tasks, and the last task to finish "

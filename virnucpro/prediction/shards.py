@@ -44,6 +44,15 @@ def is_done(folder: str) -> bool:
     return os.path.exists(f"{folder}/{DONE_MARK}")
 
 
+def frame_count(shard: Shard) -> int:
+    """The frames of a shard: those it scores, or for a shard done before, those its chunk table counts."""
+    if shard.frames is not None:
+        return len(shard.frames.ids)
+    if is_done(shard.folder):
+        return sum(map(int, read_columns(f"{shard.folder}/{DONE_MARK}")["frames"]))
+    return 0
+
+
 def checksum(sequence: str) -> str:
     """What the assembly checks a record it reads again against: CRC-32 of its sequence, as it was scored."""
     crc = 0

@@ -111,3 +111,36 @@ def false_discovery_rates(probabilities) -> np.ndarray:
     rates = np.empty_like(p)
     rates[order] = expected_false[last_tied]
     return rates
+
+
+# ---------------------------------------------------------------- the evaluation record: sensitivity, specificity
+EVALUATION_FORMAT = "virnucpro-evaluation-1"
+
+
+def evaluation_path(checkpoint) -> str:
+    """Beside a classifier: ``<checkpoint stem>.evaluation.json``, what scripts/evaluate_compare.py measured."""
+    return os.path.splitext(os.fspath(checkpoint))[0] + ".evaluation.json"
+
+
+def save_evaluation_record(checkpoint, chunk_length: int, sensitivity: float, specificity: float,
+                           measured_on: str) -> str:
+    """The classifier's sequence-level sensitivity and specificity on held-out sequences of its chunk length,
+    tied to its SHA-256: what a cohort's viral fraction is corrected with."""
+    path = evaluation_path(checkpoint)
+    with atomic_write(path) as handle:
+        json.dump({"format": EVALUATION_FORMAT, "classifier_sha256": file_sha256(checkpoint),
+                   "chunk_length": chunk_length, "sensitivity": sensitivity, "specificity": specificity,
+                   "measured_on": measured_on}, handle, indent=1)
+    return path
+
+
+def load_evaluation_record(checkpoint, chunk_length: int) -> dict | None:
+    """The classifier's evaluation record for this chunk length, or None (none measured, another chunk length,
+    or of another classifier: retrained since)."""
+    path = evaluation_path(checkpoint)
+    record = read_record(path, "scripts/evaluate_compare.py", "run it again, or delete the file",
+                         keys=("format", "sensitivity", "specificity"))
+    if record is None or record.get("classifier_sha256") != file_sha256(checkpoint) \
+            or record.get("chunk_length") != chunk_length:
+        return None
+    return record

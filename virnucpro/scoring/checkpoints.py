@@ -18,12 +18,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from virnucpro import __version__
 from virnucpro.errors import InputError
 from virnucpro.files import atomic_write, git_blob_sha1, save_tensors
 from virnucpro.log import logger
 from virnucpro.models.loaders import PIPELINES
 from virnucpro.models.pins import CLASSIFIERS, DNA_DIM, PUBLISHED_BY_BLOB, models_dir
-from virnucpro.scoring.calibration import calibration_path
+from virnucpro.scoring.calibration import calibration_path, evaluation_path
 from virnucpro.scoring.calls import NUM_CLASSES
 
 CHECKPOINT_VERSION = "2.0.0"
@@ -34,7 +35,7 @@ def _library_versions() -> dict:
     import platform
 
     import transformers
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
+    return {"virnucpro": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "transformers": transformers.__version__, "numpy": np.__version__}
 
 
@@ -58,11 +59,12 @@ def checkpoint_metadata(hidden_dim: int, num_classes: int, pipeline: str = "fast
 
 
 def write_checkpoint(state: dict[str, torch.Tensor], metadata: dict, path) -> None:
-    """Save weights and metadata (atomically); a calibration beside ``path`` belonged to the classifier this
-    one replaces, and is removed."""
+    """Save weights and metadata (atomically); a calibration or an evaluation record beside ``path`` belonged
+    to the classifier this one replaces, and is removed."""
     save_tensors({"state_dict": state, "metadata": metadata}, path)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(calibration_path(path))
+    for stale in (calibration_path(path), evaluation_path(path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stale)
 
 
 def default_classifier(chunk_length: int, models: str | None = None) -> tuple[str, str, str]:
@@ -84,10 +86,11 @@ def default_classifier(chunk_length: int, models: str | None = None) -> tuple[st
 
 
 def install_classifier(checkpoint: str, chunk_length: int, models: str | None = None) -> str:
-    """Copy a trained FastESM2_650 classifier, and its calibration if it has
-    one, to where prediction.py finds them by default."""
+    """Copy a trained FastESM2_650 classifier, and its calibration and evaluation record if it has them, to
+    where prediction.py finds them by default."""
     target = os.path.join(models_dir(models), CLASSIFIERS, f"model_fastesm650_{chunk_length}.pth")
-    for source_path, target_path in ((checkpoint, target), (calibration_path(checkpoint), calibration_path(target))):
+    for source_path, target_path in ((checkpoint, target), (calibration_path(checkpoint), calibration_path(target)),
+                                     (evaluation_path(checkpoint), evaluation_path(target))):
         if not os.path.exists(source_path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(target_path)              # the replaced classifier's

@@ -166,6 +166,12 @@ def stop_free_frames(chunks: Sequence[tuple[str, str]], reference: ProteinIndex 
     return frames
 
 
+def scored_frame_count(chunks: Sequence[tuple[str, str]]) -> int:
+    """How many frames of these (upper-case) chunks prediction scores: the stop-free ones with a protein
+    (a chunk under 3 bp has only empty ones)."""
+    return sum(map(bool, stop_free_frames(chunks).proteins))
+
+
 def _stop_free_frames_of_length(chunks, positions: list[int], length: int) -> StopFreeFrames:
     """The stop-free frames of the chunks at ``positions``, all ``length`` long."""
     sequences = [chunks[p][1] for p in positions]

@@ -20,7 +20,7 @@ from virnucpro.log import plural
 from virnucpro.models.features import FeatureSet
 from virnucpro.models.pins import CLASSIFIERS, models_dir
 from virnucpro.prediction.outputs import CHUNKS_FILE, FRAMES_FILE, SUMMARY_FILE
-from virnucpro.scoring.calibration import save_calibration
+from virnucpro.scoring.calibration import save_calibration, save_evaluation_record
 from virnucpro.scoring.engine import predict_probabilities
 from virnucpro.scoring.metrics import (
     call_metrics,
@@ -296,6 +296,25 @@ def installed_copies(checkpoint: str, chunk_length: int, models: str | None) -> 
     return [checkpoint, installed] if same else [checkpoint]
 
 
+def record_sensitivity(classifier: Classifier, test_sequences: dict[str, dict], test_folder: str, chunk_length: int,
+                       models: str | None) -> None:
+    """Save beside the classifier (and its installed copy) its sensitivity and specificity on the held-out
+    sequences of its chunk length (the reads), as prediction called them: what corrects a cohort's viral
+    fraction for its errors."""
+    calls = prediction_levels(test_folder)["sequences"]
+    reads = [(int(test_sequences[name]["label"]), calls[name][0]) for name in calls
+             if int(test_sequences[name]["length"]) <= chunk_length]
+    positives = [call for label, call in reads if label == 1]
+    negatives = [call for label, call in reads if label == 0]
+    if not positives or not negatives:
+        return
+    for path in installed_copies(classifier.path, chunk_length, models):
+        save_evaluation_record(path, chunk_length, sum(positives) / len(positives),
+                               1 - sum(negatives) / len(negatives),
+                               f"{len(positives)} viral and {len(negatives)} host held-out reads of "
+                               f"{chunk_length} bp")
+
+
 def calibrate(fragments: Fragments, classifier: Classifier, split: dict, predict: Predict, test_folder: str,
               test_sequences: dict[str, dict], chunk_length: int, models: str | None) -> Calibrated:
     """Fit the classifier's calibration on its validation records (cut into
@@ -312,6 +331,7 @@ def calibrate(fragments: Fragments, classifier: Classifier, split: dict, predict
                  "fragment_lengths": fragments.lengths}
     files = [save_calibration(path, calibration, fitted_on=fitted_on)
              for path in installed_copies(classifier.path, chunk_length, models)]
+    record_sensitivity(classifier, test_sequences, test_folder, chunk_length, models)
     test = level_scores(test_folder, test_sequences)
     chunk_scores, chunk_labels = test["chunks"]
     sequence_scores, sequence_labels = test["sequences"]
