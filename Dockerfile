@@ -13,9 +13,10 @@ ARG GID=1000
 ENV PYTHONUNBUFFERED=1 HF_HOME=/cache/huggingface VIRNUCPRO_MODELS=/app/models
 RUN pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX"
 WORKDIR /app
-# what pyproject.toml installs (the card and the package) first, so that a change elsewhere keeps this layer
-COPY pyproject.toml README.md units.py ./
+# what pyproject.toml installs (the card, the package, the steps' scripts and the virnucpro command) first, so that a change elsewhere keeps this layer
+COPY pyproject.toml README.md units.py prediction.py features_extract.py train_fastesm.py ./
 COPY virnucpro ./virnucpro
+COPY scripts ./scripts
 RUN pip install --no-cache-dir .
 COPY . .
 RUN groupadd --gid "$GID" virnucpro && useradd --uid "$UID" --gid "$GID" --create-home virnucpro \

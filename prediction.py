@@ -63,6 +63,15 @@ at the first unfinished shard and ends with the same outputs. A finished run
 is not redone (--overwrite starts over); one run at a time writes into an
 output folder.
 
+Many samples: --samples SHEET in place of the input (CSV as nf-core takes it:
+sample,fastq_1,fastq_2,fasta; paths relative to the sheet) runs each sample into
+<output>/<sample>/ as a run of its own, the models loaded once, then writes
+samples_summary.tsv (the calls and viral fraction of each sample, with its 95%
+interval) and MultiQC's files; a sample that fails leaves the others to run.
+--estimate prints the plan (sequences, chunks, frames, time) and scores nothing.
+
+    python prediction.py --samples samples.csv 300 -o study
+
 Several GPUs or machines: under torchrun (--nproc-per-node, --nnodes) or as
 a SLURM array with --slurm-array (sbatch --array=0-7 for 8 tasks), process k
 of N scores shards k+1, k+1+N, ...; the results are assembled once, by process
@@ -179,7 +188,7 @@ def main(argv=None):
         logger.info(f"{args.model_path}: not calibrated, so Viral_probability and FDR say '{UNCALIBRATED}' "
                     "(scripts/evaluate_compare.py calibrates a classifier it evaluates)")
     if args.estimate:
-        inputs = [(sample.name, sample.input, sample.mate2, False) for sample in samples if not sample.missing] \
+        inputs = [(sample.name, sample.input, sample.mate2, False) for sample in cohort.present(samples)] \
             if samples else \
             [(args.input_fasta, args.input_fasta, args.mate2, args.interleaved)]
         print(cohort.estimate(inputs, args.expect_length, args.min_length, args.device, metadata["embedding_model"],

@@ -35,7 +35,7 @@ from virnucpro.runs import changed_settings, read_record
 from virnucpro.training import report
 from virnucpro.training.splits import GROUP_LEVELS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))      # the steps' scripts, here as installed and in a clone
 NAMES = (("fastesm650", "FastESM2_650"), ("esm2_3b", "ESM2-3B"))
 SETTINGS_FILE = "cross_validation.json"
 
@@ -79,7 +79,7 @@ def passed_on(args, names) -> list[str]:
 
 def run(script: str, *arguments, allowed=(0,)) -> None:
     """One of the project's scripts, as a user runs it; stop unless its exit status is ``allowed``."""
-    command = [sys.executable, os.path.join(ROOT, script), *map(str, arguments)]
+    command = [sys.executable, os.path.join(HERE, script), *map(str, arguments)]
     status = subprocess.run(command).returncode
     if status not in allowed:
         raise InputError(f"{script} stopped (exit status {status}; its message is above)")
@@ -114,7 +114,7 @@ def run_fold(args, fold: int, baseline: bool) -> str:
     split, reports = os.path.join(folder, "test_metadata.json"), os.path.join(folder, "report")
     logger.info(f"fold {fold} of {args.folds}")
     if not os.path.exists(split):
-        run("scripts/create_test_set.py", "--merge-dir", args.merge_dir, "--data-dir", args.data_dir, "--group-by",
+        run("create_test_set.py", "--merge-dir", args.merge_dir, "--data-dir", args.data_dir, "--group-by",
             args.group_by, "--folds", args.folds, "--fold", fold, "--seed", args.seed, "--output", split)
     models = {}
     for pipeline, merge_dir in (("fastesm650", args.merge_dir), ("esm2_3b", args.baseline_merge_dir)):
@@ -131,7 +131,7 @@ def run_fold(args, fold: int, baseline: bool) -> str:
     if baseline:
         arguments += ["--baseline-checkpoint", models["esm2_3b"], "--baseline-merge-dir", args.baseline_merge_dir]
     if not os.path.exists(os.path.join(reports, "validation_summary.json")):
-        run("scripts/evaluate_compare.py", *arguments, allowed=(0, 1))        # 1: this fold FAILED
+        run("evaluate_compare.py", *arguments, allowed=(0, 1))        # 1: this fold FAILED
     return reports
 
 

@@ -70,7 +70,7 @@ from virnucpro.scoring.checkpoints import default_checkpoint_path
 from virnucpro.training import evaluation, report
 from virnucpro.training.splits import read_split, record_fingerprint
 
-PREDICTION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prediction.py")
+PREDICTION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prediction.py")      # beside, installed too
 
 
 def load_model(model_path, pipeline, features, device, split_file, test: set):

@@ -13,7 +13,15 @@ from virnucpro.errors import InputError
 from virnucpro.files import file_sha256
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.scoring import metrics
-from virnucpro.scoring.calibration import Calibration, false_discovery_rates, load_calibration, save_calibration
+from virnucpro.scoring.calibration import (
+    Calibration,
+    evaluation_path,
+    false_discovery_rates,
+    load_calibration,
+    load_evaluation_record,
+    save_calibration,
+    save_evaluation_record,
+)
 from virnucpro.scoring.checkpoints import install_classifier
 from virnucpro.sequences.fasta import read_fasta, write_fasta_record
 
@@ -175,3 +183,18 @@ def test_uncalibrated_runs_say_so(models, calibrated_checkpoint, tmp_path):
     assert {(row["Viral_probability"], row["FDR"]) for row in summary} <= {("uncalibrated", "uncalibrated"),
                                                                            ("NA", "NA")}
     assert json.loads((output / "run.json").read_text())["thresholds"]["scores"] == "uncalibrated"
+
+
+def test_the_evaluation_record_travels_with_its_classifier_and_only_with_it(models, tmp_path):
+    checkpoint = tmp_path / "model_fastesm650_300.pth"
+    shutil.copy(models["checkpoint"], checkpoint)
+    assert load_evaluation_record(checkpoint, 300) is None
+    save_evaluation_record(checkpoint, 300, 0.8, 0.95, "10 viral and 10 host held-out reads of 300 bp")
+    assert load_evaluation_record(checkpoint, 300)["sensitivity"] == 0.8
+    assert load_evaluation_record(checkpoint, 500) is None                       # measured at another length
+    installed = install_classifier(str(checkpoint), 300, str(tmp_path / "models"))
+    assert load_evaluation_record(installed, 300)["specificity"] == 0.95
+    units.save_checkpoint(units.MLPClassifier(MERGED_DIM, 512, 2), checkpoint, chunk_length=300)
+    assert load_evaluation_record(checkpoint, 300) is None                       # retrained: the record is gone
+    shutil.copy(evaluation_path(installed), evaluation_path(checkpoint))
+    assert load_evaluation_record(checkpoint, 300) is None                       # another classifier's

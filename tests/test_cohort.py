@@ -219,3 +219,37 @@ def test_multiqc_reads_the_cohort_as_it_is(cohort_run, tmp_path):
     assert {row["Sample"]: int(float(row["virus"])) for row in calls} == {
         name: int(row["virus"]) for name, row in table.items()}
     assert (report / "multiqc_report.html").exists()
+
+
+# ---------------------------------------------------------------- the Snakemake workflow
+WORKFLOW = ROOT / "workflow/Snakefile"
+
+
+def snakemake(*args, cwd):
+    """Snakemake from this environment, its jobs finding this environment's virnucpro command."""
+    pytest.importorskip("snakemake")
+    environment = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(WORKFLOW), *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True)
+
+
+def test_the_workflow_passes_snakemakes_lint(study, tmp_path):
+    done = snakemake("--lint", "--config", f"samples={study / 'samples.csv'}", cwd=tmp_path)
+    assert done.returncode == 0 and "Congratulations" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_the_workflow_runs_a_job_per_sample_and_writes_what_the_cohort_command_writes(mixed, study, cohort_run,
+                                                                                     tmp_path):
+    sheet = tmp_path / "two.csv"
+    sheet.write_text("sample,fastq_1,fastq_2\n"
+                     f"gut,{study / 'reads/gut_R1.fq.gz'},{study / 'reads/gut_R2.fq.gz'}\nsoil,{study / 'reads/soil.fq'},\n")
+    options = f"--device cpu --dna-model {mixed['dna']} --protein-model {mixed['protein']} --chunks-per-shard 100"
+    done = snakemake("-c", "2", "--config", f"samples={sheet}", "output=out", f"classifier={mixed['checkpoint']}",
+                     "fetch_models=False", f"predict_options={options}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("gut", "soil"):
+        assert result_bytes(tmp_path / "out" / name) == result_bytes(cohort_run[0] / name), name
+    ours = read_tsv_after_comments(tmp_path / "out" / cohort.SUMMARY_FILE)
+    cohorts = {row["sample"]: row for row in read_tsv_after_comments(cohort_run[0] / cohort.SUMMARY_FILE)}
+    assert ours == [cohorts["gut"], cohorts["soil"]]
+    assert (tmp_path / "out" / cohort.MULTIQC_STATS).exists() and (tmp_path / "out/logs/gut.log").exists()

@@ -1,7 +1,8 @@
 """The layout's contracts: units.py is the card and nothing else; the package is a few basic modules
 and a sub-package per concern, each importing only the ones below it; nothing in the package imports
 units or a script, and no script or test reaches past the card through units; docs/layout.md names
-every module; installing puts only units and the package in site-packages."""
+every module; installing puts units, the package and the steps' scripts in site-packages, and the
+virnucpro command on the PATH."""
 import ast
 import re
 import shutil
@@ -9,12 +10,18 @@ import subprocess
 import sys
 import types
 
+try:
+    import tomllib
+except ModuleNotFoundError:       # Python 3.10
+    import tomli as tomllib
+
+import command
 import units
 from conftest import ROOT
 from virnucpro.sequences.fasta import FastaRecord
 
 PACKAGE = ROOT / "virnucpro"
-SCRIPTS = {path.stem for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]} - {"units"}
+SCRIPTS = {path.stem for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]} - {"units", "__init__"}
 # The sub-packages from the bottom up: each imports only the basic modules (the package's top level),
 # itself and the ones before it.
 GROUPS = ("sequences", "models", "scoring", "prediction", "training", "commands")
@@ -87,7 +94,7 @@ def test_each_group_imports_only_the_groups_below_it():
     modules = package_modules()
     for module, path in modules.items():
         for imported in imported_modules(path):
-            if imported.split(".")[0] in SCRIPTS | {"units"}:
+            if imported.split(".")[0] in SCRIPTS | {"units"} or imported.startswith("virnucpro.scripts"):
                 raise AssertionError(f"{module} imports {imported}")
             if imported in modules:
                 assert group_of(imported) <= group_of(module), f"{module} imports {imported}, from a group above"
@@ -142,23 +149,40 @@ def test_modules_stay_chapters():
         assert len(path.read_text().splitlines()) <= 600, path.name
 
 
-def test_installing_puts_only_units_and_the_package_in_site_packages(tmp_path):
-    """pip install --target of a copy of the repository (so that the build writes nothing into it)."""
+def test_installing_puts_units_the_package_and_the_steps_in_site_packages(tmp_path):
+    """pip install --target of a copy of the repository (so that the build writes nothing into it): the
+    package, the steps' scripts as virnucpro.scripts (the three at the top through their links), the command;
+    no benchmark."""
     source = tmp_path / "source"
     skipped = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info", "build")
 
     def ignored(folder, names):       # and the repository's own data and models folders
         return skipped(folder, names) | ({"data", "models"} & set(names) if folder == str(ROOT) else set())
 
-    shutil.copytree(ROOT, source, ignore=ignored)
+    shutil.copytree(ROOT, source, ignore=ignored, symlinks=True)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target",
                     str(target), str(source)], check=True, capture_output=True)
-    installed = sorted(path.name for path in target.iterdir() if path.name != "bin")
-    assert installed[:2] == ["units.py", "virnucpro"] and len(installed) == 3
-    assert installed[2].startswith("virnucpro-") and installed[2].endswith(".dist-info")
+    installed = sorted(path.name for path in target.iterdir())
+    assert installed[:3] == ["bin", "units.py", "virnucpro"] and len(installed) == 4
+    assert installed[3].startswith("virnucpro-") and installed[3].endswith(".dist-info")
+    assert [path.name for path in (target / "bin").iterdir()] == ["virnucpro"]
+    steps = {f"scripts/{name}.py" for name in ["__init__", "command", *command.STEPS.values()]}
     assert sorted(str(path.relative_to(target / "virnucpro")) for path in (target / "virnucpro").rglob("*.py")) == \
-        sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py"))
+        sorted([*(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")), *steps])
+    for name in ("prediction", "features_extract", "train_fastesm"):         # the file, not a link
+        assert (target / f"virnucpro/scripts/{name}.py").read_bytes() == (ROOT / f"{name}.py").read_bytes()
+
+
+def test_every_step_is_a_script_of_the_command():
+    """The command's steps are the scripts but the benchmarks, each installed (pyproject's list)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    modules = {name.rsplit(".", 1)[1] for name in pyproject["tool"]["setuptools"]["py-modules"]
+               if name.startswith("virnucpro.scripts.")}
+    assert modules == {*command.STEPS.values(), "command"}
+    assert set(command.STEPS.values()) == {name for name in SCRIPTS if not name.startswith("benchmark")} - {"command"}
+    assert {path.name for path in (ROOT / "scripts").iterdir() if path.is_symlink()} == {
+        "prediction.py", "features_extract.py", "train_fastesm.py"}
 
 
 # The torch functions tests may stand in for, and why each stand-in is strict: the lowest calls a GPU needs,

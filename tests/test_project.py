@@ -1,8 +1,10 @@
-"""The project's own files: scripts answer --help, environments agree, CI runs README's command."""
+"""The project's own files: scripts answer --help and --version, the installed command runs them, environments
+agree, CI runs README's command."""
 import argparse
 import importlib
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -10,7 +12,10 @@ from unittest import mock
 import pytest
 import yaml
 
-from conftest import ROOT, run_script
+import prediction
+import virnucpro
+from conftest import ROOT, predict_args, run_script
+from virnucpro.prediction.outputs import RESULT_FILES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,10 +23,9 @@ else:
     import tomli as tomllib
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-INSTALLED = [*(f"{name}.py" for name in PYPROJECT["tool"]["setuptools"]["py-modules"]),
-             *{name.split(".")[0] for name in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}]
+# the scripts: the top ones (units.py is the card) and those of scripts/ (its links to the top ones aside)
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]
-                 if p.name not in INSTALLED)
+                 if p.name not in ("units.py", "__init__.py") and not p.is_symlink())
 README = (ROOT / "README.md").read_text()
 TEST_COMMAND = 'python -m pip install -e ".[test]" && python -m pytest'
 
@@ -31,6 +35,32 @@ def test_every_script_answers_help(script):
     result = run_script(script, "--help", timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage:")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_version_with_the_bare_version(script, capsys):
+    """As workflow managers read it (nf-core modules' versions.yml); pyproject takes it from the package."""
+    with pytest.raises(SystemExit) as exit_status:
+        importlib.import_module(Path(script).stem).main(["--version"])
+    assert exit_status.value.code == 0 and capsys.readouterr().out == f"{virnucpro.__version__}\n"
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "virnucpro.__version__"}
+
+
+def test_the_installed_command_runs_the_scripts(models, tmp_path):
+    """virnucpro on the PATH of this environment (pip install -e puts it there): --version, and predict
+    writing what python prediction.py writes."""
+    virnucpro_command = Path(sys.executable).parent / "virnucpro"
+    version = subprocess.run([virnucpro_command, "--version"], capture_output=True, text=True)
+    assert version.stdout == f"{virnucpro.__version__}\n"
+    assert run_script("prediction.py", "--version").stdout == f"{virnucpro.__version__}\n"
+    args = predict_args(models, tmp_path / "command", input_fasta=ROOT / "data/sample.fasta")
+    by_command = subprocess.run([virnucpro_command, "predict", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert by_command.returncode == 0, by_command.stderr
+    assert "usage: virnucpro predict" in subprocess.run([virnucpro_command, "predict", "--help"],
+                                                         capture_output=True, text=True).stdout
+    assert prediction.main(predict_args(models, tmp_path / "script", input_fasta=ROOT / "data/sample.fasta")) == 0
+    for name in RESULT_FILES:
+        assert (tmp_path / "command" / name).read_bytes() == (tmp_path / "script" / name).read_bytes(), name
 
 
 def test_user_mistake_gives_one_line_and_no_traceback(tmp_path):
@@ -48,6 +78,14 @@ def test_ci_runs_exactly_the_readme_test_command():
     # and the whole suite once more on the oldest supported transformers
     assert any('"transformers==4.57.*"' in line for line in ci_commands)
     assert any(line.endswith('/bin/python -m pytest -m "slow or not slow"') for line in ci_commands[:-1])
+
+
+def installed_sources() -> set[str]:
+    """What pip install reads: the card, the package, the scripts' folder and the files its links point to."""
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    linked = {path.resolve().name for path in (ROOT / "scripts").iterdir() if path.is_symlink()}
+    return {"units.py", *(name.split(".")[0] for name in setuptools["packages"]["find"]["include"]),
+            *setuptools["package-dir"].values(), *linked}
 
 
 PIXI = tomllib.loads((ROOT / "pixi.toml").read_text())
@@ -212,7 +250,7 @@ def test_docker_builds_the_package_for_gpu_and_cpu_hosts_and_sends_no_data():
     assert "HF_HOME=/cache/huggingface" in dockerfile and "VIRNUCPRO_MODELS=/app/models" in dockerfile
     before_install = runtime[:runtime.index("pip install --no-cache-dir .")]
     copied = {name.rstrip("/") for line in re.findall(r"^COPY (.*) \S+$", before_install, re.M) for name in line.split()}
-    assert set(INSTALLED) <= copied                        # the install needs what pyproject installs
+    assert installed_sources() <= copied                     # the install needs what pyproject installs
     for name, service in COMPOSE["services"].items():
         assert service["build"]["context"] == "." and service["build"].get("target", "runtime") == \
             ("test" if name == "test" else "runtime")

@@ -54,8 +54,8 @@ class Sample:
 
 def read_sheet(path: str) -> list[Sample]:
     """The samples of a sheet; a sheet that is not one, a duplicate sample name and a row of reads and
-    contigs both or neither are each one line; a sample whose file is missing is said now (it is refused, the
-    others run)."""
+    contigs both or neither are each one line; a sample whose file is missing is marked (a run refuses it and
+    runs the others)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
@@ -99,19 +99,23 @@ def _sample(path: str, line: int, cells: dict, folder: str, seen: dict) -> Sampl
     files = [os.path.join(folder, given) for given in (reads or contigs, mate2) if given]
     missing = next((f"{where}: sample {name!r}: {given}: no such file" for given in files
                     if not os.path.isfile(given)), None)
-    if missing:
-        logger.error(missing)
     return Sample(name, files[0], files[1] if mate2 else None, "fastq_1" if reads else "fasta", missing)
 
 
 # ---------------------------------------------------------------- the runs
+def present(samples: list[Sample]) -> list[Sample]:
+    """The samples whose files are all there; each missing one said."""
+    for sample in samples:
+        if sample.missing:
+            logger.error(sample.missing)
+    return [sample for sample in samples if not sample.missing]
+
+
 def checked_inputs(samples: list[Sample], chunk_length: int, min_length: int) -> tuple[dict, dict]:
     """Every sample's input read once, checked and counted (the plan); ``({sample: Input}, {sample: why})``
     for the samples whose input is refused."""
     checked, refused = {}, {sample.name: sample.missing for sample in samples if sample.missing}
-    for sample in samples:
-        if sample.missing:
-            continue
+    for sample in present(samples):
         try:
             checked[sample.name] = checked_files(sample.input, sample.mate2, chunk_length, min_length)
         except InputError as error:
@@ -151,11 +155,11 @@ def run_samples(samples: list[Sample], request: predict.Request, classifier, met
                 progress.update(planned - progress.n)     # a sample finished earlier counts as done
             run = outputs.read_run(one.output_dir) or {}
             costs[sample.name] = run.get("costs")
-    done = [sample for sample in samples if sample.name not in failed]
-    write_tables(request.output_dir, done, correction(request))
+    summarize(request.output_dir, [sample for sample in samples if sample.name not in failed])
     with atomic_write(os.path.join(request.output_dir, COHORT_RUN)) as handle:
         json.dump({"samples": costs, "failed": failed, "costs": total_costs(costs, time.perf_counter() - started,
-                                                                               cpu_seconds() - cpu_started)}, handle, indent=1)
+                                                                               cpu_seconds() - cpu_started)},
+                  handle, indent=1)
     return failed
 
 
@@ -218,18 +222,47 @@ def rogan_gladen(apparent: float, sensitivity: float, specificity: float) -> tup
     return min(1.0, max(0.0, value)), not 0 <= value <= 1
 
 
+# What the calls of two runs depend on: a table across samples compares runs that agree on all of it.
+CALLING_SETTINGS = ("chunk_length", "min_length", "min_score", "max_fdr", "classifier", "calibration")
+
+
+def summarize(output_dir: str, samples: list[Sample]) -> list[SampleRow]:
+    """The table across the samples' finished runs in ``<output>/<sample>/`` and its MultiQC files; runs not
+    finished, or made with other calling settings than the first sample's, are refused in one line."""
+    runs = {}
+    for sample in samples:
+        folder = os.path.join(output_dir, sample.name)
+        run = outputs.read_run(folder)
+        if run is None or run["status"] != "complete":
+            raise InputError(f"{folder}: sample {sample.name!r} has no finished run; run it first (prediction.py "
+                             f"{sample.input} ... -o {folder})")
+        runs[sample.name] = run["settings"]
+    first = samples[0].name if samples else None
+    for name, settings in runs.items():
+        differs = next((key for key in CALLING_SETTINGS if settings.get(key) != runs[first].get(key)), None)
+        if differs:
+            raise InputError(f"{output_dir}: sample {name!r} was run with another {differs} than sample {first!r}; "
+                             "a table across samples compares runs of one classifier and settings: run them again "
+                             "alike")
+    return write_tables(output_dir, samples, correction(runs[first]) if runs else Correction(None, "NA"))
+
+
 class Correction(NamedTuple):
     """What corrects the samples' viral fractions: the classifier's evaluation record, or None and why not."""
     evaluation: dict | None
     note: str                                   # the table's header line on the corrected fraction
 
 
-def correction(request: predict.Request) -> Correction:
-    evaluation = load_evaluation_record(request.classifier_path, request.chunk_length)
-    if evaluation is None:
-        return Correction(None, f"NA: the classifier carries no evaluation record at {request.chunk_length} bp "
+def correction(settings: dict) -> Correction:
+    """The correction of runs made with these settings: by the evaluation record beside their classifier, when
+    it was measured on that very classifier at their chunk length and no threshold changed the calls."""
+    classifier, chunk_length = settings["classifier"], settings["chunk_length"]
+    evaluation = load_evaluation_record(classifier["path"], chunk_length) \
+        if os.path.isfile(classifier["path"]) else None
+    if evaluation is None or evaluation["classifier_sha256"] != classifier["sha256"]:
+        return Correction(None, f"NA: the classifier carries no evaluation record at {chunk_length} bp "
                                 "(scripts/evaluate_compare.py writes one beside it)")
-    if request.min_score is not None or request.max_fdr is not None:
+    if settings["min_score"] is not None or settings["max_fdr"] is not None:
         return Correction(None, "NA: --min-score and --max-fdr change the calls whose errors were measured; "
                                 "leave them out for a corrected fraction")
     return Correction(evaluation, (
