@@ -90,6 +90,7 @@ from virnucpro.errors import InputError
 from virnucpro.log import logger, plural
 from virnucpro.prediction import cohort, outputs, predict
 from virnucpro.prediction.outputs import PLOTTED_SEQUENCES, UNCALIBRATED
+from virnucpro.runs import Team
 from virnucpro.scoring.calibration import calibration_path, load_calibration
 from virnucpro.scoring.checkpoints import default_classifier
 
@@ -174,6 +175,10 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     samples = cohort.read_sheet(args.samples) if args.samples else None       # before any model loads
+    if samples and Team.from_environment().world > 1:
+        raise InputError(f"--samples {args.samples} under torchrun: a sample sheet runs in one process, sample "
+                         "after sample; give each GPU samples of its own (the Snakemake workflow, or a part of the "
+                         "sheet each), or run one large sample under torchrun")
     if args.model_path is None:
         args.model_path, pipeline, why = default_classifier(args.expect_length, args.models_dir)
         args.pipeline = args.pipeline or pipeline

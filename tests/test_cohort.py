@@ -127,6 +127,7 @@ def test_a_second_run_keeps_the_finished_samples_and_corrects_by_the_evaluation_
     finally:
         os.remove(record)
     assert result_bytes(output / "gut") == result_bytes(cohort_run[0] / "gut")
+    assert json.loads((output / cohort.COHORT_RUN).read_text())["samples"] == {}        # this run scored none
     table = (output / cohort.SUMMARY_FILE).read_text()
     assert "Rogan-Gladen: sensitivity 0.800, specificity 0.900" in table
     for row in read_tsv_after_comments(output / cohort.SUMMARY_FILE):
@@ -168,6 +169,14 @@ def test_a_sheet_that_cannot_be_run_is_one_line_before_any_model_loads(models, t
     monkeypatch.setattr(loaders, "load_dnabert_s", lambda *a, **k: pytest.fail("no model may load"))
     status, stderr = cli("prediction", sheet_args(models, tmp_path / "sheet.csv", tmp_path / "out"))
     assert status == 2 and words in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sheet_under_torchrun_is_refused_in_one_line(models, study, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    status, stderr = cli("prediction", sheet_args(models, study / "samples.csv", tmp_path / "out"))
+    assert status == 2 and "under torchrun: a sample sheet runs in one process" in stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -146,15 +146,15 @@ def run_samples(samples: list[Sample], request: predict.Request, classifier, met
             one = dataclasses.replace(request, input_path=sample.input, mate2=sample.mate2,
                                       output_dir=os.path.join(request.output_dir, sample.name))
             try:
-                predict.run(one, classifier, metadata, calibration, engines, checked[sample.name], progress)
+                counts = predict.run(one, classifier, metadata, calibration, engines, checked[sample.name], progress)
             except InputError as error:
                 failed[sample.name] = str(error)
                 logger.error(f"sample {sample.name}: {error}")
                 continue
             finally:
                 progress.update(planned - progress.n)     # a sample finished earlier counts as done
-            run = outputs.read_run(one.output_dir) or {}
-            costs[sample.name] = run.get("costs")
+            if counts is not None:                         # None: finished by an earlier run
+                costs[sample.name] = counts["costs"]
     summarize(request.output_dir, [sample for sample in samples if sample.name not in failed])
     with atomic_write(os.path.join(request.output_dir, COHORT_RUN)) as handle:
         json.dump({"samples": costs, "failed": failed, "costs": total_costs(costs, time.perf_counter() - started,
@@ -163,10 +163,11 @@ def run_samples(samples: list[Sample], request: predict.Request, classifier, met
     return failed
 
 
-def total_costs(costs: dict[str, dict | None], wall_seconds: float, cpu_seconds: float) -> dict:
-    """The cohort's costs: its own wall and CPU time (the checks of every input included), the samples'
-    loading time and frames summed, their peaks' peak, and the rate of the whole run without loading."""
-    known = [cost for cost in costs.values() if cost]
+def total_costs(costs: dict[str, dict], wall_seconds: float, cpu_seconds: float) -> dict:
+    """The cohort's costs: its own wall and CPU time (the checks of every input included), the loading time
+    and frames of the samples it scored summed, their peaks' peak, and the rate of the whole run without
+    loading."""
+    known = list(costs.values())
     if not known:
         return {}
     loading = sum(cost["model_loading_seconds"] for cost in known)
