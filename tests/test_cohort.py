@@ -140,6 +140,23 @@ def test_a_second_run_keeps_the_finished_samples_and_corrects_by_the_evaluation_
         assert float(row["corrected_low"]) <= float(row["corrected_viral_fraction"]) <= float(row["corrected_high"])
 
 
+def test_summarize_samples_writes_the_cohorts_table_from_finished_runs_of_one_kind(study, cohort_run, tmp_path, cli):
+    output, args = tmp_path / "out", ["--samples", str(study / "samples.csv"), "-o", str(tmp_path / "out")]
+    shutil.copytree(cohort_run[0], output)
+    for name in (cohort.SUMMARY_FILE, cohort.SUMMARY_JSON, cohort.MULTIQC_STATS, cohort.MULTIQC_CALLS):
+        (output / name).unlink()
+    assert cli("summarize_samples", args)[0] == 0
+    for name in (cohort.SUMMARY_FILE, cohort.SUMMARY_JSON, cohort.MULTIQC_STATS, cohort.MULTIQC_CALLS):
+        assert (output / name).read_bytes() == (cohort_run[0] / name).read_bytes(), name
+    run = json.loads((output / "soil/run.json").read_text())
+    (output / "soil/run.json").write_text(json.dumps(run | {"settings": run["settings"] | {"min_score": 0.9}}))
+    status, stderr = cli("summarize_samples", args)
+    assert status == 2 and "sample 'soil' was run with another min_score than sample 'gut'" in stderr
+    shutil.rmtree(output / "assembly")
+    status, stderr = cli("summarize_samples", args)
+    assert status == 2 and "sample 'assembly' has no finished run; run it first" in stderr
+
+
 def read_tsv_after_comments(path):
     lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
     return list(csv.DictReader(lines, delimiter="\t"))
@@ -162,10 +179,13 @@ def test_a_missing_sample_file_leaves_the_others_to_run_and_ends_with_exit_2(mod
     ("id,reads\nx,a.fq\n", "not a sample sheet: its header is id,reads"),
     ("sample,fastq_1,fasta\nx,a.fq,b.fa\n", "gives both reads (fastq_1) and contigs (fasta)"),
     ("sample,fastq_1\n../up,a.fq\n", "sample name '../up' is not a folder name"),
+    (b"\x1f\x8b\x08\x00\xff\xfe", "not a sample sheet (not text)"),
+    (None, "sheet.csv: no such file"),
 ])
 def test_a_sheet_that_cannot_be_run_is_one_line_before_any_model_loads(models, tmp_path, cli, monkeypatch, sheet,
                                                                           words):
-    (tmp_path / "sheet.csv").write_text(sheet)
+    if sheet is not None:
+        (tmp_path / "sheet.csv").write_bytes(sheet if isinstance(sheet, bytes) else sheet.encode())
     monkeypatch.setattr(loaders, "load_dnabert_s", lambda *a, **k: pytest.fail("no model may load"))
     status, stderr = cli("prediction", sheet_args(models, tmp_path / "sheet.csv", tmp_path / "out"))
     assert status == 2 and words in stderr and "Traceback" not in stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 from virnucpro.devices import device_name, resolve_device
 from virnucpro.errors import InputError
-from virnucpro.files import atomic_write
+from virnucpro.files import atomic_write, open_raw
 from virnucpro.log import logger, plural
 from virnucpro.models.modelfiles import MEASURED_FRAMES, known_rates
 from virnucpro.prediction import outputs, predict
@@ -56,13 +57,10 @@ def read_sheet(path: str) -> list[Sample]:
     """The samples of a sheet; a sheet that is not one, a duplicate sample name and a row of reads and
     contigs both or neither are each one line; a sample whose file is missing is marked (a run refuses it and
     runs the others)."""
+    with open_raw(path) as handle:
+        content = handle.read()
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such sample sheet") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: a folder, not a sample sheet") from None
+        rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a sample sheet (not text); give a CSV file: sample,fastq_1,fastq_2") from None
     header = [cell.strip() for cell in rows[0]] if rows else []
