@@ -23,7 +23,7 @@ import zstandard
 
 import prediction
 import units
-from conftest import ARCH_TINY, GOLDEN, ROOT, predict_args, run_script
+from conftest import ARCH_TINY, GOLDEN, ROOT, TINY_FASTESM, predict_args, run_script
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.prediction import outputs, shards
 from virnucpro.runs import LOCK_FILE
@@ -361,7 +361,7 @@ CASES = [
     ("FastESM2_650 config of another width", model_folder("protein", edit_config(hidden_size=640)),
      "config.json does not describe its weights (hidden_size 640, the weights 1280)"),
     ("FastESM2_650 config of another depth", model_folder("protein", edit_config(num_hidden_layers=5)),
-     "config.json does not describe its weights (num_hidden_layers 5, the weights 2)"),
+     f"config.json does not describe its weights (num_hidden_layers 5, the weights {TINY_FASTESM[1]})"),
     ("an ESM-1b config (absolute positions) for FastESM2_650",
      model_folder("protein", edit_config(position_embedding_type="absolute")),
      "config.json is not an ESM-2 config: position_embedding_type 'absolute' (ESM-2 has 'rotary')"),

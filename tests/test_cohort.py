@@ -48,7 +48,7 @@ def study(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mixed(models, tmp_path_factory):
     """The tiny models and a classifier that calls some sequences of each sample viral, some not."""
-    checkpoint = save_classifier(tmp_path_factory.mktemp("mixed") / "model_fastesm650_300.pth", viral_bias=2.0)
+    checkpoint = save_classifier(tmp_path_factory.mktemp("mixed") / "model_fastesm650_300.pth", viral_bias=0.5)
     return {**models, "checkpoint": checkpoint}
 
 

@@ -80,3 +80,9 @@ def test_the_training_recipe_is_the_pixi_tasks():
         for command, named in zip(commands, names):
             task, *extra = shlex.split(named)
             assert shlex.split(command) == tasks[task] + extra, step
+
+
+def test_the_verdicts_shown_in_the_training_guide_are_the_example_reports():
+    header = "level | accuracy drop (points)"
+    shown = table_rows(ROOT / "docs/training.md", header)
+    assert shown and shown == table_rows(ROOT / "reports/example_validation_report.md", header)
