@@ -175,6 +175,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     samples = cohort.read_sheet(args.samples) if args.samples else None       # before any model loads
+    if samples:
+        cohort.check_folder(args.output_dir or outputs.default_output_dir(args.samples))
     if samples and Team.from_environment().world > 1:
         raise InputError(f"--samples {args.samples} under torchrun: a sample sheet runs in one process, sample "
                          "after sample; give each GPU samples of its own (the Snakemake workflow, or a part of the "

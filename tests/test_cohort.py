@@ -179,6 +179,8 @@ def test_a_missing_sample_file_leaves_the_others_to_run_and_ends_with_exit_2(mod
     ("id,reads\nx,a.fq\n", "not a sample sheet: its header is id,reads"),
     ("sample,fastq_1,fasta\nx,a.fq,b.fa\n", "gives both reads (fastq_1) and contigs (fasta)"),
     ("sample,fastq_1\n../up,a.fq\n", "sample name '../up' is not a folder name"),
+    ("sample,fastq_1\nsoil,a.fq\nSoil,b.fq\n", "line 3: sample 'Soil' differs from sample 'soil' (line 2) by case"),
+    ("sample,fasta\ncohort.json,a.fa\n", "sample name 'cohort.json' is the name of a file the cohort writes"),
     (b"\x1f\x8b\x08\x00\xff\xfe", "not a sample sheet (not text)"),
     (None, "sheet.csv: no such file"),
 ])
@@ -190,6 +192,26 @@ def test_a_sheet_that_cannot_be_run_is_one_line_before_any_model_loads(models, t
     status, stderr = cli("prediction", sheet_args(models, tmp_path / "sheet.csv", tmp_path / "out"))
     assert status == 2 and words in stderr and "Traceback" not in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sample_file_that_is_a_folder_is_said_so(tmp_path):
+    (tmp_path / "reads").mkdir()
+    (tmp_path / "sheet.csv").write_text("sample,fastq_1\ngut,reads\n")
+    (sample,) = cohort.read_sheet(str(tmp_path / "sheet.csv"))
+    assert sample.missing.endswith(f"sample 'gut': {tmp_path}/reads: a folder, not a file")
+
+
+def test_a_folder_of_other_files_is_refused_before_any_model_loads(models, study, tmp_path, cli, monkeypatch):
+    """A cohort writes beside its samples' folders: never into a folder of a single run's results or a user's files."""
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / outputs.SUMMARY_FILE).write_text("Sequence_ID\n")
+    (single / f".{cohort.SUMMARY_FILE}.x1.tmp").write_text("")            # a killed cohort's: its own
+    monkeypatch.setattr(loaders, "load_dnabert_s", lambda *a, **k: pytest.fail("no model may load"))
+    status, stderr = cli("prediction", sheet_args(models, study / "samples.csv", single))
+    assert status == 2 and "Traceback" not in stderr
+    assert f"holds files that are not a cohort's ({outputs.SUMMARY_FILE}); give another -o" in stderr
+    assert sorted(os.listdir(single)) == [f".{cohort.SUMMARY_FILE}.x1.tmp", outputs.SUMMARY_FILE]
 
 
 def test_a_sheet_under_torchrun_is_refused_in_one_line(models, study, tmp_path, cli, monkeypatch):

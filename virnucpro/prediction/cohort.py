@@ -36,6 +36,7 @@ SUMMARY_FILE = "samples_summary.tsv"
 SUMMARY_JSON = "samples_summary.json"
 MULTIQC_STATS, MULTIQC_CALLS = "virnucpro_stats_mqc.tsv", "virnucpro_calls_mqc.tsv"
 COHORT_RUN = "cohort.json"
+COHORT_FILES = (SUMMARY_FILE, SUMMARY_JSON, MULTIQC_STATS, MULTIQC_CALLS, COHORT_RUN)   # beside the samples' folders
 Z95 = 1.959964                         # the normal quantile of a 95% interval
 
 
@@ -85,9 +86,15 @@ def _sample(path: str, line: int, cells: dict, folder: str, seen: dict) -> Sampl
     if not SAMPLE_NAME.fullmatch(name):
         raise InputError(f"{where}: sample name {name!r} is not a folder name (letters, digits, '.', '_', '-', "
                          "starting with a letter or digit); rename it")
-    if name in seen:
-        raise InputError(f"{where}: sample {name!r} again (first on line {seen[name]}); sample names are unique")
-    seen[name] = line
+    if name in COHORT_FILES:
+        raise InputError(f"{where}: sample name {name!r} is the name of a file the cohort writes beside the samples' "
+                         "folders; rename the sample")
+    first = seen.setdefault(name.casefold(), (name, line))     # a case-insensitive file system keeps one folder
+    if first[1] != line:
+        raise InputError(f"{where}: sample {name!r} again (first on line {first[1]}); sample names are unique"
+                         if first[0] == name else f"{where}: sample {name!r} differs from sample {first[0]!r} (line "
+                         f"{first[1]}) by case alone, and a case-insensitive file system (macOS, Windows) gives "
+                         "both one folder; rename one")
     reads, mate2, contigs = (cells.get(column, "") for column in ("fastq_1", "fastq_2", "fasta"))
     if bool(reads) == bool(contigs):
         raise InputError(f"{where}: sample {name!r} gives {'both reads (fastq_1) and contigs (fasta)' if reads else 'no file'}; "
@@ -95,9 +102,27 @@ def _sample(path: str, line: int, cells: dict, folder: str, seen: dict) -> Sampl
     if mate2 and not reads:
         raise InputError(f"{where}: sample {name!r} gives fastq_2 without fastq_1")
     files = [os.path.join(folder, given) for given in (reads or contigs, mate2) if given]
-    missing = next((f"{where}: sample {name!r}: {given}: no such file" for given in files
-                    if not os.path.isfile(given)), None)
+    missing = next((f"{where}: sample {name!r}: {given}: {'a folder, not a file' if os.path.isdir(given) else 'no such file'}"
+                    for given in files if not os.path.isfile(given)), None)
     return Sample(name, files[0], files[1] if mate2 else None, "fastq_1" if reads else "fasta", missing)
+
+
+def check_folder(output_dir: str) -> None:
+    """A cohort's folder holds its samples' folders (each checked by its sample's run) and the cohort's own
+    files; a file of anything else (a single run's results, a user's files) refuses it, before any model loads."""
+    if not os.path.isdir(output_dir):
+        return
+    others = sorted(name for name in os.listdir(output_dir)
+                    if not os.path.isdir(os.path.join(output_dir, name)) and not _cohort_file(name))
+    if others:
+        raise InputError(f"{output_dir} holds files that are not a cohort's ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}); give another -o: a cohort's folder holds its "
+                         "samples' folders and the tables across them")
+
+
+def _cohort_file(name: str) -> bool:
+    """One of the cohort's files, or a temporary one of them left by a killed run."""
+    return name in COHORT_FILES or name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in COHORT_FILES)
 
 
 # ---------------------------------------------------------------- the runs
