@@ -44,9 +44,14 @@ def step_module(step: str):
 
 def parse_args(argv):
     parser = options.parser(__doc__)
-    parser.add_argument("step", choices=STEPS, metavar="STEP", help=f"one of: {', '.join(STEPS)}")
+    parser.usage = "%(prog)s [-h] [--version] STEP ..."   # a step is needed; left out, the command shows this help
+    parser.add_argument("step", nargs="?", choices=STEPS, metavar="STEP", help=f"one of: {', '.join(STEPS)}")
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help="the step's arguments (virnucpro STEP --help)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.step is None:                              # the command alone: what it can run
+        parser.print_help(sys.stderr)
+        parser.exit(2)
+    return args
 
 
 def main(argv=None):

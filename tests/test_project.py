@@ -16,6 +16,7 @@ import yaml
 import prediction
 import virnucpro
 from conftest import ROOT, predict_args, run_script
+from scripts import command
 from virnucpro.prediction.outputs import RESULT_FILES
 
 if sys.version_info >= (3, 11):
@@ -69,6 +70,13 @@ def test_the_installed_command_runs_the_scripts(models, tmp_path):
     assert prediction.main(predict_args(models, tmp_path / "script", input_fasta=ROOT / "data/sample.fasta")) == 0
     for name in RESULT_FILES:
         assert (tmp_path / "command" / name).read_bytes() == (tmp_path / "script" / name).read_bytes(), name
+
+
+def test_the_command_alone_lists_its_steps(capsys):
+    with pytest.raises(SystemExit) as stop:
+        command.main([])
+    shown = capsys.readouterr().err
+    assert stop.value.code == 2 and "[-h] [--version] STEP" in shown and "predict, summarize-samples" in shown
 
 
 def test_user_mistake_gives_one_line_and_no_traceback(tmp_path):
