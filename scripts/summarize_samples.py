@@ -13,7 +13,8 @@ array): it reads each sample's run in <output>/<sample>/ and writes, in <output>
                         evaluation record (docs/prediction.md#cohorts); samples_summary.json alike
   virnucpro_*_mqc.tsv   MultiQC's custom content: multiqc <output> adds them to its report
 
-Every sample's run must be finished, and all made with one classifier, chunk length and thresholds.
+Every sample's run must be finished, and all made with one classifier, chunk length and thresholds; the
+folder holds the samples' folders and the cohort's files alone, as prediction.py --samples keeps it.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def main(argv=None):
     samples = cohort.read_sheet(args.samples)
     output_dir = args.output_dir or outputs.default_output_dir(args.samples)
     check_writable(output_dir, "-o")
+    cohort.check_folder(output_dir)
     rows = cohort.summarize(output_dir, samples)
     logger.info(f"{plural(len(rows), 'sample')}: {cohort.SUMMARY_FILE} and MultiQC's files in {output_dir}/")
     return 0

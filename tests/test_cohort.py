@@ -155,6 +155,9 @@ def test_summarize_samples_writes_the_cohorts_table_from_finished_runs_of_one_ki
     shutil.rmtree(output / "assembly")
     status, stderr = cli("summarize_samples", args)
     assert status == 2 and "sample 'assembly' has no finished run; run it first" in stderr
+    (output / "notes.txt").write_text("mine")
+    status, stderr = cli("summarize_samples", args)
+    assert status == 2 and "holds files that are not a cohort's (notes.txt)" in stderr
 
 
 def read_tsv_after_comments(path):
