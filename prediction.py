@@ -89,6 +89,7 @@ from virnucpro.commands.cli import at_least, fraction, run_cli
 from virnucpro.errors import InputError
 from virnucpro.log import logger, plural
 from virnucpro.prediction import cohort, outputs, predict
+from virnucpro.prediction.inputs import checked_files
 from virnucpro.prediction.outputs import PLOTTED_SEQUENCES, UNCALIBRATED
 from virnucpro.runs import Team
 from virnucpro.scoring.calibration import calibration_path, load_calibration
@@ -195,11 +196,13 @@ def main(argv=None):
         logger.info(f"{args.model_path}: not calibrated, so Viral_probability and FDR say '{UNCALIBRATED}' "
                     "(scripts/evaluate_compare.py calibrates a classifier it evaluates)")
     if args.estimate:
-        inputs = [(sample.name, sample.input, sample.mate2, False) for sample in cohort.present(samples)] \
-            if samples else \
-            [(args.input_fasta, args.input_fasta, args.mate2, args.interleaved)]
-        print(cohort.estimate(inputs, args.expect_length, args.min_length, args.device, metadata["embedding_model"],
-                              args.models_dir))
+        sources, refused = cohort.checked_inputs(samples, args.expect_length, args.min_length) if samples else \
+            ({args.input_fasta: checked_files(args.input_fasta, args.mate2, args.expect_length, args.min_length,
+                                              args.interleaved)}, {})
+        print(cohort.estimate(sources, args.expect_length, args.device, metadata["embedding_model"], args.models_dir))
+        if refused:
+            raise InputError(f"{plural(len(refused), 'sample')} of {len(samples)} refused: {', '.join(refused)} (each "
+                             f"one's reason is above); the plan leaves {'it' if len(refused) == 1 else 'them'} out")
         return 0
     request = predict.Request(
         input_path=args.samples or args.input_fasta, chunk_length=args.expect_length,

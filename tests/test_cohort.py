@@ -15,6 +15,7 @@ import pytest
 import prediction
 from conftest import GOLDEN, ROOT, predict_args, read_tsv
 from helpers.models import save_classifier
+from virnucpro.errors import InputError
 from virnucpro.models import loaders
 from virnucpro.prediction import cohort, outputs
 from virnucpro.scoring.calibration import save_evaluation_record
@@ -241,6 +242,21 @@ def test_the_estimate_prints_the_plan_and_scores_nothing(models, study, tmp_path
     last = capsys.readouterr().out.splitlines()[-1]
     frames = int(last.split()[2].replace(",", ""))
     assert f"about {cohort.format_duration(frames / 2.0)} on CPU" in last and "at the 2 frames/s its last" in last
+    assert prediction.main(predict_args(models, tmp_path / "out", "--estimate", input_fasta=SAMPLE)) == 0   # one input
+    assert capsys.readouterr().out.startswith(f"{SAMPLE}: 10 sequences, 10 300-bp chunks, ")
+
+
+
+def test_the_estimate_of_a_sheet_with_a_refused_sample_plans_the_others_and_stops_with_it(models, study,
+                                                                                            tmp_path, capsys):
+    shutil.copytree(study, tmp_path / "study")
+    (tmp_path / "study/reads/soil.fq").write_bytes(b"\x00binary")
+    args = sheet_args(models, tmp_path / "study/samples.csv", tmp_path / "out", "--estimate")
+    with pytest.raises(InputError, match=r"^1 sample of 3 refused: soil \(each one's reason is above\); the plan "
+                                         "leaves it out$"):
+        prediction.main(args)
+    plan = capsys.readouterr().out
+    assert plan.startswith("gut: 5 read pairs") and "\nassembly: " in plan and "soil" not in plan
 
 
 def test_the_viral_fraction_and_its_intervals():

@@ -384,18 +384,14 @@ def multiqc_file(config: dict, columns: tuple, rows: list[tuple]) -> str:
 
 
 # ---------------------------------------------------------------- --estimate
-def estimate(inputs: list[tuple[str, str, str | None, bool]], chunk_length: int, min_length: int, device: str,
-             pipeline: str, models: str | None) -> str:
-    """The plan of a run (``inputs``: a sample's name, input, mates and whether they are interleaved): each
-    input read once and checked, its sequences, chunks and frames counted, and the time at the rate this
-    device last reached with this pipeline (the models folder keeps it), if one was recorded."""
-    lines, frames = [], 0
-    for name, given, mate2, interleaved in inputs:
-        source = checked_files(given, mate2, chunk_length, min_length, interleaved)
-        frames += source.frames
-        unit = "read pair" if source.paired else "sequence"
-        lines.append(f"{name}: {plural(source.sequences // (2 if source.paired else 1), unit)}, "
-                     f"{plural(source.chunks, f'{chunk_length}-bp chunk')}, {plural(source.frames, 'frame')}")
+def estimate(sources: dict, chunk_length: int, device: str, pipeline: str, models: str | None) -> str:
+    """The plan of a run (``sources``: each sample's, or the input's, checked input): its sequences, chunks and
+    frames, and the time at the rate this device last reached with this pipeline (the models folder keeps it),
+    if one was recorded."""
+    lines = [f"{name}: {plural(source.sequences // (2 if source.paired else 1), 'read pair' if source.paired else 'sequence')}, "
+             f"{plural(source.chunks, f'{chunk_length}-bp chunk')}, {plural(source.frames, 'frame')}"
+             for name, source in sources.items()]
+    frames = sum(source.frames for source in sources.values())
     where = device_name(resolve_device(device))
     rate = known_rates(models).get(where, {}).get(pipeline)
     time = (f"about {format_duration(frames / rate)} on {where}, at the {rate:,.0f} frames/s its last run of the "
