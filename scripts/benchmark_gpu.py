@@ -54,7 +54,7 @@ import torch
 
 import units
 from benchmarking import random_models, synthetic
-from benchmarking.timing import agreement, timed
+from benchmarking.timing import Clock, agreement, timed
 from virnucpro.commands import options
 from virnucpro.commands.cli import at_least, run_cli
 from virnucpro.devices import device_name, nvidia_driver, refuse_an_unusable_gpu, resolve_device
@@ -277,9 +277,9 @@ def end_to_end(session: Session) -> dict:
             seconds = timed(lambda: predict.run(request, classifier, metadata, None), session.device)
         with open(os.path.join(request.output_dir, outputs.FRAMES_FILE)) as handle:
             frames = sum(1 for _ in handle) - 1
-    scoring = seconds - sum(clock.seconds["loading"])
+    scoring = seconds - clock.total("loading")
     return {"reads": session.reads, "frames": frames, "seconds_run": round(seconds, 2),
-            "seconds_loading_models": round(sum(clock.seconds["loading"]), 2),
+            "seconds_loading_models": round(clock.total("loading"), 2),
             "frames_per_s_without_loading": round(frames / scoring, 1),
             "first_shard_seconds": round(clock.seconds["shards"][0], 2),
             "other_shards_seconds": [round(value, 2) for value in clock.seconds["shards"][1:]],
@@ -303,23 +303,6 @@ STEPS = (("versions", versions), ("ceilings", ceilings), ("kernels", kernels), (
 
 
 # ---------------------------------------------------------------- helpers
-class Clock:
-    """The seconds of each call of functions ``timing`` wraps, by label (on a GPU, the calls that end in a
-    copy to the host, as loading and scoring a shard do, include the device's work)."""
-
-    def __init__(self):
-        self.seconds: dict[str, list[float]] = {}
-
-    def timing(self, label: str, function):
-        def timed_call(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.seconds.setdefault(label, []).append(time.perf_counter() - started)
-        return timed_call
-
-
 class tf32_matmul:
     """TF32 tensor-core matmuls on (or off) inside the block."""
 

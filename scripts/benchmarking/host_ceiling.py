@@ -16,6 +16,7 @@ from unittest import mock
 
 import torch
 
+from benchmarking.timing import Clock
 from virnucpro.models import loaders
 from virnucpro.models.loaders import ESM2_ALPHABET, PIPELINES, Pipeline, esm_tokenizer
 from virnucpro.models.pins import DNA_DIM, FASTESM2_650
@@ -45,22 +46,6 @@ class ZeroCostEncoder(torch.nn.Module):
         return torch.zeros(1, self.width).expand(len(input_ids), -1)       # no memory to fill
 
 
-class StageClock:
-    """Seconds spent in named functions, wrapped for the run."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def wrap(self, stage: str, function):
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
-        return timed
-
-
 # (stage, owner, attribute): the functions of the prediction path whose time is reported. On a CPU the host
 # work runs in line (on a GPU, a background thread runs it while the device works).
 SCORING_STAGE = "  of which encoders and classifier"
@@ -85,7 +70,7 @@ def measure(request: predict.Request, classifier: torch.nn.Module, metadata: dic
     frames per second, per core-second and of the host alone, the peak memory and the time per stage."""
     from transformers import PreTrainedTokenizerFast
 
-    clock = StageClock()
+    clock = Clock()
     dna_tokenizer = PreTrainedTokenizerFast.from_pretrained(request.dna_model, local_files_only=True)
     stand_in = Pipeline("fastesm650", FASTESM2_650,
                         lambda *_, **__: (StandInModel(FASTESM2_650.dim, len(ESM2_ALPHABET)), esm_tokenizer()))
@@ -97,7 +82,7 @@ def measure(request: predict.Request, classifier: torch.nn.Module, metadata: dic
         for encoder in ("DnaEncoder", "ProteinEncoder"):
             patches.enter_context(mock.patch.object(engine, encoder, ZeroCostEncoder))
         for stage, owner, attribute in STAGES:
-            patches.enter_context(mock.patch.object(owner, attribute, clock.wrap(stage, getattr(owner, attribute))))
+            patches.enter_context(mock.patch.object(owner, attribute, clock.timing(stage, getattr(owner, attribute))))
         reset_peak_memory()                     # the synthetic input's making is not the run's
         started = time.perf_counter()
         predict.run(request, classifier, metadata, None)
@@ -105,8 +90,8 @@ def measure(request: predict.Request, classifier: torch.nn.Module, metadata: dic
     with open(os.path.join(request.output_dir, outputs.FRAMES_FILE)) as handle:
         frames = sum(1 for _ in handle) - 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    timed = sum(clock.seconds.get(stage, 0.0) for stage in TOP_STAGES)
-    stages = {stage: clock.seconds[stage] for stage, _, _ in STAGES if stage in clock.seconds}
+    timed = sum(clock.total(stage) for stage in TOP_STAGES)
+    stages = {stage: clock.total(stage) for stage, _, _ in STAGES if stage in clock.seconds}
     stages["other: start-up, reading the input"] = seconds - timed
     device_seconds = stages.get(SCORING_STAGE, 0.0) - stages.get(BATCHING_STAGE, 0.0)
     return {"input": description, "frames": frames, "seconds": seconds, "cores": cores,

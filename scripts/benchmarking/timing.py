@@ -1,5 +1,6 @@
 """What every benchmark needs to measure fairly: device synchronisation around
-a timed call, and how close two feature sets are (the device's name is
+a timed call, the seconds of the calls of functions wrapped for a run, and how
+close two feature sets are (the device's name is
 ``virnucpro.devices.device_name``)."""
 from __future__ import annotations
 
@@ -20,6 +21,26 @@ def timed(function, device: torch.device) -> float:
     function()
     synchronize(device)
     return time.perf_counter() - started
+
+
+class Clock:
+    """The seconds of each call of functions ``timing`` wraps, by label (on a GPU, the calls that end in a
+    copy to the host, as loading and scoring a shard do, include the device's work)."""
+
+    def __init__(self):
+        self.seconds: dict[str, list[float]] = {}
+
+    def timing(self, label: str, function):
+        def timed_call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds.setdefault(label, []).append(time.perf_counter() - started)
+        return timed_call
+
+    def total(self, label: str) -> float:
+        return sum(self.seconds.get(label, ()))
 
 
 def agreement(features: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
