@@ -11,6 +11,7 @@ import pytest
 
 from helpers.models import TINY_DNABERT, TINY_ESM2_3B, TINY_FASTESM, save_classifier, tiny_model_folders  # noqa: F401
 from virnucpro.commands.cli import run_cli
+from virnucpro.prediction import outputs
 
 # The tests never touch the network: models are tiny ones the tests build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,6 +113,18 @@ def read_tsv(path):
     """A result table's rows, as dicts by column name."""
     with open(path) as handle:
         return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def result_bytes(folder):
+    """A run's result files (and its pairs table, when it has one), by name."""
+    pairs = folder / outputs.PAIRS_FILE
+    return {name: (folder / name).read_bytes() for name in outputs.RESULT_FILES} | \
+        ({outputs.PAIRS_FILE: pairs.read_bytes()} if pairs.exists() else {})
+
+
+def fastq(records, quality="I"):
+    """FASTQ text of (title, sequence) records, every base of one quality."""
+    return "".join(f"@{title}\n{sequence}\n+\n{quality * len(sequence)}\n" for title, sequence in records)
 
 
 @pytest.fixture

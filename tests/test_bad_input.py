@@ -23,7 +23,7 @@ import zstandard
 
 import prediction
 import units
-from conftest import ARCH_TINY, GOLDEN, ROOT, TINY_FASTESM, predict_args, run_script
+from conftest import ARCH_TINY, GOLDEN, ROOT, TINY_FASTESM, fastq, predict_args, result_bytes, run_script
 from virnucpro.models.pins import MERGED_DIM
 from virnucpro.prediction import outputs, shards
 from virnucpro.runs import LOCK_FILE
@@ -206,10 +206,6 @@ def live_lock(folder, models):
     """Another run, alive on this host, holds the folder."""
     (folder / LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
                                                       "since": "2026-11-25T10:00:00+00:00"}))
-
-
-def fastq(records, quality="I"):
-    return "".join(f"@{name}\n{seq}\n+\n{quality * len(seq)}\n" for name, seq in records)
 
 
 def mate_files(first, second):
@@ -458,10 +454,6 @@ def run_prediction(models, tmp_path, name, input_path, *extra):
     output = tmp_path / name
     assert prediction.main(predict_args(models, output, *extra, input_fasta=input_path)) == 0
     return output
-
-
-def result_bytes(output):
-    return {name: (output / name).read_bytes() for name in outputs.RESULT_FILES}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import prediction
-from conftest import GOLDEN, ROOT, predict_args, read_tsv
+from conftest import GOLDEN, ROOT, fastq, predict_args, read_tsv, result_bytes
 from helpers.models import save_classifier
 from virnucpro.errors import InputError
 from virnucpro.models import loaders
@@ -22,10 +22,6 @@ from virnucpro.scoring.calibration import save_evaluation_record
 from virnucpro.sequences.fasta import read_fasta
 
 SAMPLE = ROOT / "data/sample.fasta"
-
-
-def fastq(records):
-    return "".join(f"@{name}\n{sequence}\n+\n{'I' * len(sequence)}\n" for name, sequence in records)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +68,6 @@ def run_counting_loads(args) -> int:
 def cohort_run(mixed, study, tmp_path_factory):
     output = tmp_path_factory.mktemp("cohort") / "out"
     return output, run_counting_loads(sheet_args(mixed, study / "samples.csv", output))
-
-
-def result_bytes(folder):
-    return {name: (folder / name).read_bytes() for name in (*outputs.RESULT_FILES, outputs.PAIRS_FILE)
-            if (folder / name).exists()}
 
 
 def test_each_sample_gets_what_a_single_run_of_it_writes_and_the_models_load_once(mixed, study, cohort_run,

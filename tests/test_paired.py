@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import prediction
-from conftest import ROOT, predict_args, read_tsv
+from conftest import ROOT, fastq, predict_args, read_tsv, result_bytes
 from helpers.models import save_classifier
 from virnucpro.prediction import outputs
 from virnucpro.scoring.calls import pair_call
@@ -19,10 +19,6 @@ from virnucpro.sequences.fasta import read_fasta
 
 SAMPLE = ROOT / "data/sample.fasta"
 PAIRS = [f"M00001:7:FC1:1:1101:{k}:1000" for k in range(5)]
-
-
-def fastq(records):
-    return "".join(f"@{title}\n{sequence}\n+\n{'I' * len(sequence)}\n" for title, sequence in records)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +54,6 @@ def paired_run(models, reads, classifier):
     assert prediction.main(predict_args(models, output, "--mate2", str(reads / "R2.fq.gz"),
                                         input_fasta=reads / "R1.fq.gz", checkpoint=classifier)) == 0
     return output
-
-
-def result_bytes(output):
-    return {name: (output / name).read_bytes() for name in (*outputs.RESULT_FILES, outputs.PAIRS_FILE)
-            if (output / name).exists()}
 
 
 def test_each_mate_is_scored_as_a_read_of_its_own(models, reads, classifier, paired_run, tmp_path):
